@@ -1,0 +1,13 @@
+//! The public HTTP JSON types of cloudterm: request and response bodies, and the error envelope.
+//!
+//! This crate is the wire format and nothing else: no logic, no I/O. Domain types never derive
+//! `Serialize` for the API; the server converts them into these by hand, so a refactor inside
+//! the domain cannot silently change what clients see.
+
+mod error;
+mod health;
+mod identity;
+
+pub use error::{ErrorBody, ErrorEnvelope};
+pub use health::{CheckResult, HealthResponse, ReadinessResponse};
+pub use identity::{Jwks, MeResponse, QuotaUsage};

@@ -1,0 +1,14 @@
+//! cloudterm's services: the domain that sits between HTTP and the ports.
+//!
+//! Nothing here knows about axum, status codes or SQL: handlers call these services with
+//! domain inputs and convert what comes back. Backends (which Store, which BlobStore, which
+//! Runtime) are chosen by the server's wiring and handed in as trait objects.
+
+pub mod error;
+pub mod ids;
+pub mod principal;
+pub mod principals;
+
+pub use error::DomainError;
+pub use principal::{storage_name, Principal};
+pub use principals::{PrincipalService, PrincipalView};

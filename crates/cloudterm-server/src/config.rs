@@ -1,0 +1,725 @@
+//! The server's configuration: one TOML file, `CLOUDTERM_*` environment overrides, command-line
+//! flags on top, then validation that names the bad key.
+//!
+//! Precedence, lowest first: built-in defaults, the file (`--config` / `CLOUDTERM_CONFIG`),
+//! the environment, then flags. Every setting is declared once in [`SETTINGS`], which drives
+//! both the environment overrides and the `--help` table, so the two cannot drift apart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `cloudterm serve` can be told.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where SQLite, local snapshots, workspaces and the dev issuer's key live.
+    pub data_dir: PathBuf,
+    /// The listener that serves every service without a listener of its own.
+    pub listen: String,
+    /// Optional dedicated listeners, one per service.
+    pub listeners: ListenersConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// HTTP plumbing limits.
+    pub http: HttpConfig,
+    /// `/metrics`.
+    pub metrics: MetricsConfig,
+    /// Identity: the dev issuer or a real IdP.
+    pub auth: AuthConfig,
+    /// The metadata store.
+    pub store: StoreConfig,
+    /// Snapshot storage.
+    pub storage: StorageConfig,
+    /// The sandbox runtime.
+    pub runtime: RuntimeConfig,
+    /// Default limits per principal.
+    pub quotas: QuotaConfig,
+}
+
+/// Dedicated listeners: serve one service alone on its own address (the seed's 8000–8003).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    /// The Sandbox API (and the terminal).
+    pub sandbox: Option<String>,
+    /// The Snapshot API.
+    pub snapshot: Option<String>,
+    /// The Agent Workspace API and the marketplace.
+    pub workspace: Option<String>,
+    /// The preview router.
+    pub preview: Option<String>,
+}
+
+/// Log format and filter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (for people) or `json` (one object a line, for log shippers).
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `cloudterm_server=debug,info`.
+    pub level: String,
+}
+
+/// Limits every route shares.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted by buffered routes, in bytes.
+    pub max_body_bytes: u64,
+    /// Longest a buffered request may take, in seconds.
+    pub request_timeout_seconds: u64,
+    /// How long shutdown waits for requests in flight, in seconds.
+    pub shutdown_grace_seconds: u64,
+}
+
+/// `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Require a valid token to read `/metrics`.
+    pub require_auth: bool,
+}
+
+/// Identity. With `issuer` or `jwks_url` set, the dev issuer is off.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// OIDC issuer URL; its discovery document names the JWKS.
+    pub issuer: Option<String>,
+    /// JWKS URL, when the IdP has no discovery document (or to pin it).
+    pub jwks_url: Option<String>,
+    /// Accepted audiences; a token must carry one of them.
+    pub audience: Vec<String>,
+    /// The claim that names the principal.
+    pub principal_claim: String,
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// Least time between two JWKS refreshes caused by unknown key ids, in seconds.
+    pub jwks_refresh_min_interval_seconds: u64,
+    /// Refresh the JWKS when older than this, in seconds.
+    pub jwks_max_age_seconds: u64,
+}
+
+/// The metadata store.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (default: `DATA_DIR/cloudterm.db`) or `postgres://…`.
+    pub url: Option<String>,
+}
+
+/// Snapshot storage.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `local` or `s3`.
+    pub backend: String,
+    /// Local backend root (default `DATA_DIR/snapshots`).
+    pub local_path: Option<PathBuf>,
+}
+
+/// The sandbox runtime.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// `auto`, `linux`, `firecracker` or `process`.
+    pub kind: String,
+}
+
+/// Default limits per principal.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Running sandboxes per principal.
+    pub max_sandboxes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: default_data_dir(),
+            listen: "127.0.0.1:8000".into(),
+            listeners: ListenersConfig::default(),
+            log: LogConfig::default(),
+            http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
+            auth: AuthConfig::default(),
+            store: StoreConfig::default(),
+            storage: StorageConfig::default(),
+            runtime: RuntimeConfig::default(),
+            quotas: QuotaConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 16 * 1024 * 1024,
+            request_timeout_seconds: 60,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: None,
+            jwks_url: None,
+            audience: Vec::new(),
+            principal_claim: "sub".into(),
+            leeway_seconds: 30,
+            jwks_refresh_min_interval_seconds: 30,
+            jwks_max_age_seconds: 600,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: "local".into(),
+            local_path: None,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            kind: "auto".into(),
+        }
+    }
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig { max_sandboxes: 10 }
+    }
+}
+
+/// The data directory when none is configured: `$XDG_DATA_HOME/cloudterm`,
+/// `$HOME/.local/share/cloudterm`, or `./cloudterm-data` when neither is set.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("cloudterm");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/share/cloudterm");
+    }
+    PathBuf::from("cloudterm-data")
+}
+
+/// Why the configuration cannot be used. The message always names the key or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the key and line.
+        message: String,
+    },
+    /// An environment variable has a value of the wrong form.
+    #[error("invalid {var} (config key {key}): {message}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// The config key it overrides.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// The config key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One setting: its config key, its environment variable, and what it means.
+pub struct Setting {
+    /// Dotted key in the TOML file.
+    pub key: &'static str,
+    /// The `CLOUDTERM_*` variable that overrides it.
+    pub env: &'static str,
+    /// One line for `--help`.
+    pub help: &'static str,
+    apply: fn(&mut Config, &str) -> Result<(), String>,
+}
+
+fn parse_u64(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number, got {text:?}"))
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {text:?}")),
+    }
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',').filter_map(non_empty).collect()
+}
+
+/// Every setting, in the order `--help` lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "data_dir",
+        env: "CLOUDTERM_DATA_DIR",
+        help: "data directory (default ~/.local/share/cloudterm)",
+        apply: |c, v| {
+            c.data_dir = PathBuf::from(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "listen",
+        env: "CLOUDTERM_LISTEN",
+        help: "address serving every service (default 127.0.0.1:8000)",
+        apply: |c, v| {
+            c.listen = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "listeners.sandbox",
+        env: "CLOUDTERM_LISTEN_SANDBOX",
+        help: "serve the Sandbox API alone here too (seed: :8000)",
+        apply: |c, v| {
+            c.listeners.sandbox = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "listeners.snapshot",
+        env: "CLOUDTERM_LISTEN_SNAPSHOT",
+        help: "serve the Snapshot API alone here too (seed: :8001)",
+        apply: |c, v| {
+            c.listeners.snapshot = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "listeners.workspace",
+        env: "CLOUDTERM_LISTEN_WORKSPACE",
+        help: "serve the Workspace and marketplace API alone here too (seed: :8002)",
+        apply: |c, v| {
+            c.listeners.workspace = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "listeners.preview",
+        env: "CLOUDTERM_LISTEN_PREVIEW",
+        help: "serve the preview router alone here too (seed: :8003)",
+        apply: |c, v| {
+            c.listeners.preview = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log.format",
+        env: "CLOUDTERM_LOG_FORMAT",
+        help: "text or json (default text)",
+        apply: |c, v| {
+            c.log.format = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "log.level",
+        env: "CLOUDTERM_LOG",
+        help: "tracing filter (default info)",
+        apply: |c, v| {
+            c.log.level = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "http.max_body_bytes",
+        env: "CLOUDTERM_HTTP_MAX_BODY_BYTES",
+        help: "largest buffered request body (default 16 MiB)",
+        apply: |c, v| {
+            c.http.max_body_bytes = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "http.request_timeout_seconds",
+        env: "CLOUDTERM_HTTP_REQUEST_TIMEOUT_SECONDS",
+        help: "request timeout (default 60)",
+        apply: |c, v| {
+            c.http.request_timeout_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "http.shutdown_grace_seconds",
+        env: "CLOUDTERM_HTTP_SHUTDOWN_GRACE_SECONDS",
+        help: "wait for requests in flight on shutdown (default 30)",
+        apply: |c, v| {
+            c.http.shutdown_grace_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "metrics.require_auth",
+        env: "CLOUDTERM_METRICS_REQUIRE_AUTH",
+        help: "require a token for /metrics (default false)",
+        apply: |c, v| {
+            c.metrics.require_auth = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "auth.issuer",
+        env: "CLOUDTERM_AUTH_ISSUER",
+        help: "OIDC issuer URL of a real IdP; turns the dev issuer off",
+        apply: |c, v| {
+            c.auth.issuer = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "auth.jwks_url",
+        env: "CLOUDTERM_AUTH_JWKS_URL",
+        help: "JWKS URL of a real IdP; turns the dev issuer off",
+        apply: |c, v| {
+            c.auth.jwks_url = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "auth.audience",
+        env: "CLOUDTERM_AUTH_AUDIENCE",
+        help: "accepted audiences, comma-separated",
+        apply: |c, v| {
+            c.auth.audience = list(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "auth.principal_claim",
+        env: "CLOUDTERM_AUTH_PRINCIPAL_CLAIM",
+        help: "claim naming the principal (default sub)",
+        apply: |c, v| {
+            c.auth.principal_claim = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "auth.leeway_seconds",
+        env: "CLOUDTERM_AUTH_LEEWAY_SECONDS",
+        help: "clock leeway for exp/nbf (default 30)",
+        apply: |c, v| {
+            c.auth.leeway_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "auth.jwks_refresh_min_interval_seconds",
+        env: "CLOUDTERM_AUTH_JWKS_REFRESH_MIN_INTERVAL_SECONDS",
+        help: "least time between unknown-kid refreshes (default 30)",
+        apply: |c, v| {
+            c.auth.jwks_refresh_min_interval_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "auth.jwks_max_age_seconds",
+        env: "CLOUDTERM_AUTH_JWKS_MAX_AGE_SECONDS",
+        help: "refresh the JWKS when older (default 600)",
+        apply: |c, v| {
+            c.auth.jwks_max_age_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "store.url",
+        env: "CLOUDTERM_STORE_URL",
+        help: "metadata store, sqlite://PATH (default DATA_DIR/cloudterm.db)",
+        apply: |c, v| {
+            c.store.url = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.backend",
+        env: "CLOUDTERM_STORAGE",
+        help: "snapshot storage: local (default) or s3",
+        apply: |c, v| {
+            c.storage.backend = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.local_path",
+        env: "CLOUDTERM_STORAGE_LOCAL_PATH",
+        help: "local snapshot root (default DATA_DIR/snapshots)",
+        apply: |c, v| {
+            c.storage.local_path = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "runtime.kind",
+        env: "CLOUDTERM_RUNTIME",
+        help: "auto (default), linux, firecracker or process",
+        apply: |c, v| {
+            c.runtime.kind = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "quotas.max_sandboxes",
+        env: "CLOUDTERM_QUOTA_MAX_SANDBOXES",
+        help: "running sandboxes per principal (default 10)",
+        apply: |c, v| {
+            c.quotas.max_sandboxes = parse_u64(v)?;
+            Ok(())
+        },
+    },
+];
+
+/// Flags given on the command line; they override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+}
+
+impl Config {
+    /// Loads the file (if any), applies the environment read through `env`, then `overrides`,
+    /// and validates. `env` is a parameter so tests need not touch the process environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        for setting in SETTINGS {
+            if let Some(value) = env(setting.env) {
+                (setting.apply)(&mut config, &value).map_err(|message| ConfigError::Env {
+                    var: setting.env,
+                    key: setting.key,
+                    message,
+                })?;
+            }
+        }
+        if let Some(data_dir) = &overrides.data_dir {
+            config.data_dir = data_dir.clone();
+        }
+        if let Some(listen) = &overrides.listen {
+            config.listen = listen.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the real process environment.
+    pub fn load_from_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        Config::load(file, |name| std::env::var(name).ok(), overrides)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })
+    }
+
+    /// Checks every value that deserialization alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".into()));
+        }
+        parse_addr(&self.listen).map_err(|message| invalid("listen", message))?;
+        for (key, addr) in self.listeners.all() {
+            if let Some(addr) = addr {
+                parse_addr(addr).map_err(|message| invalid(key, message))?;
+            }
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "log.format",
+                format!("expected text or json, got {:?}", self.log.format),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|err| invalid("log.level", format!("not a tracing filter: {err}")))?;
+        if self.http.max_body_bytes == 0 {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.http.request_timeout_seconds == 0 {
+            return Err(invalid(
+                "http.request_timeout_seconds",
+                "must be greater than 0".into(),
+            ));
+        }
+        for (key, url) in [
+            ("auth.issuer", &self.auth.issuer),
+            ("auth.jwks_url", &self.auth.jwks_url),
+        ] {
+            if let Some(url) = url {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(invalid(
+                        key,
+                        format!("expected an http(s) URL, got {url:?}"),
+                    ));
+                }
+            }
+        }
+        if self.auth.principal_claim.trim().is_empty() {
+            return Err(invalid("auth.principal_claim", "must not be empty".into()));
+        }
+        if self.auth.leeway_seconds > 300 {
+            return Err(invalid(
+                "auth.leeway_seconds",
+                format!("{} is too lax; at most 300", self.auth.leeway_seconds),
+            ));
+        }
+        let store_url = self.store_url();
+        if !(store_url.starts_with("sqlite:")
+            || store_url.starts_with("postgres://")
+            || store_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                format!("expected sqlite://PATH or postgres://…, got {store_url:?}"),
+            ));
+        }
+        match self.storage.backend.as_str() {
+            "local" => {}
+            "s3" => {
+                return Err(invalid(
+                    "storage.backend",
+                    "s3 storage is not built yet; use local".into(),
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    "storage.backend",
+                    format!("expected local or s3, got {other:?}"),
+                ))
+            }
+        }
+        self.runtime
+            .kind
+            .parse::<cloudterm_runtime::RuntimeChoice>()
+            .map_err(|message| invalid("runtime.kind", message))?;
+        Ok(())
+    }
+
+    /// True when a real IdP is configured, which turns the dev issuer off.
+    pub fn uses_external_idp(&self) -> bool {
+        self.auth.issuer.is_some() || self.auth.jwks_url.is_some()
+    }
+
+    /// The store URL, defaulting to SQLite in the data dir.
+    pub fn store_url(&self) -> String {
+        match &self.store.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("cloudterm.db").display()),
+        }
+    }
+
+    /// The local snapshot root, defaulting to `DATA_DIR/snapshots`.
+    pub fn local_storage_path(&self) -> PathBuf {
+        self.storage
+            .local_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("snapshots"))
+    }
+
+    /// The request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.http.request_timeout_seconds)
+    }
+}
+
+impl ListenersConfig {
+    /// Each dedicated listener with its config key.
+    pub fn all(&self) -> [(&'static str, Option<&String>); 4] {
+        [
+            ("listeners.sandbox", self.sandbox.as_ref()),
+            ("listeners.snapshot", self.snapshot.as_ref()),
+            ("listeners.workspace", self.workspace.as_ref()),
+            ("listeners.preview", self.preview.as_ref()),
+        ]
+    }
+}
+
+/// Parses `HOST:PORT`; `localhost` is accepted as `127.0.0.1`.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    let normalized = text.trim().replacen("localhost:", "127.0.0.1:", 1);
+    normalized
+        .parse()
+        .map_err(|_| format!("expected HOST:PORT such as 127.0.0.1:8000, got {text:?}"))
+}
+
+/// The settings table for `cloudterm serve --help`.
+pub fn settings_help() -> String {
+    let mut out = String::from("Settings (config file key, environment variable, meaning):\n");
+    for setting in SETTINGS {
+        out.push_str(&format!(
+            "  {:<42} {:<48} {}\n",
+            setting.key, setting.env, setting.help
+        ));
+    }
+    out.push_str("\nPrecedence: defaults < config file < environment < flags.\n");
+    out
+}
+
+#[cfg(test)]
+mod tests;

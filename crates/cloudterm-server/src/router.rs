@@ -1,0 +1,124 @@
+//! Which routes each listener serves, and the OpenAPI document built from the same list.
+//!
+//! Routes are registered only through `utoipa_axum::routes!`, so a route and its entry in the
+//! OpenAPI document are one registration; a test fails if a route is added any other way.
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi as OpenApiDocument;
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_redoc::{Redoc, Servable};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::middleware;
+use crate::routes::{health, identity};
+use crate::state::AppState;
+
+/// The services a listener can serve. Identity, health, metrics and docs come with every one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// The Sandbox API and the terminal.
+    Sandbox,
+    /// The Snapshot API.
+    Snapshot,
+    /// The Agent Workspace API and the marketplace.
+    Workspace,
+    /// The preview router.
+    Preview,
+}
+
+impl Service {
+    /// Every service.
+    pub const ALL: [Service; 4] = [
+        Service::Sandbox,
+        Service::Snapshot,
+        Service::Workspace,
+        Service::Preview,
+    ];
+
+    /// The name used in config keys and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Sandbox => "sandbox",
+            Service::Snapshot => "snapshot",
+            Service::Workspace => "workspace",
+            Service::Preview => "preview",
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "cloudterm",
+        description = "Isolated sandboxes, workspaces, snapshots, terminals and previews over HTTP.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(cloudterm_api_types::ErrorEnvelope, cloudterm_api_types::ErrorBody))
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme the protected routes refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApiDocument) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Routes every listener serves: health, metrics, identity.
+fn common_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(identity::get_me))
+        .routes(routes!(identity::get_jwks))
+}
+
+/// The routes of one service. The sandbox, snapshot, workspace and preview issues fill these.
+fn service_routes(service: Service) -> OpenApiRouter<AppState> {
+    match service {
+        Service::Sandbox | Service::Snapshot | Service::Workspace | Service::Preview => {
+            OpenApiRouter::new()
+        }
+    }
+}
+
+/// The routes and OpenAPI document of a listener serving `services`.
+pub fn api(services: &[Service]) -> (Router<AppState>, OpenApiDocument) {
+    let mut router = common_routes();
+    for service in services {
+        router = router.merge(service_routes(*service));
+    }
+    router.split_for_parts()
+}
+
+/// The OpenAPI document of a listener serving every service (what `/openapi.json` shows on
+/// the main listener).
+pub fn openapi() -> OpenApiDocument {
+    api(&Service::ALL).1
+}
+
+/// A complete application for one listener: routes, docs (`/docs`, `/redoc`, `/openapi.json`,
+/// all assets served from the binary) and the shared middleware.
+pub fn app(state: &AppState, services: &[Service]) -> Router {
+    let (routes, document) = api(services);
+    let routes = routes
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
+        .merge(Redoc::with_url("/redoc", document));
+    middleware::wrap(routes, state)
+}

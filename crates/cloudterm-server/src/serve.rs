@@ -1,0 +1,170 @@
+//! Binding the listeners, serving until told to stop, and stopping gracefully.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{parse_addr, Config};
+use crate::router::{app, Service};
+use crate::state::AppState;
+
+/// A server that is accepting connections.
+pub struct RunningServer {
+    /// Where the main listener (every service without a listener of its own) listens.
+    pub main_addr: SocketAddr,
+    /// The dedicated listeners, one per service that has one.
+    pub service_addrs: Vec<(Service, SocketAddr)>,
+    /// The application state, for tests that want to look inside.
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<std::io::Result<()>>,
+    grace: Duration,
+}
+
+/// Binds every configured listener and starts serving.
+pub async fn start(state: AppState) -> anyhow::Result<RunningServer> {
+    let config = &state.config;
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut service_addrs = Vec::new();
+    let mut main_services = Vec::new();
+    for (service, (key, addr)) in Service::ALL.into_iter().zip(config.listeners.all()) {
+        match addr {
+            Some(addr) => {
+                let bound = bind(key, addr).await?;
+                service_addrs.push((service, bound.local_addr()?));
+                spawn(&mut tasks, bound, app(&state, &[service]), stopped.clone());
+            }
+            None => main_services.push(service),
+        }
+    }
+    let main = bind("listen", &config.listen).await?;
+    let main_addr = main.local_addr()?;
+    spawn(&mut tasks, main, app(&state, &main_services), stopped);
+    let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
+    Ok(RunningServer {
+        main_addr,
+        service_addrs,
+        state,
+        stop,
+        tasks,
+        grace,
+    })
+}
+
+async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    let addr =
+        parse_addr(addr).map_err(|message| anyhow::anyhow!("invalid setting {key}: {message}"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+fn spawn(
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    listener: TcpListener,
+    app: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) {
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+}
+
+impl RunningServer {
+    /// Stops accepting connections and waits for requests in flight, at most the configured
+    /// grace period; what is still running after that is cut off.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(self.grace, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                joined
+                    .context("listener task panicked")?
+                    .context("listener failed")?;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = self.grace.as_secs(),
+                    "requests still running after the grace period; cutting them off"
+                );
+                self.tasks.abort_all();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `cloudterm serve`: set up logging, open everything, serve until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::telemetry::init(&config.log);
+    let started = std::time::Instant::now();
+    let state = AppState::build(config).await?;
+    let server = start(state.clone()).await?;
+    log_startup(&server, started.elapsed());
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests in flight");
+    server.shutdown().await
+}
+
+fn log_startup(server: &RunningServer, took: Duration) {
+    let state = &server.state;
+    let config = &state.config;
+    tracing::info!(data_dir = %config.data_dir.display(), store = %config.store_url(), storage = %state.blobs.describe(), "opened the store and snapshot storage");
+    if state.runtime.kind == cloudterm_runtime::RuntimeKind::Process {
+        tracing::warn!(runtime = %state.runtime.kind, reason = %state.runtime.reason, "sandboxes will NOT be isolated from this host");
+    } else {
+        tracing::info!(runtime = %state.runtime.kind, reason = %state.runtime.reason, "picked the sandbox runtime");
+    }
+    tracing::info!(identity = %state.verifier.describe(), "identity");
+    if state.dev_issuer.is_some() {
+        tracing::info!(
+            "get a token with: cloudterm token alice --data-dir {}   then: curl -H \"Authorization: Bearer $TOKEN\" http://{}/me",
+            config.data_dir.display(),
+            server.main_addr
+        );
+    }
+    for (service, addr) in &server.service_addrs {
+        tracing::info!(
+            service = service.name(),
+            "serving the {} service alone on http://{addr}",
+            service.name()
+        );
+    }
+    tracing::info!(took_ms = took.as_millis() as u64, docs = %format!("http://{}/docs", server.main_addr), "listening on http://{}", server.main_addr);
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

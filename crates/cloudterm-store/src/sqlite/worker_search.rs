@@ -1,0 +1,107 @@
+//! The SQLite-only part of the store: the FTS5 `worker_search` index and the ranked
+//! marketplace search over it. The PostgreSQL twin replaces this file (tsvector + ts_rank);
+//! everything else in the store is portable SQL.
+
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::Row;
+
+use super::workers::{version_from_row, worker_from_row, VERSION_COLUMNS, WORKER_COLUMNS};
+use crate::{StoreError, WorkerRecord, WorkerVersionRecord};
+
+/// At most this many words of a query are searched; the rest is ignored.
+const MAX_QUERY_WORDS: usize = 16;
+
+/// bm25 column weights, in `worker_search` column order: worker_id (not indexed), name,
+/// description, tags. A hit in the name counts most, then a tag, then the description.
+const BM25: &str = "bm25(worker_search, 0.0, 10.0, 2.0, 5.0)";
+
+/// Replaces the worker's row in the search index with its name and latest version.
+pub(super) async fn reindex(
+    conn: &mut SqliteConnection,
+    worker: &WorkerRecord,
+    latest: &WorkerVersionRecord,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM worker_search WHERE worker_id = $1")
+        .bind(&worker.id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO worker_search (worker_id, name, description, tags) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&worker.id)
+    .bind(&worker.name)
+    .bind(&latest.description)
+    .bind(latest.tags.join(" "))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Turns free user text into a safe FTS5 query: the words (runs of letters and digits, as the
+/// `unicode61` tokenizer sees them) each become a quoted prefix term, joined with OR. Nothing
+/// the user types can reach FTS5 as syntax. `None` when the text has no words.
+pub(crate) fn fts_query(text: &str) -> Option<String> {
+    let terms: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .take(MAX_QUERY_WORDS)
+        // The words hold no `"`; doubling them anyway keeps the quoting right if that changes.
+        .map(|word| format!("\"{}\"*", word.replace('"', "\"\"")))
+        .collect();
+    if terms.is_empty() {
+        None
+    } else {
+        Some(terms.join(" OR "))
+    }
+}
+
+/// Ranked search, or recency order when `q` has no words; see `Store::search_workers`.
+pub(crate) async fn search(
+    pool: &SqlitePool,
+    q: Option<&str>,
+    tag: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(WorkerRecord, WorkerVersionRecord, f64)>, StoreError> {
+    let tag_filter = |n: usize| {
+        format!(
+            " AND EXISTS (SELECT 1 FROM worker_tags t WHERE t.worker_id = w.id AND t.tag = ${n})"
+        )
+    };
+    let joins = "JOIN worker_versions v ON v.worker_id = w.id AND v.version = w.latest_version";
+    let rows = match q.and_then(fts_query) {
+        Some(fts) => {
+            let filter = tag.map_or(String::new(), |_| tag_filter(3));
+            let sql = format!(
+                "SELECT {WORKER_COLUMNS}, {VERSION_COLUMNS}, -{BM25} AS score FROM worker_search \
+                 JOIN workers w ON w.id = worker_search.worker_id {joins} \
+                 WHERE worker_search MATCH $1{filter} ORDER BY score DESC, w.id LIMIT $2"
+            );
+            let mut query = sqlx::query(&sql).bind(fts).bind(i64::from(limit));
+            if let Some(tag) = tag {
+                query = query.bind(tag);
+            }
+            query.fetch_all(pool).await?
+        }
+        None => {
+            let filter = tag.map_or(String::new(), |_| tag_filter(2));
+            let sql = format!(
+                "SELECT {WORKER_COLUMNS}, {VERSION_COLUMNS}, 0.0 AS score FROM workers w {joins} \
+                 WHERE 1 = 1{filter} ORDER BY v.created_at DESC, w.id LIMIT $1"
+            );
+            let mut query = sqlx::query(&sql).bind(i64::from(limit));
+            if let Some(tag) = tag {
+                query = query.bind(tag);
+            }
+            query.fetch_all(pool).await?
+        }
+    };
+    rows.iter()
+        .map(|row| {
+            Ok((
+                worker_from_row(row)?,
+                version_from_row(row)?,
+                row.try_get::<f64, _>("score")?,
+            ))
+        })
+        .collect()
+}

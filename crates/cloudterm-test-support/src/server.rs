@@ -1,0 +1,114 @@
+//! `TestServer`: the real cloudterm server, serving real HTTP on an ephemeral port.
+
+use std::net::SocketAddr;
+
+use cloudterm_server::{AppState, Config, Overrides, RunningServer, Service};
+use tempfile::TempDir;
+
+/// A running server with its own data directory; dropping it stops the server and removes
+/// the directory.
+pub struct TestServer {
+    running: Option<RunningServer>,
+    data_dir: TempDir,
+}
+
+impl TestServer {
+    /// A server with the embedded defaults (SQLite, local storage, dev issuer) in a fresh
+    /// temp dir, on `127.0.0.1:0`.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Like [`TestServer::start`], after `adjust` has edited the config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temp data dir");
+        let overrides = Overrides {
+            data_dir: Some(data_dir.path().to_path_buf()),
+            listen: Some("127.0.0.1:0".into()),
+        };
+        let mut config = Config::load(None, |_| None, &overrides).expect("default config is valid");
+        config.runtime.kind = "process".into();
+        adjust(&mut config);
+        config.validate().expect("adjusted config is valid");
+        TestServer::start_config(config, data_dir).await
+    }
+
+    async fn start_config(config: Config, data_dir: TempDir) -> TestServer {
+        if std::env::var_os("CLOUDTERM_TEST_LOG").is_some() {
+            cloudterm_server::telemetry::init(&config.log);
+        }
+        let state = AppState::build(config).await.expect("server state builds");
+        let running = cloudterm_server::start(state).await.expect("server starts");
+        TestServer {
+            running: Some(running),
+            data_dir,
+        }
+    }
+
+    fn running(&self) -> &RunningServer {
+        self.running.as_ref().expect("server is running")
+    }
+
+    /// The main listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.running().main_addr
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    /// The address of a service's dedicated listener, if it has one.
+    pub fn service_addr(&self, service: Service) -> Option<SocketAddr> {
+        self.running()
+            .service_addrs
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// The server's state, to look inside.
+    pub fn state(&self) -> &AppState {
+        &self.running().state
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
+    /// A dev-issuer token for `principal`, valid for an hour.
+    pub fn token(&self, principal: &str) -> String {
+        let issuer = self
+            .state()
+            .dev_issuer
+            .as_ref()
+            .expect("the dev issuer is on");
+        issuer
+            .mint(principal, std::time::Duration::from_secs(3600))
+            .expect("mint")
+    }
+
+    /// Stops the server gracefully and returns its data directory, so a test can start
+    /// another server on the same data.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean shutdown");
+        }
+        let TestServer { data_dir, .. } = self;
+        data_dir
+    }
+
+    /// Starts a new server on a data directory a previous server used.
+    pub async fn restart_on(data_dir: TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let overrides = Overrides {
+            data_dir: Some(data_dir.path().to_path_buf()),
+            listen: Some("127.0.0.1:0".into()),
+        };
+        let mut config = Config::load(None, |_| None, &overrides).expect("default config is valid");
+        config.runtime.kind = "process".into();
+        adjust(&mut config);
+        TestServer::start_config(config, data_dir).await
+    }
+}

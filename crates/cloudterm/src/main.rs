@@ -1,0 +1,158 @@
+//! The `cloudterm` command: `serve` runs the platform, `token` mints a dev token.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cloudterm_identity::DevIssuer;
+use cloudterm_server::config::settings_help;
+use cloudterm_server::{Config, Overrides};
+
+/// Self-hosted cloud terminals: isolated sandboxes, workspaces and snapshots over HTTP.
+#[derive(Parser)]
+#[command(name = "cloudterm", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every cloudterm service. With no configuration: SQLite, local snapshots and a dev
+    /// token issuer under the data directory, on 127.0.0.1:8000.
+    #[command(after_long_help = settings_help())]
+    Serve {
+        /// TOML config file with any of the settings below.
+        #[arg(long, env = "CLOUDTERM_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory (overrides data_dir and CLOUDTERM_DATA_DIR).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address of the main listener (overrides listen and CLOUDTERM_LISTEN).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Print a JWT for PRINCIPAL from the data directory's dev issuer (and nothing else on stdout).
+    Token {
+        /// Who the token names: a person or an AI agent.
+        principal: String,
+        /// How long the token is valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// TOML config file (only data_dir is used).
+        #[arg(long, env = "CLOUDTERM_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory of the server the token is for.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 90s, 30m, 1h or 7d, got {text:?}"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number.saturating_mul(60),
+        "h" => number.saturating_mul(3600),
+        "d" => number.saturating_mul(86_400),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use s, m, h or d"
+            ))
+        }
+    };
+    if seconds == 0 || seconds > 366 * 86_400 {
+        return Err(format!("{text:?} is out of range: between 1s and 366d"));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+        } => serve(config, Overrides { data_dir, listen }),
+        Command::Token {
+            principal,
+            ttl,
+            config,
+            data_dir,
+        } => token(&principal, ttl, config, data_dir),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cloudterm: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(config_file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+    let config = Config::load_from_env(config_file.as_deref(), &overrides)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(cloudterm_server::run(config))
+}
+
+fn token(
+    principal: &str,
+    ttl: Duration,
+    config_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let config = Config::load_from_env(
+        config_file.as_deref(),
+        &Overrides {
+            data_dir,
+            listen: None,
+        },
+    )?;
+    if config.uses_external_idp() {
+        eprintln!("cloudterm: warning: an identity provider is configured (auth.issuer / auth.jwks_url), so the server will not accept dev tokens");
+    }
+    let issuer = DevIssuer::load_or_create(&config.data_dir).with_context(|| {
+        format!(
+            "cannot load the dev issuer key under {}",
+            config.data_dir.display()
+        )
+    })?;
+    let token = issuer.mint(principal, ttl)?;
+    println!("{token}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse_with_units() {
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_ttl("15"), Ok(Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn bad_ttls_are_refused() {
+        for text in ["", "h", "1w", "0s", "-5m", "400d", "1.5h"] {
+            assert!(parse_ttl(text).is_err(), "{text:?} was accepted");
+        }
+    }
+}
