@@ -3,13 +3,16 @@
 //! Routes are registered only through `utoipa_axum::routes!`, so a route and its entry in the
 //! OpenAPI document are one registration; a test fails if a route is added any other way.
 
+use std::sync::LazyLock;
+
+use axum::response::Html;
+use axum::routing::get;
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as OpenApiDocument;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::middleware;
@@ -119,6 +122,18 @@ pub fn app(state: &AppState, services: &[Service]) -> Router {
     let (routes, document) = api(services);
     let routes = routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
-        .merge(Redoc::with_url("/redoc", document));
+        .route("/redoc", get(redoc_page));
     middleware::wrap(routes, state)
+}
+
+/// The ReDoc page: self-contained, with ReDoc's script inline (vendored in the `aide` crate),
+/// so it loads nothing from a third-party host. Built once, on first use.
+static REDOC_PAGE: LazyLock<String> = LazyLock::new(|| {
+    aide::redoc::Redoc::new("/openapi.json")
+        .with_title("cloudterm API")
+        .html()
+});
+
+async fn redoc_page() -> Html<&'static str> {
+    Html(REDOC_PAGE.as_str())
 }

@@ -1,1 +1,9 @@
-//! Integration tests of the cloudterm server.
+//! Integration tests of the cloudterm server: a real server on 127.0.0.1:0, real HTTP.
+
+mod auth_dev;
+mod auth_idp;
+mod health;
+mod listeners;
+mod plumbing;
+mod spec;
+mod support;

@@ -105,3 +105,41 @@ pub(crate) async fn search(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fts_query;
+
+    #[test]
+    fn words_become_quoted_prefix_terms() {
+        assert_eq!(fts_query("quoting").as_deref(), Some("\"quoting\"*"));
+        assert_eq!(
+            fts_query("  shell  Quote ").as_deref(),
+            Some("\"shell\"* OR \"Quote\"*")
+        );
+    }
+
+    #[test]
+    fn syntax_is_stripped_not_passed_through() {
+        assert_eq!(fts_query("\"foo").as_deref(), Some("\"foo\"*"));
+        assert_eq!(fts_query("a OR").as_deref(), Some("\"a\"* OR \"OR\"*"));
+        assert_eq!(
+            fts_query("name:x NEAR(y)").as_deref(),
+            Some("\"name\"* OR \"x\"* OR \"NEAR\"* OR \"y\"*")
+        );
+        assert_eq!(fts_query("émoji🦀").as_deref(), Some("\"émoji\"*"));
+    }
+
+    #[test]
+    fn no_words_means_no_query() {
+        for text in ["", "   ", "*", "\"", "()", "-^:"] {
+            assert_eq!(fts_query(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn long_queries_are_capped() {
+        let query = fts_query(&"w ".repeat(1000)).unwrap_or_default();
+        assert_eq!(query.matches(" OR ").count(), super::MAX_QUERY_WORDS - 1);
+    }
+}

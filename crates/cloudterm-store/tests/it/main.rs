@@ -1,6 +1,7 @@
 //! Integration tests of the SQLite store against a real database file in a temp dir: one test
 //! binary, one module per table group, shared fixtures here.
 
+mod corrupt;
 mod open;
 mod previews;
 mod principals;
@@ -41,7 +42,13 @@ pub fn at(secs: i64) -> DateTime<Utc> {
 }
 
 /// A workspace record with the given id, owner and name.
-pub fn workspace(id: &str, owner: &str, name: &str, tags: &[&str], created: i64) -> WorkspaceRecord {
+pub fn workspace(
+    id: &str,
+    owner: &str,
+    name: &str,
+    tags: &[&str],
+    created: i64,
+) -> WorkspaceRecord {
     WorkspaceRecord {
         id: id.to_owned(),
         owner: owner.to_owned(),
