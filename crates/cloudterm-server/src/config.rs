@@ -253,10 +253,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is well-formed but not acceptable.
-    #[error("invalid setting {key}: {message}")]
+    #[error("invalid setting {key} ({env}): {message}")]
     Invalid {
         /// The config key.
         key: &'static str,
+        /// The environment variable that also sets it.
+        env: &'static str,
         /// What is wrong.
         message: String,
     },
@@ -516,6 +518,11 @@ pub const SETTINGS: &[Setting] = &[
     },
 ];
 
+/// The environment variable of a config key.
+fn env_for(key: &str) -> &'static str {
+    SETTINGS.iter().find(|setting| setting.key == key).map(|setting| setting.env).unwrap_or("no variable")
+}
+
 /// Flags given on the command line; they override the file and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -577,7 +584,7 @@ impl Config {
 
     /// Checks every value that deserialization alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, env: env_for(key), message };
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty".into()));
         }

@@ -1,0 +1,185 @@
+//! End-to-end tests of the real `cloudterm` binary: what a new user types.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cloudterm() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cloudterm"));
+    // A clean environment: no CLOUDTERM_* from the developer's shell leaks in.
+    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A `cloudterm serve` child, killed on drop.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let port = free_port();
+    let mut command = cloudterm();
+    command
+        .env("HOME", home)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.spawn().expect("spawn serve");
+    let served = Served { child, base: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if reqwest::blocking::get(format!("{}/health", served.base)).is_ok_and(|r| r.status() == 200) {
+            return served;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("cloudterm serve did not answer /health within 30 s");
+}
+
+#[test]
+fn serve_with_no_configuration_then_token_then_me() {
+    let home = tempfile::tempdir().expect("home");
+    let served = serve(home.path(), &[], &[]);
+    // The embedded default puts everything under ~/.local/share/cloudterm.
+    let data_dir = home.path().join(".local/share/cloudterm");
+    assert!(data_dir.join("cloudterm.db").is_file(), "sqlite store in the data dir");
+    assert!(data_dir.join("identity/dev-ed25519.pk8").is_file(), "dev key in the data dir");
+    assert!(data_dir.join("snapshots").is_dir(), "local snapshot storage in the data dir");
+
+    let output = cloudterm().env("HOME", home.path()).args(["token", "alice"]).output().expect("token");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).expect("utf8");
+    let token = stdout.trim_end_matches('\n');
+    assert_eq!(token.matches('.').count(), 2, "stdout is the JWT and nothing else: {stdout:?}");
+    assert!(!token.contains(char::is_whitespace));
+
+    let me: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{}/me", served.base))
+        .bearer_auth(token)
+        .send()
+        .expect("me")
+        .json()
+        .expect("json");
+    assert_eq!(me["principal"], "alice");
+}
+
+#[test]
+fn serve_logs_where_it_listens_which_runtime_and_how_to_get_a_token() {
+    let home = tempfile::tempdir().expect("home");
+    let mut served = serve(home.path(), &[], &[("CLOUDTERM_LOG_FORMAT", "json")]);
+    let stderr = served.child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("line");
+        let done = line.contains("listening on");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let log = lines.join("\n");
+    for line in &lines {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+    }
+    assert!(log.contains(&served.base.replace("http://", "")), "{log}");
+    assert!(log.contains("\"runtime\""), "{log}");
+    assert!(log.contains("auto:"), "the runtime choice says why: {log}");
+    assert!(log.contains("cloudterm token alice"), "{log}");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let home = tempfile::tempdir().expect("home");
+    let mut served = serve(home.path(), &[], &[]);
+    let sent = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().expect("kill");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = served.child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_the_key_named() {
+    let home = tempfile::tempdir().expect("home");
+    let config = home.path().join("cloudterm.toml");
+    std::fs::write(&config, "[http]\nrequest_timeout_seconds = 30\nmax_body_bites = 1\n").expect("write");
+    let output = cloudterm().env("HOME", home.path()).args(["serve", "--config"]).arg(&config).output().expect("serve");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max_body_bites"), "{stderr}");
+
+    let output = cloudterm().env("HOME", home.path()).env("CLOUDTERM_RUNTIME", "docker").arg("serve").output().expect("serve");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CLOUDTERM_RUNTIME") && stderr.contains("runtime.kind"), "{stderr}");
+}
+
+#[test]
+fn a_config_file_and_environment_are_honoured() {
+    let home = tempfile::tempdir().expect("home");
+    let data_dir = home.path().join("elsewhere");
+    let config = home.path().join("cloudterm.toml");
+    std::fs::write(&config, format!("data_dir = {:?}\n[auth]\nprincipal_claim = \"sub\"\n", data_dir.display().to_string())).expect("write");
+    let served = serve(home.path(), &["--config", config.to_str().expect("utf8")], &[("CLOUDTERM_METRICS_REQUIRE_AUTH", "true")]);
+    assert!(data_dir.join("cloudterm.db").is_file(), "data_dir from the file");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", served.base)).expect("metrics");
+    assert_eq!(metrics.status(), 401, "metrics.require_auth from the environment");
+    // `token` finds the same data dir through the same config file.
+    let output = cloudterm().env("HOME", home.path()).args(["token", "bob", "--config"]).arg(&config).output().expect("token");
+    let token = String::from_utf8(output.stdout).expect("utf8");
+    let me = reqwest::blocking::Client::new()
+        .get(format!("{}/me", served.base))
+        .bearer_auth(token.trim())
+        .send()
+        .expect("me");
+    assert_eq!(me.status(), 200);
+}
+
+#[test]
+fn serve_help_documents_every_setting() {
+    let output = cloudterm().args(["serve", "--help"]).output().expect("help");
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).expect("utf8");
+    for needle in [
+        "--config", "--data-dir", "--listen", "CLOUDTERM_CONFIG", "CLOUDTERM_DATA_DIR", "CLOUDTERM_AUTH_ISSUER",
+        "CLOUDTERM_AUTH_JWKS_URL", "CLOUDTERM_AUTH_AUDIENCE", "CLOUDTERM_AUTH_PRINCIPAL_CLAIM", "CLOUDTERM_RUNTIME",
+        "CLOUDTERM_STORAGE", "listeners.snapshot", "http.max_body_bytes",
+    ] {
+        assert!(help.contains(needle), "serve --help lacks {needle}");
+    }
+}
+
+#[test]
+fn token_refuses_bad_input_clearly() {
+    let home = tempfile::tempdir().expect("home");
+    let output = cloudterm().env("HOME", home.path()).args(["token", "alice", "--ttl", "forever"]).output().expect("token");
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "nothing on stdout when it fails");
+    let output = cloudterm().env("HOME", home.path()).args(["token", "al\u{7}ice"]).output().expect("token");
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+}
