@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod claims;
 mod dev_issuer;
 mod error;

@@ -10,6 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::Validation;
 use serde_json::Value;
 
+use crate::cache::VerifiedCache;
 use crate::claims::{self, VerifiedToken};
 use crate::dev_issuer::DevIssuer;
 use crate::error::{AuthError, IdentityError};
@@ -85,6 +86,7 @@ struct Inner {
     principal_claim: String,
     leeway: Duration,
     description: String,
+    cache: VerifiedCache,
 }
 
 enum Keys {
@@ -106,6 +108,7 @@ impl Verifier {
                 principal_claim: "sub".to_owned(),
                 leeway: VerifierConfig::default().leeway,
                 description: format!("dev issuer (Ed25519, kid {})", issuer.kid()),
+                cache: VerifiedCache::default(),
             }),
         }
     }
@@ -205,6 +208,7 @@ impl Verifier {
                 principal_claim: principal_claim.to_owned(),
                 leeway: cfg.leeway,
                 description,
+                cache: VerifiedCache::default(),
             }),
         })
     }
@@ -235,9 +239,44 @@ impl Verifier {
     }
 
     /// Verifies `token` (a compact JWS, without the `Bearer ` prefix) and returns its principal.
+    ///
+    /// A token that verified within the last minute is answered from a cache keyed by its
+    /// exact bytes (see `cache.rs`); anything else gets the full check.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, AuthError> {
-        let header = claims::parse_header(token.trim())?;
         let token = token.trim();
+        if let Some(cached) = self.inner.cache.get(token, self.key_generation()) {
+            return Ok(cached);
+        }
+        let verified = self.verify_uncached(token).await?;
+        let expires_in = verified
+            .expires_at
+            .and_then(|exp| (exp - chrono::Utc::now()).to_std().ok())
+            .map(|left| left + self.inner.leeway)
+            .unwrap_or_default();
+        self.inner
+            .cache
+            .insert(token, &verified, expires_in, self.key_generation());
+        Ok(verified)
+    }
+
+    /// Which key set is in use now: cached verdicts only count for the set that gave them, so
+    /// a key the IdP withdraws stops working at the next refresh. Starts a background refresh
+    /// when the set is older than its maximum age.
+    fn key_generation(&self) -> u64 {
+        match &self.inner.keys {
+            Keys::Static(_) => 0,
+            Keys::Remote(remote) => {
+                let snapshot = remote.snapshot();
+                if remote.is_stale(&snapshot) {
+                    remote.refresh_in_background(snapshot.generation);
+                }
+                snapshot.generation
+            }
+        }
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+        let header = claims::parse_header(token)?;
         match &self.inner.keys {
             Keys::Static(keys) => self.verify_with(token, &header, keys),
             Keys::Remote(remote) => {

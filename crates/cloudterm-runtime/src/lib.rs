@@ -1,10 +1,15 @@
-//! Sandbox runtimes: which isolation boundary cloudterm uses, and how it picks one.
+//! Sandbox runtimes: the `Runtime` trait every isolation backend implements, and how
+//! cloudterm picks one.
 //!
-//! The sandbox issue adds the `Runtime` trait's lifecycle (start a boundary with the agent
-//! inside, hand back a stream to it, stop, usage) and its backends. The foundation owns the
-//! choice itself, because `serve` must say at start-up which runtime it picked and why, and
-//! readiness must re-check that the choice still holds.
+//! `serve` says at start-up which runtime it picked and why ([`select`]), and readiness
+//! re-checks that the choice still holds ([`probe`]). Backends live in their own crates
+//! (`cloudterm-runtime-linux`) or modules here (the process runtime), so Linux- or KVM-only
+//! dependencies stay out of the rest.
 
+mod runtime;
 mod select;
 
+pub use runtime::{
+    AgentEndpoint, Limits, Mount, Runtime, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
+};
 pub use select::{probe, select, RuntimeChoice, RuntimeError, RuntimeKind, Selection};

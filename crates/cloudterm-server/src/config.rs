@@ -520,7 +520,11 @@ pub const SETTINGS: &[Setting] = &[
 
 /// The environment variable of a config key.
 fn env_for(key: &str) -> &'static str {
-    SETTINGS.iter().find(|setting| setting.key == key).map(|setting| setting.env).unwrap_or("no variable")
+    SETTINGS
+        .iter()
+        .find(|setting| setting.key == key)
+        .map(|setting| setting.env)
+        .unwrap_or("no variable")
 }
 
 /// Flags given on the command line; they override the file and the environment.
@@ -584,7 +588,11 @@ impl Config {
 
     /// Checks every value that deserialization alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, env: env_for(key), message };
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            key,
+            env: env_for(key),
+            message,
+        };
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty".into()));
         }

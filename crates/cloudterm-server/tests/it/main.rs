@@ -2,6 +2,7 @@
 
 mod auth_dev;
 mod auth_idp;
+mod dependency_rules;
 mod health;
 mod listeners;
 mod plumbing;

@@ -1,0 +1,156 @@
+//! The `Runtime` trait: what every isolation backend (linux, firecracker, process) provides.
+//!
+//! A backend only starts a boundary with the agent inside and hands back how to reach that
+//! agent; everything a sandbox *does* (exec, files, PTY, ports) goes through the agent, so a
+//! new backend is one implementation of this trait plus its tests.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::select::RuntimeKind;
+
+/// Resource limits of one sandbox. `None` means the runtime's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// Memory limit in MiB (RAM; swap is not granted beyond it).
+    pub memory_mb: Option<u64>,
+    /// CPU quota in cores (e.g. 0.5, 2).
+    pub cpus: Option<f64>,
+    /// Most processes and threads at once.
+    pub pids: Option<u64>,
+    /// Size limit of the writable layer and workspace in MiB, where the runtime enforces one.
+    pub disk_mb: Option<u64>,
+}
+
+/// A host directory exposed inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Absolute host path (already checked against the operator's allow-list).
+    pub host_path: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: PathBuf,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// Everything a runtime needs to start a sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    /// The sandbox id (`sbx_…`); also its hostname.
+    pub id: String,
+    /// Host directory holding the workspace; appears at `/workspace` inside.
+    pub workspace_dir: PathBuf,
+    /// Host directory the runtime owns for this sandbox (sockets, writable layer, config).
+    /// Never visible inside the sandbox.
+    pub state_dir: PathBuf,
+    /// Root image directory; `None` means the runtime's default image.
+    pub image: Option<PathBuf>,
+    /// Environment for processes started in the sandbox (never contains the user's token).
+    pub env: Vec<(String, String)>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Host directories to expose at start.
+    pub mounts: Vec<Mount>,
+}
+
+/// How the control plane reaches a sandbox's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEndpoint {
+    /// A Unix socket on the host, outside the sandbox's file system.
+    Unix(PathBuf),
+    /// Firecracker's hybrid vsock: connect to `uds`, send `CONNECT <port>\n`.
+    Vsock {
+        /// The host-side Unix socket of the VM's vsock device.
+        uds: PathBuf,
+        /// The guest port the agent listens on.
+        port: u32,
+    },
+}
+
+/// A started sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxHandle {
+    /// Where its agent listens.
+    pub agent: AgentEndpoint,
+    /// The host pid of the sandbox's first process, where there is one.
+    pub pid: Option<u32>,
+}
+
+/// Resource use of a running sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// CPU time used so far, microseconds.
+    pub cpu_usec: u64,
+    /// Processes and threads now.
+    pub pids: u64,
+}
+
+/// What a runtime operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxRuntimeError {
+    /// No such sandbox in this runtime (stopped, never started, or cleaned up).
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    /// The runtime does not offer this operation (e.g. pause on the process runtime).
+    #[error("the {runtime} runtime does not support {operation}")]
+    NotSupported {
+        /// The runtime.
+        runtime: RuntimeKind,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The spec cannot be honoured (bad image, impossible limits).
+    #[error("invalid sandbox spec: {0}")]
+    InvalidSpec(String),
+    /// Starting or talking to the boundary failed.
+    #[error("runtime failure: {0}")]
+    Failed(String),
+}
+
+/// An isolation backend.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Which backend this is.
+    fn kind(&self) -> RuntimeKind;
+
+    /// Starts a boundary with the agent inside and returns how to reach the agent. Returns
+    /// once the agent accepts connections.
+    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxHandle, SandboxRuntimeError>;
+
+    /// Finds a sandbox started earlier (by this or a previous server process) that still runs.
+    async fn attach(&self, id: &str) -> Result<SandboxHandle, SandboxRuntimeError>;
+
+    /// Stops the sandbox and removes everything it held on the host: processes, mounts,
+    /// cgroups, network devices and its state directory. Stopping a sandbox that is not
+    /// running succeeds (it cleans up whatever is left).
+    async fn stop(&self, id: &str) -> Result<(), SandboxRuntimeError>;
+
+    /// Current resource use.
+    async fn usage(&self, id: &str) -> Result<Usage, SandboxRuntimeError>;
+
+    /// Exposes a host directory inside a running sandbox.
+    async fn mount(&self, id: &str, mount: &Mount) -> Result<(), SandboxRuntimeError>;
+
+    /// Ids of every sandbox this runtime holds on this host, running or left over, so the
+    /// server can reconcile them with the store after a restart.
+    async fn list(&self) -> Result<Vec<String>, SandboxRuntimeError>;
+
+    /// Freezes every process of the sandbox (cgroup freezer, VM pause).
+    async fn pause(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
+        Err(SandboxRuntimeError::NotSupported {
+            runtime: self.kind(),
+            operation: "pause",
+        })
+    }
+
+    /// Thaws a paused sandbox.
+    async fn resume(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
+        Err(SandboxRuntimeError::NotSupported {
+            runtime: self.kind(),
+            operation: "resume",
+        })
+    }
+}
