@@ -18,6 +18,16 @@ pub enum DomainError {
     /// The caller is known but not allowed to do this.
     #[error("{0}")]
     Forbidden(String),
+    /// Over a quota: `kind` names it (`sandboxes`, `exec_rate`…).
+    #[error("{message}")]
+    QuotaExceeded {
+        /// The quota kind, for the `quota_violations_total{type}` metric.
+        kind: &'static str,
+        /// A sentence for the caller.
+        message: String,
+        /// When to try again.
+        retry_after_seconds: u64,
+    },
     /// A dependency (store, storage, runtime) is down.
     #[error("{0}")]
     Unavailable(String),

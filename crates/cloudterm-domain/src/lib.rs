@@ -8,7 +8,9 @@ pub mod error;
 pub mod ids;
 pub mod principal;
 pub mod principals;
+pub mod sandboxes;
 
 pub use error::DomainError;
 pub use principal::{storage_name, Principal};
 pub use principals::{PrincipalService, PrincipalView};
+pub use sandboxes::{CreateSandbox, Sandbox, SandboxService, SandboxSettings};

@@ -13,9 +13,6 @@ use crate::principal::Principal;
 /// How many principals are remembered in memory before the cache starts over.
 const CACHE_CAPACITY: usize = 10_000;
 
-/// Sandbox states that count against the running-sandboxes quota.
-const ACTIVE_STATES: [&str; 3] = ["starting", "running", "paused"];
-
 /// A principal as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrincipalView {
@@ -71,16 +68,6 @@ impl PrincipalService {
         };
         self.remember(view.clone());
         Ok(view)
-    }
-
-    /// How many of the principal's sandboxes hold resources now (counted against its quota).
-    pub async fn running_sandboxes(&self, principal: &Principal) -> Result<u64, DomainError> {
-        let sandboxes = self.store.list_sandboxes_by_owner(principal.id()).await?;
-        let running = sandboxes
-            .iter()
-            .filter(|sandbox| ACTIVE_STATES.contains(&sandbox.state.as_str()))
-            .count();
-        Ok(u64::try_from(running).unwrap_or(u64::MAX))
     }
 
     fn cached(&self, id: &str) -> Option<PrincipalView> {

@@ -35,6 +35,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The sandbox runtime.
     pub runtime: RuntimeConfig,
+    /// Sandbox defaults and bounds.
+    pub sandboxes: SandboxConfig,
     /// Default limits per principal.
     pub quotas: QuotaConfig,
 }
@@ -127,6 +129,55 @@ pub struct StorageConfig {
 pub struct RuntimeConfig {
     /// `auto`, `linux`, `firecracker` or `process`.
     pub kind: String,
+    /// The `cloudterm-agent` binary (default: beside the `cloudterm` binary, else `PATH`).
+    pub agent_path: Option<PathBuf>,
+    /// The `cloudterm-linux-helper` binary (default: beside the `cloudterm` binary, else `PATH`).
+    pub linux_helper_path: Option<PathBuf>,
+    /// A directory of named images (`"image": "NAME"` → `images_dir/NAME`).
+    pub images_dir: Option<PathBuf>,
+}
+
+/// Sandbox defaults and bounds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Idle TTL when a request names none, seconds.
+    pub default_timeout_seconds: u64,
+    /// Longest idle TTL a request may ask for, seconds.
+    pub max_timeout_seconds: u64,
+    /// Memory limit when a request names none, MiB.
+    pub default_memory_mb: u64,
+    /// Largest memory limit a request may ask for, MiB.
+    pub max_memory_mb: u64,
+    /// CPU quota when a request names none, cores.
+    pub default_cpus: f64,
+    /// Largest CPU quota, cores.
+    pub max_cpus: f64,
+    /// Process limit when a request names none.
+    pub default_pids: u64,
+    /// Largest process limit.
+    pub max_pids: u64,
+    /// Host directories `POST /sandboxes/{id}/mount` may expose (none by default).
+    pub mount_allow: Vec<PathBuf>,
+    /// How often idle sandboxes are looked for, seconds.
+    pub reap_interval_seconds: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            default_timeout_seconds: 900,
+            max_timeout_seconds: 86_400,
+            default_memory_mb: 512,
+            max_memory_mb: 16_384,
+            default_cpus: 1.0,
+            max_cpus: 64.0,
+            default_pids: 512,
+            max_pids: 32_768,
+            mount_allow: Vec::new(),
+            reap_interval_seconds: 1,
+        }
+    }
 }
 
 /// Default limits per principal.
@@ -150,6 +201,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             storage: StorageConfig::default(),
             runtime: RuntimeConfig::default(),
+            sandboxes: SandboxConfig::default(),
             quotas: QuotaConfig::default(),
         }
     }
@@ -199,9 +251,7 @@ impl Default for StorageConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            kind: "auto".into(),
-        }
+        RuntimeConfig { kind: "auto".into(), agent_path: None, linux_helper_path: None, images_dir: None }
     }
 }
 
@@ -504,6 +554,69 @@ pub const SETTINGS: &[Setting] = &[
         help: "auto (default), linux, firecracker or process",
         apply: |c, v| {
             c.runtime.kind = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "runtime.agent_path",
+        env: "CLOUDTERM_AGENT_PATH",
+        help: "the cloudterm-agent binary (default: beside cloudterm, else PATH)",
+        apply: |c, v| {
+            c.runtime.agent_path = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "runtime.linux_helper_path",
+        env: "CLOUDTERM_LINUX_HELPER_PATH",
+        help: "the cloudterm-linux-helper binary (default: beside cloudterm, else PATH)",
+        apply: |c, v| {
+            c.runtime.linux_helper_path = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "runtime.images_dir",
+        env: "CLOUDTERM_IMAGES_DIR",
+        help: "directory of named images (image root directories)",
+        apply: |c, v| {
+            c.runtime.images_dir = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.default_timeout_seconds",
+        env: "CLOUDTERM_SANDBOX_TIMEOUT_SECONDS",
+        help: "idle TTL of a sandbox when the request names none (default 900)",
+        apply: |c, v| {
+            c.sandboxes.default_timeout_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.default_memory_mb",
+        env: "CLOUDTERM_SANDBOX_MEMORY_MB",
+        help: "memory limit of a sandbox when the request names none (default 512)",
+        apply: |c, v| {
+            c.sandboxes.default_memory_mb = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.default_pids",
+        env: "CLOUDTERM_SANDBOX_PIDS",
+        help: "process limit of a sandbox when the request names none (default 512)",
+        apply: |c, v| {
+            c.sandboxes.default_pids = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.mount_allow",
+        env: "CLOUDTERM_MOUNT_ALLOW",
+        help: "colon-separated host directories that /sandboxes/{id}/mount may expose",
+        apply: |c, v| {
+            c.sandboxes.mount_allow = v.split(':').filter_map(non_empty).map(PathBuf::from).collect();
             Ok(())
         },
     },

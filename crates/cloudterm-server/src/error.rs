@@ -145,6 +145,7 @@ impl From<DomainError> for ApiError {
             DomainError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             DomainError::Conflict(message) => ApiError::Conflict(message),
             DomainError::Forbidden(message) => ApiError::Forbidden(message),
+            DomainError::QuotaExceeded { message, retry_after_seconds, .. } => ApiError::TooManyRequests { message, retry_after_seconds },
             DomainError::Unavailable(message) => ApiError::Unavailable(message),
             DomainError::Internal(message) => ApiError::Internal(message),
         }

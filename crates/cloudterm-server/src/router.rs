@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::middleware;
-use crate::routes::{health, identity};
+use crate::routes::{health, identity, sandboxes};
 use crate::state::AppState;
 
 /// The services a listener can serve. Identity, health, metrics and docs come with every one.
@@ -95,9 +95,18 @@ fn common_routes() -> OpenApiRouter<AppState> {
 /// The routes of one service. The sandbox, snapshot, workspace and preview issues fill these.
 fn service_routes(service: Service) -> OpenApiRouter<AppState> {
     match service {
-        Service::Sandbox | Service::Snapshot | Service::Workspace | Service::Preview => {
-            OpenApiRouter::new()
-        }
+        Service::Sandbox => OpenApiRouter::new()
+            .routes(routes!(sandboxes::create_sandbox, sandboxes::list_sandboxes))
+            .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
+            .routes(routes!(sandboxes::exec_sandbox))
+            .routes(routes!(sandboxes::write_file, sandboxes::list_files))
+            .routes(routes!(sandboxes::upload_file, sandboxes::download_file))
+            .routes(routes!(sandboxes::keepalive_sandbox))
+            .routes(routes!(sandboxes::mount_sandbox))
+            .routes(routes!(sandboxes::start_background, sandboxes::list_background))
+            .routes(routes!(sandboxes::background_logs))
+            .routes(routes!(sandboxes::stop_background)),
+        Service::Snapshot | Service::Workspace | Service::Preview => OpenApiRouter::new(),
     }
 }
 
@@ -107,7 +116,11 @@ pub fn api(services: &[Service]) -> (Router<AppState>, OpenApiDocument) {
     for service in services {
         router = router.merge(service_routes(*service));
     }
-    router.split_for_parts()
+    let (router, mut document) = router.split_for_parts();
+    // axum spells a catch-all segment `{*path}`; OpenAPI knows only `{path}`.
+    let paths = std::mem::take(&mut document.paths.paths);
+    document.paths.paths = paths.into_iter().map(|(path, item)| (path.replace("{*", "{"), item)).collect();
+    (router, document)
 }
 
 /// The OpenAPI document of a listener serving every service (what `/openapi.json` shows on

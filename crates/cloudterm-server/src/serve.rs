@@ -44,7 +44,8 @@ pub async fn start(state: AppState) -> anyhow::Result<RunningServer> {
     }
     let main = bind("listen", &config.listen).await?;
     let main_addr = main.local_addr()?;
-    spawn(&mut tasks, main, app(&state, &main_services), stopped);
+    spawn(&mut tasks, main, app(&state, &main_services), stopped.clone());
+    spawn_reaper(&mut tasks, state.clone(), stopped);
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     Ok(RunningServer {
         main_addr,
@@ -76,6 +77,24 @@ fn spawn(
                 let _ = stopped.wait_for(|stop| *stop).await;
             })
             .await
+    });
+}
+
+/// Stops sandboxes whose idle TTL passed, until shutdown.
+fn spawn_reaper(tasks: &mut JoinSet<std::io::Result<()>>, state: AppState, mut stopped: watch::Receiver<bool>) {
+    let interval = Duration::from_secs(state.config.sandboxes.reap_interval_seconds);
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                changed = stopped.changed() => {
+                    if changed.is_err() || *stopped.borrow() {
+                        return Ok(());
+                    }
+                }
+            }
+            state.sandboxes.reap_idle().await;
+        }
     });
 }
 

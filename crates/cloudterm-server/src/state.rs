@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cloudterm_blobstore::{BlobStore, BlobStoreConfig};
-use cloudterm_domain::PrincipalService;
+use cloudterm_domain::{PrincipalService, SandboxService, SandboxSettings};
 use cloudterm_identity::{DevIssuer, Verifier, VerifierConfig};
-use cloudterm_runtime::{RuntimeChoice, Selection};
+use cloudterm_runtime::{Limits, ProcessRuntime, ProcessRuntimeConfig, Runtime, RuntimeChoice, RuntimeKind, Selection};
 use cloudterm_store::Store;
 
 use crate::config::Config;
@@ -33,6 +33,8 @@ pub struct App {
     pub dev_issuer: Option<DevIssuer>,
     /// Principals and their home workspaces.
     pub principals: PrincipalService,
+    /// Sandboxes.
+    pub sandboxes: SandboxService,
     /// Prometheus metrics.
     pub metrics: Metrics,
 }
@@ -75,6 +77,12 @@ impl AppState {
             (Verifier::dev(&issuer), Some(issuer))
         };
         let principals = PrincipalService::new(store.clone());
+        let sandbox_runtime = build_runtime(&config, &runtime)?;
+        let sandboxes = SandboxService::new(store.clone(), sandbox_runtime, sandbox_settings(&config)?);
+        let recovered = sandboxes.recover().await.map_err(|err| anyhow::anyhow!("cannot recover sandboxes: {err}"))?;
+        if recovered != Default::default() {
+            tracing::info!(reattached = ?recovered.reattached, stopped = ?recovered.marked_stopped, cleaned_up = ?recovered.cleaned_up, "recovered sandboxes after a restart");
+        }
         Ok(AppState(Arc::new(App {
             config,
             store,
@@ -83,6 +91,7 @@ impl AppState {
             verifier,
             dev_issuer,
             principals,
+            sandboxes,
             metrics: Metrics::new(),
         })))
     }
@@ -118,4 +127,63 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
                 path.display()
             )
         })
+}
+
+/// Finds a helper binary: the configured path, else beside the running executable (or its
+/// parent directory, where test binaries live in `target/*/deps/`), else by name in `PATH`.
+pub fn locate_binary(configured: Option<&std::path::Path>, name: &str) -> std::path::PathBuf {
+    if let Some(path) = configured {
+        return path.to_path_buf();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    std::path::PathBuf::from(name)
+}
+
+fn build_runtime(config: &Config, selection: &Selection) -> anyhow::Result<Arc<dyn Runtime>> {
+    let agent_binary = locate_binary(config.runtime.agent_path.as_deref(), "cloudterm-agent");
+    let root_dir = config.data_dir.join("sandboxes");
+    match selection.kind {
+        RuntimeKind::Process => Ok(Arc::new(ProcessRuntime::new(ProcessRuntimeConfig { agent_binary, root_dir }))),
+        RuntimeKind::Linux => Ok(Arc::new(ProcessRuntime::new(ProcessRuntimeConfig { agent_binary, root_dir }))),
+        RuntimeKind::Firecracker => anyhow::bail!("the firecracker runtime is not built yet"),
+    }
+}
+
+fn sandbox_settings(config: &Config) -> anyhow::Result<SandboxSettings> {
+    let sandboxes = &config.sandboxes;
+    let mut mount_allow = Vec::new();
+    for dir in &sandboxes.mount_allow {
+        match std::fs::canonicalize(dir) {
+            Ok(real) => mount_allow.push(real),
+            Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "ignoring a sandboxes.mount_allow entry that does not resolve"),
+        }
+    }
+    Ok(SandboxSettings {
+        workspaces_dir: config.data_dir.join("workspaces"),
+        state_dir: config.data_dir.join("sandboxes"),
+        default_timeout_seconds: sandboxes.default_timeout_seconds,
+        max_timeout_seconds: sandboxes.max_timeout_seconds,
+        default_limits: Limits {
+            memory_mb: Some(sandboxes.default_memory_mb),
+            cpus: Some(sandboxes.default_cpus),
+            pids: Some(sandboxes.default_pids),
+            disk_mb: None,
+        },
+        max_limits: Limits {
+            memory_mb: Some(sandboxes.max_memory_mb),
+            cpus: Some(sandboxes.max_cpus),
+            pids: Some(sandboxes.max_pids),
+            disk_mb: None,
+        },
+        max_sandboxes_per_principal: config.quotas.max_sandboxes,
+        mount_allow,
+        images_dir: config.runtime.images_dir.clone(),
+    })
 }

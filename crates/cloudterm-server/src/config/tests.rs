@@ -75,6 +75,10 @@ fn every_setting_has_a_working_override() {
             "store.url" => "sqlite:///tmp/x.db",
             "storage.backend" => "local",
             "runtime.kind" => "process",
+            "runtime.agent_path" | "runtime.linux_helper_path" | "runtime.images_dir" => "/opt/x",
+            "sandboxes.mount_allow" => "/srv/data:/mnt/shared",
+            "sandboxes.default_memory_mb" => "1024",
+            "sandboxes.default_pids" => "64",
             key if key.ends_with("seconds")
                 || key.ends_with("bytes")
                 || key.starts_with("quotas.") =>

@@ -24,10 +24,7 @@ pub async fn get_me(
     caller: Caller,
 ) -> Result<Json<MeResponse>, ApiError> {
     let view = state.principals.whoami(&caller.principal).await?;
-    let running = state
-        .principals
-        .running_sandboxes(&caller.principal)
-        .await?;
+    let running = state.sandboxes.running_count(caller.principal.id());
     Ok(Json(MeResponse {
         principal: view.principal,
         home_workspace_id: view.home_workspace_id,
@@ -36,7 +33,7 @@ pub async fn get_me(
         quota: vec![QuotaUsage {
             kind: "sandboxes".into(),
             used: running,
-            limit: Some(state.config.quotas.max_sandboxes),
+            limit: Some(state.sandboxes.max_sandboxes()),
         }],
     }))
 }

@@ -3,3 +3,4 @@
 
 pub mod health;
 pub mod identity;
+pub mod sandboxes;

@@ -6,5 +6,6 @@ mod dependency_rules;
 mod health;
 mod listeners;
 mod plumbing;
+mod sandboxes;
 mod spec;
 mod support;

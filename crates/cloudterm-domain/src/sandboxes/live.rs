@@ -1,0 +1,92 @@
+//! Sandboxes running on this host: their agent clients and idle clocks.
+//!
+//! The store holds every sandbox's record; this registry holds what only a running sandbox
+//! has (a connection to its agent, work in flight). It is rebuilt from the store and the
+//! runtime at start-up (`SandboxService::recover`), so it holds no state the two do not.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cloudterm_runtime::AgentClient;
+
+/// A running sandbox.
+pub struct LiveSandbox {
+    /// Its id.
+    pub id: String,
+    /// Its owner.
+    pub owner: String,
+    /// The client of its agent.
+    pub agent: AgentClient,
+    timeout: Mutex<Duration>,
+    expires_at: Mutex<DateTime<Utc>>,
+    inflight: AtomicUsize,
+}
+
+impl LiveSandbox {
+    /// A sandbox that was just started or re-attached.
+    pub fn new(id: String, owner: String, agent: AgentClient, timeout: Duration, expires_at: DateTime<Utc>) -> Arc<Self> {
+        Arc::new(LiveSandbox { id, owner, agent, timeout: Mutex::new(timeout), expires_at: Mutex::new(expires_at), inflight: AtomicUsize::new(0) })
+    }
+
+    /// When it stops if nothing uses it.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.expires_at.lock().map(|at| *at).unwrap_or_else(|poisoned| *poisoned.into_inner())
+    }
+
+    /// Pushes the idle deadline to `now + timeout` (used on every operation) and returns it.
+    pub fn touch(&self) -> DateTime<Utc> {
+        let timeout = self.timeout.lock().map(|t| *t).unwrap_or_else(|poisoned| *poisoned.into_inner());
+        let deadline = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero());
+        if let Ok(mut expires_at) = self.expires_at.lock() {
+            if deadline > *expires_at {
+                *expires_at = deadline;
+            }
+        }
+        deadline
+    }
+
+    /// Sets a new idle TTL and deadline (keepalive).
+    pub fn set_timeout(&self, timeout: Duration) -> DateTime<Utc> {
+        if let Ok(mut current) = self.timeout.lock() {
+            *current = timeout;
+        }
+        let deadline = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero());
+        if let Ok(mut expires_at) = self.expires_at.lock() {
+            *expires_at = deadline;
+        }
+        deadline
+    }
+
+    /// True when the deadline passed and no operation is in flight.
+    pub fn is_idle(&self, now: DateTime<Utc>) -> bool {
+        self.inflight.load(Ordering::SeqCst) == 0 && now >= self.expires_at()
+    }
+
+    /// Marks an operation in flight until the guard drops; the idle clock restarts then.
+    pub fn activity(self: &Arc<Self>) -> ActivityGuard {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        ActivityGuard { live: self.clone() }
+    }
+}
+
+/// Holds a sandbox busy; streams keep one for as long as they run.
+pub struct ActivityGuard {
+    live: Arc<LiveSandbox>,
+}
+
+impl ActivityGuard {
+    /// The sandbox this guard keeps busy.
+    pub fn sandbox(&self) -> &Arc<LiveSandbox> {
+        &self.live
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.live.touch();
+        self.live.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,412 @@
+//! `SandboxService`: the sandbox lifecycle (create, list, get, delete, keepalive, idle stop,
+//! recovery after a restart) on top of the Store and a Runtime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cloudterm_runtime::{AgentClient, Limits, Mount, Runtime, SandboxRuntimeError, SandboxSpec};
+use cloudterm_store::{SandboxRecord, Store, StoreError};
+
+use crate::error::DomainError;
+use crate::ids::new_id;
+use crate::principal::{storage_name, Principal};
+use crate::sandboxes::live::{ActivityGuard, LiveSandbox};
+use crate::sandboxes::model::{state, CreateSandbox, Sandbox, SandboxSettings};
+use crate::sandboxes::validate;
+
+/// How long a new sandbox's agent gets to answer.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Sandboxes: records in the store, boundaries in the runtime, agents reached through clients.
+pub struct SandboxService {
+    store: Arc<dyn Store>,
+    runtime: Arc<dyn Runtime>,
+    settings: SandboxSettings,
+    live: RwLock<HashMap<String, Arc<LiveSandbox>>>,
+    /// Sandboxes being created, per owner: counted against the quota before they run.
+    starting: Mutex<HashMap<String, u64>>,
+}
+
+impl SandboxService {
+    /// A service over `store` and `runtime`.
+    pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>, settings: SandboxSettings) -> Self {
+        SandboxService { store, runtime, settings, live: RwLock::new(HashMap::new()), starting: Mutex::new(HashMap::new()) }
+    }
+
+    /// The runtime in use.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// Running (or starting) sandboxes of `owner`: what the quota counts.
+    pub fn running_count(&self, owner: &str) -> u64 {
+        let live = self.live.read().map(|live| live.values().filter(|s| s.owner == owner).count()).unwrap_or(0);
+        let starting = self.starting.lock().map(|s| s.get(owner).copied().unwrap_or(0)).unwrap_or(0);
+        live as u64 + starting
+    }
+
+    /// The quota limit for running sandboxes.
+    pub fn max_sandboxes(&self) -> u64 {
+        self.settings.max_sandboxes_per_principal
+    }
+
+    /// Creates and starts a sandbox for `caller`.
+    pub async fn create(&self, caller: &Principal, request: CreateSandbox) -> Result<Sandbox, DomainError> {
+        let limits = validate::effective_limits(&request.limits, &self.settings)?;
+        let timeout_seconds = validate::timeout_seconds(request.timeout_seconds, &self.settings)?;
+        validate::environment(&request.env)?;
+        validate::metadata(&request.metadata)?;
+        let image = self.resolve_image(request.image.as_deref())?;
+        let workspace = match &request.workspace_id {
+            Some(id) => self.owned_workspace(caller, id).await?,
+            None => {
+                let principal = self.store.get_principal(caller.id()).await.map_err(|err| match err {
+                    StoreError::NotFound => DomainError::Internal("principal has no record".into()),
+                    other => other.into(),
+                })?;
+                principal.home_workspace_id
+            }
+        };
+        let _reservation = self.reserve(caller.id())?;
+
+        let id = new_id("sbx");
+        let now = Utc::now();
+        let expires_at = now + chrono::Duration::seconds(timeout_seconds as i64);
+        let record = SandboxRecord {
+            id: id.clone(),
+            owner: caller.id().to_string(),
+            workspace_id: Some(workspace.clone()),
+            state: state::STARTING.to_string(),
+            runtime: self.runtime.kind().as_str().to_string(),
+            image: request.image.clone(),
+            limits: limits_json(&limits, timeout_seconds),
+            metadata: serde_json::to_value(&request.metadata).unwrap_or_default(),
+            created_at: now,
+            expires_at,
+            updated_at: now,
+        };
+        self.store.insert_sandbox(&record).await?;
+
+        let spec = SandboxSpec {
+            id: id.clone(),
+            workspace_dir: self.workspace_dir(caller.id(), &workspace),
+            state_dir: self.settings.state_dir.join(&id),
+            image,
+            env: request.env.into_iter().collect(),
+            limits: limits.clone(),
+            mounts: Vec::new(),
+        };
+        let started = async {
+            tokio::fs::create_dir_all(&spec.workspace_dir)
+                .await
+                .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
+            let handle = self.runtime.start(&spec).await.map_err(runtime_error)?;
+            let agent = AgentClient::new(handle.agent);
+            agent.wait_ready(AGENT_READY_TIMEOUT).await.map_err(|err| DomainError::Unavailable(format!("sandbox agent did not answer: {err}")))?;
+            Ok::<_, DomainError>(agent)
+        }
+        .await;
+        let agent = match started {
+            Ok(agent) => agent,
+            Err(err) => {
+                tracing::warn!(sandbox = %id, error = %err, "sandbox failed to start");
+                let _ = self.runtime.stop(&id).await;
+                let _ = self.store.update_sandbox_state(&id, state::FAILED, Utc::now()).await;
+                return Err(err);
+            }
+        };
+        let live = LiveSandbox::new(id.clone(), caller.id().to_string(), agent, Duration::from_secs(timeout_seconds), expires_at);
+        let expires_at = live.touch();
+        self.store.update_sandbox_state(&id, state::RUNNING, Utc::now()).await?;
+        self.store.update_sandbox_expiry(&id, expires_at, Utc::now()).await?;
+        if let Ok(mut registry) = self.live.write() {
+            registry.insert(id.clone(), live);
+        }
+        tracing::info!(sandbox = %id, owner = %caller.id(), runtime = %self.runtime.kind(), "sandbox started");
+        self.get(caller, &id).await
+    }
+
+    /// The caller's sandboxes, oldest first.
+    pub async fn list(&self, caller: &Principal) -> Result<Vec<Sandbox>, DomainError> {
+        let records = self.store.list_sandboxes_by_owner(caller.id()).await?;
+        Ok(records.into_iter().map(|record| self.view(record)).collect())
+    }
+
+    /// One of the caller's sandboxes; another principal's is "not found".
+    pub async fn get(&self, caller: &Principal, id: &str) -> Result<Sandbox, DomainError> {
+        let record = self.owned_record(caller, id).await?;
+        Ok(self.view(record))
+    }
+
+    /// Stops the sandbox, removes everything it held on the host and forgets it. The
+    /// workspace stays.
+    pub async fn delete(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {
+        self.owned_record(caller, id).await?;
+        self.forget_live(id);
+        self.runtime.stop(id).await.map_err(runtime_error)?;
+        match self.store.delete_sandbox(id).await {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Sets a new idle TTL starting now.
+    pub async fn keepalive(&self, caller: &Principal, id: &str, timeout_seconds: Option<u64>) -> Result<DateTime<Utc>, DomainError> {
+        let live = self.running(caller, id).await?;
+        let seconds = match timeout_seconds {
+            Some(seconds) => validate::timeout_seconds(Some(seconds), &self.settings)?,
+            None => {
+                let record = self.store.get_sandbox(id).await?;
+                record.limits.get("timeout_seconds").and_then(|v| v.as_u64()).unwrap_or(self.settings.default_timeout_seconds)
+            }
+        };
+        let expires_at = live.set_timeout(Duration::from_secs(seconds));
+        self.store.update_sandbox_expiry(id, expires_at, Utc::now()).await?;
+        Ok(expires_at)
+    }
+
+    /// Exposes an allowed host directory inside a running sandbox.
+    pub async fn mount(&self, caller: &Principal, id: &str, host_path: &str, target: &str, read_only: bool) -> Result<Mount, DomainError> {
+        let live = self.running(caller, id).await?;
+        let target = validate::mount_target(target)?;
+        let host_path = validate::allowed_host_path(host_path, &self.settings.mount_allow)?
+            .ok_or_else(|| DomainError::Forbidden("host_path is not under an allowed directory (CLOUDTERM_MOUNT_ALLOW)".into()))?;
+        let _busy = live.activity();
+        let mount = Mount { host_path, target, read_only };
+        self.runtime.mount(id, &mount).await.map_err(runtime_error)?;
+        Ok(mount)
+    }
+
+    /// A running sandbox of the caller's, marked busy for as long as the guard lives. Every
+    /// operation that reaches the agent goes through here.
+    pub async fn use_running(&self, caller: &Principal, id: &str) -> Result<ActivityGuard, DomainError> {
+        Ok(self.running(caller, id).await?.activity())
+    }
+
+    async fn running(&self, caller: &Principal, id: &str) -> Result<Arc<LiveSandbox>, DomainError> {
+        if let Some(live) = self.live_sandbox(id) {
+            if live.owner == caller.id() {
+                return Ok(live);
+            }
+            return Err(not_found(id));
+        }
+        let record = self.owned_record(caller, id).await?;
+        Err(DomainError::Conflict(format!("sandbox {id} is {}, not running", record.state)))
+    }
+
+    /// Stops every running sandbox whose idle deadline passed. Returns the stopped ids.
+    pub async fn reap_idle(&self) -> Vec<String> {
+        let now = Utc::now();
+        let idle: Vec<Arc<LiveSandbox>> = match self.live.read() {
+            Ok(live) => live.values().filter(|s| s.is_idle(now)).cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut stopped = Vec::new();
+        for sandbox in idle {
+            // Re-check under the registry lock: an operation may have started meanwhile.
+            let still_idle = self.live.write().ok().map(|mut live| {
+                if sandbox.is_idle(Utc::now()) {
+                    live.remove(&sandbox.id);
+                    true
+                } else {
+                    false
+                }
+            });
+            if still_idle != Some(true) {
+                continue;
+            }
+            tracing::info!(sandbox = %sandbox.id, "idle timeout: stopping sandbox");
+            if let Err(err) = self.runtime.stop(&sandbox.id).await {
+                tracing::warn!(sandbox = %sandbox.id, error = %err, "stopping an idle sandbox failed");
+            }
+            if let Err(err) = self.store.update_sandbox_state(&sandbox.id, state::STOPPED, Utc::now()).await {
+                tracing::warn!(sandbox = %sandbox.id, error = %err, "cannot record the idle stop");
+            }
+            stopped.push(sandbox.id.clone());
+        }
+        stopped
+    }
+
+    /// After a restart: re-attach to sandboxes that still run, mark the rest stopped, and
+    /// clean up whatever the runtime holds that the store does not know as running.
+    pub async fn recover(&self) -> Result<RecoveryReport, DomainError> {
+        let mut report = RecoveryReport::default();
+        let records = self.store.list_sandboxes_in_states(&[state::STARTING, state::RUNNING]).await?;
+        for record in records {
+            let attached = match self.runtime.attach(&record.id).await {
+                Ok(handle) => {
+                    let agent = AgentClient::new(handle.agent);
+                    agent.wait_ready(Duration::from_secs(2)).await.ok().map(|_| agent)
+                }
+                Err(_) => None,
+            };
+            match attached {
+                Some(agent) if record.state == state::RUNNING => {
+                    let timeout = record.limits.get("timeout_seconds").and_then(|v| v.as_u64()).unwrap_or(self.settings.default_timeout_seconds);
+                    let live = LiveSandbox::new(record.id.clone(), record.owner.clone(), agent, Duration::from_secs(timeout), record.expires_at);
+                    if let Ok(mut registry) = self.live.write() {
+                        registry.insert(record.id.clone(), live);
+                    }
+                    report.reattached.push(record.id);
+                }
+                _ => {
+                    let _ = self.runtime.stop(&record.id).await;
+                    self.store.update_sandbox_state(&record.id, state::STOPPED, Utc::now()).await?;
+                    report.marked_stopped.push(record.id);
+                }
+            }
+        }
+        let held = self.runtime.list().await.map_err(runtime_error)?;
+        for id in held {
+            if self.live_sandbox(&id).is_none() {
+                self.runtime.stop(&id).await.map_err(runtime_error)?;
+                report.cleaned_up.push(id);
+            }
+        }
+        Ok(report)
+    }
+
+    fn live_sandbox(&self, id: &str) -> Option<Arc<LiveSandbox>> {
+        self.live.read().ok().and_then(|live| live.get(id).cloned())
+    }
+
+    fn forget_live(&self, id: &str) -> Option<Arc<LiveSandbox>> {
+        self.live.write().ok().and_then(|mut live| live.remove(id))
+    }
+
+    async fn owned_record(&self, caller: &Principal, id: &str) -> Result<SandboxRecord, DomainError> {
+        match self.store.get_sandbox(id).await {
+            Ok(record) if record.owner == caller.id() => Ok(record),
+            Ok(_) | Err(StoreError::NotFound) => Err(not_found(id)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn owned_workspace(&self, caller: &Principal, id: &str) -> Result<String, DomainError> {
+        match self.store.get_workspace(id).await {
+            Ok(workspace) if workspace.owner == caller.id() => Ok(workspace.id),
+            Ok(_) | Err(StoreError::NotFound) => Err(DomainError::NotFound(format!("workspace {id}"))),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// `DATA_DIR/workspaces/<storage name of the owner>/<workspace id>`.
+    pub fn workspace_dir(&self, owner: &str, workspace_id: &str) -> PathBuf {
+        self.settings.workspaces_dir.join(storage_name(owner)).join(storage_name(workspace_id))
+    }
+
+    fn resolve_image(&self, image: Option<&str>) -> Result<Option<PathBuf>, DomainError> {
+        let Some(name) = image else { return Ok(None) };
+        let Some(dir) = &self.settings.images_dir else {
+            return Err(DomainError::InvalidInput(format!("unknown image {name:?}: no images are configured (runtime.images_dir)")));
+        };
+        let valid = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !name.starts_with('.');
+        let path = dir.join(name);
+        if !valid || !path.is_dir() {
+            return Err(DomainError::InvalidInput(format!("unknown image {name:?}")));
+        }
+        Ok(Some(path))
+    }
+
+    fn reserve(&self, owner: &str) -> Result<Reservation<'_>, DomainError> {
+        let mut starting = self.starting.lock().map_err(|_| DomainError::Internal("quota lock poisoned".into()))?;
+        let live = self.live.read().map(|live| live.values().filter(|s| s.owner == owner).count()).unwrap_or(0) as u64;
+        let pending = starting.get(owner).copied().unwrap_or(0);
+        if live + pending >= self.settings.max_sandboxes_per_principal {
+            return Err(DomainError::QuotaExceeded {
+                kind: "sandboxes",
+                message: format!("{} running sandboxes is the limit; delete one first", self.settings.max_sandboxes_per_principal),
+                retry_after_seconds: 10,
+            });
+        }
+        *starting.entry(owner.to_string()).or_insert(0) += 1;
+        Ok(Reservation { service: self, owner: owner.to_string() })
+    }
+
+    fn view(&self, record: SandboxRecord) -> Sandbox {
+        let live = self.live_sandbox(&record.id);
+        let limits = limits_from_json(&record.limits);
+        let timeout_seconds = record.limits.get("timeout_seconds").and_then(|v| v.as_u64()).unwrap_or(self.settings.default_timeout_seconds);
+        let metadata: BTreeMap<String, String> = serde_json::from_value(record.metadata.clone()).unwrap_or_default();
+        Sandbox {
+            id: record.id,
+            owner: record.owner,
+            state: record.state,
+            runtime: record.runtime,
+            workspace_id: record.workspace_id.unwrap_or_default(),
+            image: record.image,
+            limits,
+            timeout_seconds,
+            metadata,
+            created_at: record.created_at,
+            expires_at: live.map(|live| live.expires_at()).unwrap_or(record.expires_at),
+        }
+    }
+}
+
+/// What `recover` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Still running; serving again.
+    pub reattached: Vec<String>,
+    /// Gone while the server was down; recorded as stopped.
+    pub marked_stopped: Vec<String>,
+    /// Held by the runtime without a running record; removed.
+    pub cleaned_up: Vec<String>,
+}
+
+/// A quota slot held while a sandbox starts.
+struct Reservation<'a> {
+    service: &'a SandboxService,
+    owner: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut starting) = self.service.starting.lock() {
+            if let Some(count) = starting.get_mut(&self.owner) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    starting.remove(&self.owner);
+                }
+            }
+        }
+    }
+}
+
+fn not_found(id: &str) -> DomainError {
+    DomainError::NotFound(format!("sandbox {id}"))
+}
+
+/// Maps runtime failures: a missing sandbox is a conflict (it is not running), an
+/// unsupported operation too, a bad spec is bad input, anything else is unavailable.
+pub fn runtime_error(err: SandboxRuntimeError) -> DomainError {
+    match err {
+        SandboxRuntimeError::NotRunning(id) => DomainError::Conflict(format!("sandbox {id} is not running")),
+        SandboxRuntimeError::NotSupported { .. } => DomainError::Conflict(err.to_string()),
+        SandboxRuntimeError::InvalidSpec(message) => DomainError::InvalidInput(message),
+        SandboxRuntimeError::Failed(message) => DomainError::Unavailable(format!("sandbox runtime failed: {message}")),
+    }
+}
+
+fn limits_json(limits: &Limits, timeout_seconds: u64) -> serde_json::Value {
+    serde_json::json!({
+        "memory_mb": limits.memory_mb,
+        "cpus": limits.cpus,
+        "pids": limits.pids,
+        "disk_mb": limits.disk_mb,
+        "timeout_seconds": timeout_seconds,
+    })
+}
+
+fn limits_from_json(value: &serde_json::Value) -> Limits {
+    Limits {
+        memory_mb: value.get("memory_mb").and_then(|v| v.as_u64()),
+        cpus: value.get("cpus").and_then(|v| v.as_f64()),
+        pids: value.get("pids").and_then(|v| v.as_u64()),
+        disk_mb: value.get("disk_mb").and_then(|v| v.as_u64()),
+    }
+}

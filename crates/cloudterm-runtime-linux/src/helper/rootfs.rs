@@ -1,0 +1,443 @@
+//! The sandbox's root file system, assembled on the host by the helper (as real root) before
+//! the container is created: overlays of a read-only image with per-sandbox writable layers,
+//! a generated `/etc`, and bind mounts of the workspace, the agent and any requested host
+//! directories. With a user namespace every lower layer and bind mount is *idmapped*, so the
+//! host's root-owned files appear owned by the sandbox's root and files the sandbox writes in
+//! the workspace stay owned by host root.
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::sys;
+use crate::protocol::StartRequest;
+
+/// The host directories that make up the default image, in the order they are assembled.
+const HOST_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// The idmap applied to lower layers and bind mounts, and the uid/gid that owns generated files.
+pub struct IdMap<'a> {
+    /// A user namespace whose mapping is the sandbox's.
+    pub userns: &'a OwnedFd,
+    /// Host uid/gid of the sandbox's root.
+    pub root: u32,
+}
+
+/// Host paths of one sandbox's runtime files.
+pub struct Layout {
+    pub state_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn rootfs(&self) -> PathBuf {
+        self.state_dir.join("rootfs")
+    }
+    pub fn layers(&self) -> PathBuf {
+        self.state_dir.join("layers")
+    }
+    pub fn bundle(&self) -> PathBuf {
+        self.state_dir.join("bundle")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir.join("agent.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.state_dir.join("agent.log")
+    }
+}
+
+fn chown_to(path: &Path, idmap: Option<&IdMap<'_>>) -> io::Result<()> {
+    match idmap {
+        Some(map) => lchown(path, Some(map.root), Some(map.root)),
+        None => Ok(()),
+    }
+}
+
+fn mkdir(path: &Path, mode: u32, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
+    match fs::create_dir(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot create {}", path.display())),
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    chown_to(path, idmap)?;
+    Ok(())
+}
+
+fn write_file(path: &Path, text: &str, mode: u32, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
+    // Never write through a symlink an image may have planted.
+    if fs::symlink_metadata(path).is_ok() {
+        fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+    }
+    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    chown_to(path, idmap)?;
+    Ok(())
+}
+
+/// Files that depend on the sandbox id, written into every image.
+fn write_identity(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
+    write_file(&etc.join("hostname"), &format!("{id}\n"), 0o644, idmap)?;
+    write_file(
+        &etc.join("hosts"),
+        &format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n"),
+        0o644,
+        idmap,
+    )?;
+    write_file(
+        &etc.join("resolv.conf"),
+        "# cloudterm sandboxes have no network egress\nnameserver 127.0.0.1\n",
+        0o644,
+        idmap,
+    )?;
+    Ok(())
+}
+
+/// The generated `/etc` of the default image: never the host's.
+fn write_generated_etc(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
+    mkdir(etc, 0o755, idmap)?;
+    let shell = if Path::new("/usr/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+    write_file(
+        &etc.join("passwd"),
+        &format!(
+            "root:x:0:0:root:/workspace:{shell}\nuser:x:1000:1000:user:/workspace:{shell}\n\
+             nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+        0o644,
+        idmap,
+    )?;
+    write_file(
+        &etc.join("group"),
+        "root:x:0:\ntty:x:5:\nusers:x:100:user\nuser:x:1000:\nnogroup:x:65534:\n",
+        0o644,
+        idmap,
+    )?;
+    write_file(
+        &etc.join("shadow"),
+        "root:*:19000:0:99999:7:::\nuser:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
+        0o640,
+        idmap,
+    )?;
+    write_file(
+        &etc.join("nsswitch.conf"),
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n\
+         protocols: files\nservices: files\n",
+        0o644,
+        idmap,
+    )?;
+    write_identity(etc, id, idmap)?;
+    // The os-release of the image the binaries come from, if it has one.
+    if Path::new("/usr/lib/os-release").exists() {
+        symlink("../usr/lib/os-release", etc.join("os-release"))?;
+        chown_to(&etc.join("os-release"), idmap)?;
+    }
+    // Debian's alternatives (`awk`, `editor`, `python` …) are symlinks under /etc; copy the
+    // links (only links, never file contents) so the commands in /usr resolve.
+    if let Ok(entries) = fs::read_dir("/etc/alternatives") {
+        let dir = etc.join("alternatives");
+        mkdir(&dir, 0o755, idmap)?;
+        for entry in entries.flatten() {
+            let Ok(target) = fs::read_link(entry.path()) else { continue };
+            let link = dir.join(entry.file_name());
+            if symlink(&target, &link).is_ok() {
+                chown_to(&link, idmap)?;
+            }
+        }
+    }
+    // The loader cache only lists library paths; without it glibc still finds the default
+    // directories but not the ones `/etc/ld.so.conf.d` adds.
+    if let Ok(cache) = fs::read("/etc/ld.so.cache") {
+        let path = etc.join("ld.so.cache");
+        fs::write(&path, cache)?;
+        chown_to(&path, idmap)?;
+    }
+    Ok(())
+}
+
+/// Makes `target` show `lower` read-only with a writable layer under `layer_dir`.
+fn overlay(
+    lower: &Path,
+    target: &Path,
+    layer_dir: &Path,
+    idmap: Option<&IdMap<'_>>,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(layer_dir)?;
+    let upper = layer_dir.join("upper");
+    let work = layer_dir.join("work");
+    mkdir(&upper, 0o755, idmap)?;
+    mkdir(&work, 0o700, idmap)?;
+    let lower_path = match idmap {
+        Some(map) => {
+            // The overlay keeps private clones of its layers, so the idmapped staging mount
+            // can be detached right after the overlay is mounted.
+            let stage = layer_dir.join("lower");
+            mkdir(&stage, 0o755, None)?;
+            let tree = sys::open_tree_clone(lower, false)
+                .with_context(|| format!("cannot clone the mount of {}", lower.display()))?;
+            sys::mount_setattr(&tree, sys::MOUNT_ATTR_RDONLY, Some(map.userns))
+                .with_context(|| format!("cannot idmap {}", lower.display()))?;
+            sys::move_mount(&tree, &stage)?;
+            stage
+        }
+        None => lower.to_path_buf(),
+    };
+    for path in [&lower_path, &upper, &work] {
+        let text = path.to_string_lossy();
+        if text.contains([',', ':', '\\']) || text.contains('\n') {
+            bail!("path {} cannot be used in overlay options", path.display());
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower_path.display(),
+        upper.display(),
+        work.display()
+    );
+    let mounted = mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .with_context(|| format!("cannot mount the overlay of {} at {}", lower.display(), target.display()));
+    if idmap.is_some() {
+        let _ = umount2(&lower_path, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&lower_path);
+    }
+    mounted
+}
+
+/// Bind-mounts `source` at `target` (which must exist) through the new mount API, idmapped
+/// when there is a user namespace.
+pub fn bind(
+    source: &Path,
+    target: &Path,
+    read_only: bool,
+    idmap: Option<&IdMap<'_>>,
+) -> anyhow::Result<()> {
+    let tree = sys::open_tree_clone(source, false)
+        .with_context(|| format!("cannot clone {}", source.display()))?;
+    let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    if read_only {
+        attrs |= sys::MOUNT_ATTR_RDONLY;
+    }
+    sys::mount_setattr(&tree, attrs, idmap.map(|map| map.userns))
+        .with_context(|| format!("cannot set mount attributes of {}", source.display()))?;
+    sys::move_mount(&tree, target)
+        .with_context(|| format!("cannot mount {} at {}", source.display(), target.display()))?;
+    Ok(())
+}
+
+/// Checks an in-sandbox path: absolute, normal components only.
+pub fn relative_target(target: &Path) -> anyhow::Result<PathBuf> {
+    if !target.is_absolute() {
+        bail!("mount target {} is not absolute", target.display());
+    }
+    let mut rel = PathBuf::new();
+    for component in target.components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(part) => rel.push(part),
+            _ => bail!("mount target {} must not contain `.` or `..`", target.display()),
+        }
+    }
+    if rel.as_os_str().is_empty() {
+        bail!("cannot mount over the sandbox's root");
+    }
+    Ok(rel)
+}
+
+/// Creates `rootfs/rel` as a directory (or an empty file), refusing to follow any symlink on
+/// the way: the rootfs is partly written by the sandbox, and the helper resolves it on the host.
+pub fn make_mountpoint(
+    rootfs: &Path,
+    rel: &Path,
+    is_file: bool,
+    idmap: Option<&IdMap<'_>>,
+) -> anyhow::Result<PathBuf> {
+    let mut path = rootfs.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (index, part) in parts.iter().enumerate() {
+        path.push(part);
+        let last = index + 1 == parts.len();
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                bail!("{} is a symlink inside the sandbox", rel.display())
+            }
+            Ok(meta) if last && is_file && !meta.is_file() => {
+                bail!("{} exists and is not a file", rel.display())
+            }
+            Ok(meta) if !(last && is_file) && !meta.is_dir() => {
+                bail!("{} exists and is not a directory", rel.display())
+            }
+            Ok(_) => {}
+            Err(_) if last && is_file => {
+                fs::write(&path, b"")?;
+                chown_to(&path, idmap)?;
+            }
+            Err(_) => mkdir(&path, 0o755, idmap)?,
+        }
+    }
+    Ok(path)
+}
+
+/// Assembles the root file system; returns its host path.
+pub fn assemble(
+    req: &StartRequest,
+    layout: &Layout,
+    image: Option<&Path>,
+    agent_binary: &Path,
+    idmap: Option<&IdMap<'_>>,
+) -> anyhow::Result<PathBuf> {
+    let rootfs = layout.rootfs();
+    mkdir(&rootfs, 0o755, idmap)?;
+    fs::create_dir_all(layout.layers())?;
+    match image {
+        Some(image) => {
+            if !image.join("usr").is_dir() {
+                bail!("image {} has no usr directory", image.display());
+            }
+            overlay(image, &rootfs, &layout.layers().join("root"), idmap)?;
+            make_shared(&rootfs)?;
+            let etc = rootfs.join("etc");
+            if fs::symlink_metadata(&etc).map(|m| m.is_dir()).unwrap_or(false) {
+                write_identity(&etc, &req.id, idmap)?;
+            } else {
+                write_generated_etc(&etc, &req.id, idmap)?;
+            }
+        }
+        None => {
+            // A plain directory (it is this sandbox's own) with the host's usrmerge symlinks
+            // copied as they are, and one overlay per real host directory.
+            make_shared(&rootfs)?;
+            for name in ["tmp", "var/tmp"] {
+                if name == "var/tmp" {
+                    mkdir(&rootfs.join("var"), 0o755, idmap)?;
+                }
+                mkdir(&rootfs.join(name), 0o1777, idmap)?;
+            }
+            for name in ["proc", "sys", "dev", "root", "home", "run", "mnt", "opt", "var/lib", "var/cache", "var/log"] {
+                mkdir(&rootfs.join(name), 0o755, idmap)?;
+            }
+            fs::set_permissions(rootfs.join("root"), fs::Permissions::from_mode(0o700))?;
+            write_generated_etc(&rootfs.join("etc"), &req.id, idmap)?;
+            for name in HOST_DIRS {
+                let host = Path::new("/").join(name);
+                let Ok(meta) = fs::symlink_metadata(&host) else { continue };
+                let target = rootfs.join(name);
+                if meta.file_type().is_symlink() {
+                    let link = fs::read_link(&host)?;
+                    symlink(&link, &target)?;
+                    chown_to(&target, idmap)?;
+                } else if meta.is_dir() {
+                    mkdir(&target, 0o755, idmap)?;
+                    overlay(&host, &target, &layout.layers().join(name), idmap)?;
+                }
+            }
+        }
+    }
+    for name in ["proc", "sys", "dev", "tmp"] {
+        make_mountpoint(&rootfs, Path::new(name), false, idmap)?;
+    }
+    let workspace = make_mountpoint(&rootfs, Path::new("workspace"), false, idmap)?;
+    bind(&req.workspace_dir, &workspace, false, idmap).context("cannot mount the workspace")?;
+    let agent = make_mountpoint(&rootfs, Path::new(".cloudterm/agent"), true, idmap)?;
+    bind(agent_binary, &agent, true, idmap).context("cannot mount the agent")?;
+    for m in &req.mounts {
+        let rel = relative_target(&m.target)?;
+        if !m.host_path.is_dir() {
+            bail!("mount source {} is not a directory", m.host_path.display());
+        }
+        let target = make_mountpoint(&rootfs, &rel, false, idmap)?;
+        bind(&m.host_path, &target, m.read_only, idmap)?;
+    }
+    Ok(rootfs)
+}
+
+/// Makes the rootfs a shared mount point (before anything is mounted under it), so mounts the
+/// helper adds under it later propagate into the sandbox, whose copy is a slave: nothing
+/// propagates back.
+fn make_shared(rootfs: &Path) -> anyhow::Result<()> {
+    if !is_mountpoint(rootfs)? {
+        mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .context("cannot bind the rootfs onto itself")?;
+    }
+    mount(None::<&str>, rootfs, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
+        .context("cannot make the rootfs shared")?;
+    Ok(())
+}
+
+/// Decodes the octal escapes of a `/proc/self/mountinfo` path.
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// Every mount point of the helper's mount namespace at or under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(found)
+}
+
+fn is_mountpoint(path: &Path) -> anyhow::Result<bool> {
+    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text.lines().filter_map(|line| line.split(' ').nth(4)).any(|p| unescape(p) == path))
+}
+
+/// Detaches every mount under `dir`; fails if any is left.
+pub fn unmount_all(dir: &Path) -> anyhow::Result<()> {
+    for _ in 0..4 {
+        let points = mounts_under(dir)?;
+        if points.is_empty() {
+            return Ok(());
+        }
+        for point in points {
+            let _ = umount2(&point, MntFlags::MNT_DETACH);
+        }
+    }
+    let left = mounts_under(dir)?;
+    if left.is_empty() {
+        Ok(())
+    } else {
+        bail!("mounts left under {}: {left:?}", dir.display())
+    }
+}
+
+/// Removes `dir` after making sure nothing is mounted under it: a recursive delete through a
+/// mounted workspace would erase the user's files.
+pub fn remove_tree(dir: &Path) -> anyhow::Result<()> {
+    if fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
+    unmount_all(dir)?;
+    if !mounts_under(dir)?.is_empty() {
+        bail!("refusing to delete {}: something is still mounted under it", dir.display());
+    }
+    fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}

@@ -1,0 +1,75 @@
+//! The pipe protocol between [`LinuxRuntime`](crate::LinuxRuntime) and the helper: one JSON
+//! object per line each way, one response per request, in order.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A host directory to expose inside a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountRequest {
+    pub host_path: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything the helper needs to start one sandbox; limits already resolved to numbers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StartRequest {
+    pub id: String,
+    pub state_dir: PathBuf,
+    pub workspace_dir: PathBuf,
+    pub image: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub memory_bytes: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    pub mounts: Vec<MountRequest>,
+}
+
+/// A request to the helper.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum HelperRequest {
+    /// Create and start a container with the agent as its process.
+    Start(StartRequest),
+    /// Kill, delete and clean up everything of a sandbox (idempotent).
+    Stop { id: String },
+    /// Whether a sandbox runs, and where its agent listens.
+    State { id: String },
+    /// Resource use from the sandbox's cgroups.
+    Usage { id: String },
+    /// Freeze through the cgroup freezer.
+    Pause { id: String },
+    /// Thaw.
+    Resume { id: String },
+    /// Expose a host directory inside a running sandbox.
+    Mount { id: String, mount: MountRequest },
+    /// Ids under the root directory, running or left over.
+    List,
+    /// Create, start and delete a trivial container.
+    Probe,
+}
+
+/// Which `SandboxRuntimeError` a helper failure maps to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    NotRunning,
+    InvalidSpec,
+    NotSupported,
+    Failed,
+}
+
+/// A response from the helper.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum HelperResponse {
+    Started { pid: u32, socket: PathBuf, userns: bool },
+    Done,
+    State { running: bool, pid: Option<u32>, socket: Option<PathBuf> },
+    Usage { memory_bytes: u64, cpu_usec: u64, pids: u64 },
+    List { ids: Vec<String> },
+    Probed { summary: String },
+    Error { kind: FailureKind, message: String },
+}

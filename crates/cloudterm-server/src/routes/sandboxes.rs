@@ -1,0 +1,528 @@
+//! The Sandbox API: lifecycle, exec (buffered and SSE), files, keepalive, mounts and
+//! background jobs. Every route needs a token; another principal's sandbox is "not found".
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+use cloudterm_agent_protocol::{ExecRequest, JobInfo, JobRequest, JobState};
+use cloudterm_api_types::{
+    BackgroundRequest, CreateSandboxRequest, ErrorEnvelope, ExecRequestBody, ExecResponseBody, FileEntry, FileList,
+    FileWritten, JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxLimits,
+    SandboxList, SandboxResponse, WriteFileRequest,
+};
+use cloudterm_domain::sandboxes::{exec_timeout, Busy};
+use cloudterm_domain::{CreateSandbox, Sandbox};
+use cloudterm_runtime::{ByteStream, ExecOutput, ExecResult, Limits};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::state::AppState;
+
+/// Creates and starts a sandbox; answers once its agent is ready.
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", security(("bearer" = [])),
+    request_body = CreateSandboxRequest,
+    responses(
+        (status = 201, body = SandboxResponse),
+        (status = 401, body = ErrorEnvelope), (status = 404, description = "unknown workspace", body = ErrorEnvelope),
+        (status = 422, description = "invalid limits, TTL, env or image", body = ErrorEnvelope),
+        (status = 429, description = "too many running sandboxes", body = ErrorEnvelope),
+        (status = 503, description = "the runtime failed", body = ErrorEnvelope),
+    ))]
+pub async fn create_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateSandboxRequest>,
+) -> Result<(StatusCode, Json<SandboxResponse>), ApiError> {
+    // The home workspace must exist before a sandbox can default to it.
+    state.principals.whoami(&caller.principal).await?;
+    let limits = body.limits.unwrap_or_default();
+    let request = CreateSandbox {
+        image: body.image,
+        env: body.env,
+        timeout_seconds: body.timeout_seconds,
+        limits: Limits { memory_mb: limits.memory_mb, cpus: limits.cpus, pids: limits.pids, disk_mb: limits.disk_mb },
+        workspace_id: body.workspace_id,
+        metadata: body.metadata,
+    };
+    let sandbox = state.sandboxes.create(&caller.principal, request).await?;
+    Ok((StatusCode::CREATED, Json(sandbox_response(sandbox))))
+}
+
+/// The caller's sandboxes.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", security(("bearer" = [])),
+    responses((status = 200, body = SandboxList), (status = 401, body = ErrorEnvelope)))]
+pub async fn list_sandboxes(State(state): State<AppState>, caller: Caller) -> Result<Json<SandboxList>, ApiError> {
+    let sandboxes = state.sandboxes.list(&caller.principal).await?;
+    Ok(Json(SandboxList { sandboxes: sandboxes.into_iter().map(sandbox_response).collect() }))
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    responses((status = 200, body = SandboxResponse), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn get_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxResponse>, ApiError> {
+    Ok(Json(sandbox_response(state.sandboxes.get(&caller.principal, &id).await?)))
+}
+
+/// Stops the sandbox and removes it; its workspace stays.
+#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    responses((status = 204), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn delete_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.sandboxes.delete(&caller.principal, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs a command. With `Accept: text/event-stream` the output streams as `stdout`, `stderr`
+/// and `exit` events.
+#[utoipa::path(post, path = "/sandboxes/{id}/exec", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    request_body = ExecRequestBody,
+    responses(
+        (status = 200, description = "the result, or an SSE stream", body = ExecResponseBody),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "the sandbox is not running", body = ErrorEnvelope),
+        (status = 422, description = "no command, or a bad timeout", body = ErrorEnvelope),
+    ))]
+pub async fn exec_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ExecRequestBody>,
+) -> Result<Response, ApiError> {
+    let request = exec_request(body)?;
+    if wants_event_stream(&headers) {
+        let busy = state.sandboxes.exec_stream(&caller.principal, &id, request).await?;
+        return Ok(Sse::new(exec_events(busy)).keep_alive(KeepAlive::default()).into_response());
+    }
+    let result = state.sandboxes.exec(&caller.principal, &id, request).await?;
+    Ok(Json(exec_response(result)).into_response())
+}
+
+/// Writes a file from JSON (`content` or `content_base64`).
+#[utoipa::path(post, path = "/sandboxes/{id}/files", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    request_body = WriteFileRequest,
+    responses((status = 201, body = FileWritten), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope)))]
+pub async fn write_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<WriteFileRequest>,
+) -> Result<(StatusCode, Json<FileWritten>), ApiError> {
+    let data = match (body.content, body.content_base64) {
+        (Some(text), None) => Bytes::from(text),
+        (None, Some(encoded)) => {
+            Bytes::from(B64.decode(encoded.trim()).map_err(|err| ApiError::Unprocessable(format!("content_base64: {err}")))?)
+        }
+        _ => return Err(ApiError::Unprocessable("give exactly one of content and content_base64".into())),
+    };
+    let written = state.sandboxes.write_file(&caller.principal, &id, &body.path, body.mode, data).await?;
+    Ok((StatusCode::CREATED, Json(FileWritten { path: written.path, size: written.size })))
+}
+
+/// Query of the file routes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FileQuery {
+    /// Directory to list (default `/workspace`).
+    pub path: Option<String>,
+    /// Permission bits for an upload, octal (`755`).
+    pub mode: Option<String>,
+}
+
+/// Lists a directory.
+#[utoipa::path(get, path = "/sandboxes/{id}/files", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id"), FileQuery),
+    responses((status = 200, body = FileList), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn list_files(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<FileQuery>,
+) -> Result<Json<FileList>, ApiError> {
+    let path = query.path.unwrap_or_else(|| ".".into());
+    let listing = state.sandboxes.list_files(&caller.principal, &id, &path).await?;
+    Ok(Json(FileList {
+        path: listing.path,
+        entries: listing
+            .entries
+            .into_iter()
+            .map(|entry| FileEntry {
+                name: entry.name,
+                file_type: serde_json::to_value(entry.file_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "other".into()),
+                size: entry.size,
+                mode: entry.mode,
+                modified_at: entry.modified_at,
+            })
+            .collect(),
+    }))
+}
+
+/// Uploads raw bytes into a file, streamed (never held whole in memory). The path is
+/// relative to `/workspace`; start it with `/` (`files//etc/x`) for an absolute path.
+#[utoipa::path(put, path = "/sandboxes/{id}/files/{*path}", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id"), ("path" = String, Path, description = "file path"), FileQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = FileWritten), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn upload_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<FileQuery>,
+    body: Body,
+) -> Result<(StatusCode, Json<FileWritten>), ApiError> {
+    let mode = match query.mode {
+        Some(text) => Some(u32::from_str_radix(&text, 8).map_err(|_| ApiError::BadRequest(format!("mode {text:?} is not octal")))?),
+        None => None,
+    };
+    let written = state.sandboxes.write_file_stream(&caller.principal, &id, &path, mode, SyncBody::new(body)).await?;
+    Ok((StatusCode::CREATED, Json(FileWritten { path: written.path, size: written.size })))
+}
+
+/// Downloads a file, streamed.
+#[utoipa::path(get, path = "/sandboxes/{id}/files/{*path}", tag = "files", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id"), ("path" = String, Path, description = "file path")),
+    responses((status = 200, description = "the file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn download_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let busy = state.sandboxes.read_file(&caller.principal, &id, &path).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(byte_stream(busy))).into_response())
+}
+
+/// Restarts the idle clock, optionally with a new TTL.
+#[utoipa::path(post, path = "/sandboxes/{id}/keepalive", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    request_body = KeepaliveRequest,
+    responses((status = 200, body = KeepaliveResponse), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope)))]
+pub async fn keepalive_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<KeepaliveResponse>, ApiError> {
+    // The body is optional: an empty one keeps the sandbox's own TTL.
+    let timeout = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let request: KeepaliveRequest =
+            serde_json::from_slice(&body).map_err(|err| ApiError::Unprocessable(format!("invalid keepalive body: {err}")))?;
+        request.timeout_seconds
+    };
+    let expires_at = state.sandboxes.keepalive(&caller.principal, &id, timeout).await?;
+    Ok(Json(KeepaliveResponse { expires_at }))
+}
+
+/// Exposes a host directory from the operator's allow-list inside the sandbox.
+#[utoipa::path(post, path = "/sandboxes/{id}/mount", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    request_body = MountRequest,
+    responses((status = 201, body = MountResponse), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "host_path is not allowed", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "the runtime cannot mount", body = ErrorEnvelope)))]
+pub async fn mount_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<MountRequest>,
+) -> Result<(StatusCode, Json<MountResponse>), ApiError> {
+    let mount = state.sandboxes.mount(&caller.principal, &id, &body.host_path, &body.target, body.read_only).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(MountResponse {
+            host_path: mount.host_path.display().to_string(),
+            target: mount.target.display().to_string(),
+            read_only: mount.read_only,
+        }),
+    ))
+}
+
+/// Starts a background job whose output outlives this request.
+#[utoipa::path(post, path = "/sandboxes/{id}/background", tag = "background", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    request_body = BackgroundRequest,
+    responses((status = 201, body = JobResponse), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope)))]
+pub async fn start_background(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<BackgroundRequest>,
+) -> Result<(StatusCode, Json<JobResponse>), ApiError> {
+    let request = JobRequest { argv: body.argv, command: body.command, cwd: body.cwd, env: body.env };
+    let job = state.sandboxes.start_job(&caller.principal, &id, request).await?;
+    Ok((StatusCode::CREATED, Json(job_response(job))))
+}
+
+/// The sandbox's background jobs.
+#[utoipa::path(get, path = "/sandboxes/{id}/background", tag = "background", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    responses((status = 200, body = JobList), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn list_background(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobList>, ApiError> {
+    let jobs = state.sandboxes.list_jobs(&caller.principal, &id).await?;
+    Ok(Json(JobList { jobs: jobs.into_iter().map(job_response).collect() }))
+}
+
+/// Query of the logs route.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LogsQuery {
+    /// Keep streaming until the job exits.
+    #[serde(default)]
+    pub follow: bool,
+    /// Start at this byte of the output.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// A job's output so far (`?follow=true` streams until it exits).
+#[utoipa::path(get, path = "/sandboxes/{id}/background/{job_id}/logs", tag = "background", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id"), ("job_id" = String, Path, description = "job id"), LogsQuery),
+    responses((status = 200, description = "stdout and stderr as produced", content_type = "text/plain", body = String),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn background_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, job_id)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let busy = state.sandboxes.job_logs(&caller.principal, &id, &job_id, query.follow, query.offset).await?;
+    let offset = busy.value.offset;
+    let Busy { guard, value } = busy;
+    let body = Body::from_stream(byte_stream(Busy { guard, value: value.stream }));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()), (header::HeaderName::from_static("x-log-offset"), offset.to_string())], body).into_response())
+}
+
+/// Stops a job: SIGTERM, then SIGKILL after a grace period.
+#[utoipa::path(delete, path = "/sandboxes/{id}/background/{job_id}", tag = "background", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id"), ("job_id" = String, Path, description = "job id")),
+    responses((status = 204), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn stop_background(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, job_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.sandboxes.stop_job(&caller.principal, &id, &job_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn sandbox_response(sandbox: Sandbox) -> SandboxResponse {
+    SandboxResponse {
+        id: sandbox.id,
+        state: sandbox.state,
+        runtime: sandbox.runtime,
+        workspace_id: sandbox.workspace_id,
+        image: sandbox.image,
+        created_at: sandbox.created_at,
+        expires_at: sandbox.expires_at,
+        timeout_seconds: sandbox.timeout_seconds,
+        limits: SandboxLimits {
+            memory_mb: sandbox.limits.memory_mb,
+            cpus: sandbox.limits.cpus,
+            pids: sandbox.limits.pids,
+            disk_mb: sandbox.limits.disk_mb,
+        },
+        metadata: sandbox.metadata,
+    }
+}
+
+fn exec_request(body: ExecRequestBody) -> Result<ExecRequest, ApiError> {
+    let stdin_base64 = match (body.stdin, body.stdin_base64) {
+        (Some(_), Some(_)) => return Err(ApiError::Unprocessable("give stdin or stdin_base64, not both".into())),
+        (Some(text), None) => Some(B64.encode(text)),
+        (None, Some(encoded)) => {
+            B64.decode(encoded.trim()).map_err(|err| ApiError::Unprocessable(format!("stdin_base64: {err}")))?;
+            Some(encoded)
+        }
+        (None, None) => None,
+    };
+    Ok(ExecRequest {
+        argv: body.argv,
+        command: body.command,
+        cwd: body.cwd,
+        env: body.env,
+        stdin_base64,
+        timeout_ms: Some(exec_timeout(body.timeout_seconds)?),
+        max_output_bytes: None,
+    })
+}
+
+/// A shell's convention: 128 + N when signal N ended the process.
+fn exit_code(code: Option<i32>, signal: Option<i32>) -> i32 {
+    code.unwrap_or_else(|| 128 + signal.unwrap_or(0))
+}
+
+fn exec_response(result: ExecResult) -> ExecResponseBody {
+    ExecResponseBody {
+        exit_code: exit_code(result.exit_code, result.signal),
+        stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
+        duration_ms: result.duration_ms,
+        timed_out: result.timed_out,
+        stdout_truncated: result.stdout_truncated,
+        stderr_truncated: result.stderr_truncated,
+    }
+}
+
+fn job_response(job: JobInfo) -> JobResponse {
+    let state = match job.state {
+        JobState::Running => "running",
+        JobState::Exited => "exited",
+        JobState::Stopped => "stopped",
+    };
+    JobResponse {
+        job_id: job.job_id,
+        command: job.command,
+        state: state.into(),
+        exit_code: match job.state {
+            JobState::Running => None,
+            _ => Some(exit_code(job.exit_code, job.signal)),
+        },
+        started_at: job.started_at,
+        ended_at: job.ended_at,
+    }
+}
+
+fn wants_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/event-stream"))
+}
+
+/// Splits bytes into text without cutting a UTF-8 character in two across chunks.
+#[derive(Default)]
+struct Utf8Chunker {
+    pending: Vec<u8>,
+}
+
+impl Utf8Chunker {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            // An incomplete character at the end waits for the next chunk; invalid bytes
+            // elsewhere are replaced.
+            Err(err) if err.error_len().is_none() => err.valid_up_to(),
+            Err(_) => self.pending.len(),
+        };
+        let rest = self.pending.split_off(valid);
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending = rest;
+        text
+    }
+}
+
+/// The SSE events of a streamed exec: `stdout`, `stderr`, then `exit` with a JSON body.
+fn exec_events(busy: Busy<cloudterm_runtime::ExecStream>) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+    let state = (busy, Utf8Chunker::default(), Utf8Chunker::default(), false);
+    stream::unfold(state, |(mut busy, mut out, mut err, finished)| async move {
+        if finished {
+            return None;
+        }
+        loop {
+            let event = match busy.value.next().await {
+                Some(Ok(ExecOutput::Stdout(bytes))) => {
+                    let text = out.push(&bytes);
+                    if text.is_empty() {
+                        continue;
+                    }
+                    Event::default().event("stdout").data(text)
+                }
+                Some(Ok(ExecOutput::Stderr(bytes))) => {
+                    let text = err.push(&bytes);
+                    if text.is_empty() {
+                        continue;
+                    }
+                    Event::default().event("stderr").data(text)
+                }
+                Some(Ok(ExecOutput::Exit { exit_code: code, signal, timed_out, duration_ms })) => {
+                    let body = serde_json::json!({"exit_code": exit_code(code, signal), "timed_out": timed_out, "duration_ms": duration_ms});
+                    return Some((Ok(Event::default().event("exit").data(body.to_string())), (busy, out, err, true)));
+                }
+                Some(Ok(ExecOutput::Error(message))) => Event::default().event("error").data(message),
+                Some(Err(error)) => Event::default().event("error").data(error.to_string()),
+                None => return None,
+            };
+            return Some((Ok(event), (busy, out, err, false)));
+        }
+    })
+}
+
+/// A response body from the agent's stream, holding the sandbox busy until it ends.
+fn byte_stream(busy: Busy<ByteStream>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    stream::unfold(busy, |mut busy| async move {
+        match busy.value.chunk().await? {
+            Ok(bytes) => Some((Ok(bytes), busy)),
+            Err(err) => Some((Err(std::io::Error::other(err.to_string())), busy)),
+        }
+    })
+}
+
+/// An axum request body made `Sync`, as the agent client's streaming upload wants. The
+/// body is only ever polled from one task, so the wrapper costs nothing.
+struct SyncBody(sync_wrapper::SyncWrapper<Body>);
+
+impl SyncBody {
+    fn new(body: Body) -> Self {
+        SyncBody(sync_wrapper::SyncWrapper::new(body))
+    }
+}
+
+impl http_body::Body for SyncBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(self.0.get_mut()).poll_frame(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_characters_are_not_cut_between_chunks() {
+        let mut chunker = Utf8Chunker::default();
+        let snowman = "☃".as_bytes();
+        assert_eq!(chunker.push(&snowman[..1]), "");
+        assert_eq!(chunker.push(&snowman[1..]), "☃");
+        assert_eq!(chunker.push(b"ok\xff!"), "ok\u{fffd}!");
+    }
+
+    #[test]
+    fn signals_become_shell_exit_codes() {
+        assert_eq!(exit_code(Some(3), None), 3);
+        assert_eq!(exit_code(None, Some(9)), 137);
+    }
+}
