@@ -178,7 +178,11 @@ impl LinuxRuntime {
             mounts: spec
                 .mounts
                 .iter()
-                .map(|m| MountRequest { host_path: m.host_path.clone(), target: m.target.clone(), read_only: m.read_only })
+                .map(|m| MountRequest {
+                    host_path: m.host_path.clone(),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                })
                 .collect(),
         })
     }
@@ -314,4 +318,3 @@ impl Runtime for LinuxRuntime {
         self.expect_done(HelperRequest::Resume { id: id.to_owned() }, id).await
     }
 }
-

@@ -238,8 +238,8 @@ impl Helper {
     /// do not work; then sandboxes run without one.
     fn userns(&mut self) -> Option<OwnedFd> {
         if self.userns.is_none() {
-            let made = make_userns(self.options.userns_base, self.options.userns_size)
-                .map_err(|err| format!("{err:#}"));
+            let made =
+                make_userns(self.options.userns_base, self.options.userns_size).map_err(|err| format!("{err:#}"));
             if let Err(why) = &made {
                 eprintln!("cloudterm-linux-helper: running sandboxes without a user namespace: {why}");
             }
@@ -354,7 +354,8 @@ impl Helper {
         let listener = UnixListener::bind(&socket).context("cannot bind the agent socket")?;
         fs::set_permissions(&socket, fs::Permissions::from_mode(0o600)).context("cannot restrict the agent socket")?;
         let devnull = File::open("/dev/null").context("cannot open /dev/null")?;
-        let log = OpenOptions::new().create(true).append(true).open(layout.log()).context("cannot open the agent log")?;
+        let log =
+            OpenOptions::new().create(true).append(true).open(layout.log()).context("cannot open the agent log")?;
         let log_err = log.try_clone().context("cannot duplicate the agent log")?;
 
         let builder = ContainerBuilder::new(req.id.clone(), SyscallType::default())
@@ -423,8 +424,8 @@ impl Helper {
             return Ok(not_running);
         };
         let socket = Layout { state_dir: record.state_dir }.socket();
-        let running = matches!(container.status(), ContainerStatus::Running | ContainerStatus::Paused)
-            && socket.exists();
+        let running =
+            matches!(container.status(), ContainerStatus::Running | ContainerStatus::Paused) && socket.exists();
         Ok(HelperResponse::State {
             running,
             pid: container.pid().map(|pid| pid.as_raw() as u32),
@@ -449,8 +450,7 @@ impl Helper {
         } else {
             let dir = cg.join(&group);
             let cpu = fs::read_to_string(dir.join("cpu.stat")).ok().and_then(|text| {
-                text.lines()
-                    .find_map(|line| line.strip_prefix("usage_usec ").and_then(|v| v.trim().parse().ok()))
+                text.lines().find_map(|line| line.strip_prefix("usage_usec ").and_then(|v| v.trim().parse().ok()))
             });
             (read(dir.join("memory.current")), cpu, read(dir.join("pids.current")))
         };

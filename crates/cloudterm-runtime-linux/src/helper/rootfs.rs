@@ -160,12 +160,7 @@ fn write_generated_etc(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyho
 }
 
 /// Makes `target` show `lower` read-only with a writable layer under `layer_dir`.
-fn overlay(
-    lower: &Path,
-    target: &Path,
-    layer_dir: &Path,
-    idmap: Option<&IdMap<'_>>,
-) -> anyhow::Result<()> {
+fn overlay(lower: &Path, target: &Path, layer_dir: &Path, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
     fs::create_dir_all(layer_dir)?;
     let upper = layer_dir.join("upper");
     let work = layer_dir.join("work");
@@ -192,20 +187,9 @@ fn overlay(
             bail!("path {} cannot be used in overlay options", path.display());
         }
     }
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower_path.display(),
-        upper.display(),
-        work.display()
-    );
-    let mounted = mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::MS_NODEV,
-        Some(options.as_str()),
-    )
-    .with_context(|| format!("cannot mount the overlay of {} at {}", lower.display(), target.display()));
+    let options = format!("lowerdir={},upperdir={},workdir={}", lower_path.display(), upper.display(), work.display());
+    let mounted = mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_NODEV, Some(options.as_str()))
+        .with_context(|| format!("cannot mount the overlay of {} at {}", lower.display(), target.display()));
     if idmap.is_some() {
         let _ = umount2(&lower_path, MntFlags::MNT_DETACH);
         let _ = fs::remove_dir(&lower_path);
@@ -215,14 +199,8 @@ fn overlay(
 
 /// Bind-mounts `source` at `target` (which must exist) through the new mount API, idmapped
 /// when there is a user namespace.
-pub fn bind(
-    source: &Path,
-    target: &Path,
-    read_only: bool,
-    idmap: Option<&IdMap<'_>>,
-) -> anyhow::Result<()> {
-    let tree = sys::open_tree_clone(source, false)
-        .with_context(|| format!("cannot clone {}", source.display()))?;
+pub fn bind(source: &Path, target: &Path, read_only: bool, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
+    let tree = sys::open_tree_clone(source, false).with_context(|| format!("cannot clone {}", source.display()))?;
     let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     if read_only {
         attrs |= sys::MOUNT_ATTR_RDONLY;
@@ -255,12 +233,7 @@ pub fn relative_target(target: &Path) -> anyhow::Result<PathBuf> {
 
 /// Creates `rootfs/rel` as a directory (or an empty file), refusing to follow any symlink on
 /// the way: the rootfs is partly written by the sandbox, and the helper resolves it on the host.
-pub fn make_mountpoint(
-    rootfs: &Path,
-    rel: &Path,
-    is_file: bool,
-    idmap: Option<&IdMap<'_>>,
-) -> anyhow::Result<PathBuf> {
+pub fn make_mountpoint(rootfs: &Path, rel: &Path, is_file: bool, idmap: Option<&IdMap<'_>>) -> anyhow::Result<PathBuf> {
     let mut path = rootfs.to_path_buf();
     let parts: Vec<_> = rel.components().collect();
     for (index, part) in parts.iter().enumerate() {
@@ -273,7 +246,7 @@ pub fn make_mountpoint(
             Ok(meta) if last && is_file && !meta.is_file() => {
                 bail!("{} exists and is not a file", rel.display())
             }
-            Ok(meta) if !(last && is_file) && !meta.is_dir() => {
+            Ok(meta) if !(meta.is_dir() || last && is_file) => {
                 bail!("{} exists and is not a directory", rel.display())
             }
             Ok(_) => {}
@@ -440,4 +413,34 @@ pub fn remove_tree(dir: &Path) -> anyhow::Result<()> {
         bail!("refusing to delete {}: something is still mounted under it", dir.display());
     }
     fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_must_be_absolute_and_plain() {
+        assert_eq!(relative_target(Path::new("/mnt/data")).ok(), Some(PathBuf::from("mnt/data")));
+        assert!(relative_target(Path::new("mnt/data")).is_err());
+        assert!(relative_target(Path::new("/mnt/../etc")).is_err());
+        assert!(relative_target(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape("/a\\040b\\011c"), PathBuf::from("/a b\tc"));
+        assert_eq!(unescape("/plain\\"), PathBuf::from("/plain\\"));
+    }
+
+    #[test]
+    fn mountpoints_refuse_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink("/etc", dir.path().join("evil")).expect("symlink");
+        assert!(make_mountpoint(dir.path(), Path::new("evil/x"), false, None).is_err());
+        let made = make_mountpoint(dir.path(), Path::new("a/b"), false, None).expect("mkdir");
+        assert!(made.is_dir());
+        let file = make_mountpoint(dir.path(), Path::new("c/agent"), true, None).expect("file");
+        assert!(file.is_file());
+    }
 }

@@ -166,3 +166,46 @@ pub fn build_spec(req: &StartRequest, inputs: &SpecInputs<'_>) -> anyhow::Result
     });
     serde_json::from_value(value).context("generated spec is not a valid OCI runtime spec")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> StartRequest {
+        StartRequest {
+            id: "sbx_1".into(),
+            state_dir: "/data/sandboxes/sbx_1".into(),
+            workspace_dir: "/data/workspaces/a".into(),
+            image: None,
+            env: vec![("A".into(), "b c".into())],
+            memory_bytes: 256 << 20,
+            cpus: 0.5,
+            pids: 64,
+            mounts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_spec_runs_the_agent_with_limits_and_no_cgroup_mount() {
+        let inputs = SpecInputs { rootfs: Path::new("/r"), userns: Some((100_000, 65_536)), nofile_max: 1 << 20 };
+        let spec = build_spec(&request(), &inputs).expect("spec");
+        let text = serde_json::to_value(&spec).expect("json");
+        let args = text["process"]["args"].as_array().expect("args");
+        assert_eq!(args[0], AGENT_PATH);
+        assert!(args.iter().any(|a| a == "A=b c"));
+        assert_eq!(text["hostname"], "sbx_1");
+        assert_eq!(text["linux"]["resources"]["memory"]["limit"], 256 << 20);
+        assert_eq!(text["linux"]["resources"]["memory"]["swap"], 256 << 20);
+        assert_eq!(text["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(text["linux"]["resources"]["pids"]["limit"], 64);
+        assert_eq!(text["process"]["noNewPrivileges"], true);
+        assert!(!text["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["type"] == "cgroup" || m["type"] == "cgroup2"));
+        let caps = text["process"]["capabilities"]["bounding"].as_array().expect("caps");
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert_eq!(text["linux"]["uidMappings"][0]["hostID"], 100_000);
+    }
+}

@@ -55,12 +55,7 @@ pub fn open_tree_clone(source: &Path, recursive: bool) -> io::Result<OwnedFd> {
 /// Sets attributes on a detached mount: `attrs` (`MOUNT_ATTR_*`) and, with `userns`, an idmap
 /// taken from that user namespace.
 pub fn mount_setattr(mount: &OwnedFd, attrs: u64, userns: Option<&OwnedFd>) -> io::Result<()> {
-    let mut attr = MountAttr {
-        attr_set: attrs,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    let mut attr = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
     if let Some(ns) = userns {
         attr.attr_set |= MOUNT_ATTR_IDMAP;
         attr.userns_fd = ns.as_raw_fd() as u64;

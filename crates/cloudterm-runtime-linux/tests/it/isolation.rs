@@ -159,7 +159,12 @@ async fn a_700_mib_allocation_is_killed_under_256_mib() {
             assert_eq!(read_u64(&format!("{group}/memory.memsw.limit_in_bytes")), Some(256 << 20));
         }
     }
-    let out = sh(&h, "python3 -c 'b = bytearray(700 * 1024 * 1024); b[::4096] = b\"x\" * len(b[::4096]); print(\"SURVIVED\")'").await;
+    let out = sh(
+        &h,
+        "python3 -c 'b = bytearray(700 * 1024 * 1024); b[::4096] = b\"x\" * len(b[::4096]); print(\"SURVIVED\")'",
+    )
+    .await;
+    eprintln!("700 MiB allocation: exit {:?}, signal {:?}, stderr {:?}", out.exit_code, out.signal, out.stderr.trim());
     assert!(!out.stdout.contains("SURVIVED"), "700 MiB fit under 256 MiB: {out:?}");
     assert!(!out.ok(), "{out:?}");
     // The host (this test) is fine, and so is the sandbox's agent.
@@ -199,7 +204,9 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
         })
     };
     // The agent itself may fail to answer while every pid is taken.
-    let bomb = try_exec(&h, serde_json::json!({"argv": ["timeout", "5", "bash", "-c", ":(){ :|:& };:"], "timeout_ms": 7000})).await;
+    let bomb =
+        try_exec(&h, serde_json::json!({"argv": ["timeout", "5", "bash", "-c", ":(){ :|:& };:"], "timeout_ms": 7000}))
+            .await;
     eprintln!("fork bomb: {bomb:?}");
     let peak = watcher.join().expect("watcher");
     if v1 {
@@ -210,7 +217,9 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
     // Either the sandbox answers again, or stop kills it cleanly.
     let mut answered = false;
     for _ in 0..20 {
-        let out = tokio::time::timeout(Duration::from_secs(3), try_exec(&h, serde_json::json!({"command": "echo alive"}))).await;
+        let out =
+            tokio::time::timeout(Duration::from_secs(3), try_exec(&h, serde_json::json!({"command": "echo alive"})))
+                .await;
         if matches!(&out, Ok(Ok(o)) if o.stdout.trim() == "alive") {
             answered = true;
             break;
@@ -236,7 +245,9 @@ async fn hostname_workspace_and_overlay_layer() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines, [spec.id.as_str(), spec.id.as_str(), "/workspace", "/workspace"], "{out:?}");
 
-    let out = sh(&h, "cat /workspace/from-host.txt && echo written > /workspace/from-sandbox.txt && mkdir -p /workspace/d/e").await;
+    let out =
+        sh(&h, "cat /workspace/from-host.txt && echo written > /workspace/from-sandbox.txt && mkdir -p /workspace/d/e")
+            .await;
     assert!(out.ok() && out.stdout.contains("hello from host"), "{out:?}");
     let written = spec.workspace_dir.join("from-sandbox.txt");
     assert_eq!(std::fs::read_to_string(&written).expect("file on host"), "written\n");
@@ -245,7 +256,9 @@ async fn hostname_workspace_and_overlay_layer() {
     eprintln!("workspace file written inside is owned by host uid {owner}");
     assert_eq!(owner, 0, "idmapped workspace: files written by the sandbox's root belong to host root");
 
-    let out = sh(&h, "mkdir -p /usr/local/lib && echo layer > /usr/local/lib/x && pip --version >/dev/null 2>&1; echo done").await;
+    let out =
+        sh(&h, "mkdir -p /usr/local/lib && echo layer > /usr/local/lib/x && pip --version >/dev/null 2>&1; echo done")
+            .await;
     assert!(out.ok(), "{out:?}");
     let out = sh(&h, "cat /usr/local/lib/x").await;
     assert_eq!(out.stdout.trim(), "layer", "overlay upper did not persist: {out:?}");
@@ -281,7 +294,10 @@ async fn cgroup_limits_cannot_be_raised_from_inside() {
          touch /sys/fs/cgroup/x 2>/dev/null && echo WROTE; echo end",
     )
     .await;
-    assert!(!out.stdout.contains("RAISED") && !out.stdout.contains("MOUNTED") && !out.stdout.contains("WROTE"), "{out:?}");
+    assert!(
+        !out.stdout.contains("RAISED") && !out.stdout.contains("MOUNTED") && !out.stdout.contains("WROTE"),
+        "{out:?}"
+    );
     assert_eq!(out.stdout.lines().next(), Some("0"), "/sys/fs/cgroup is not empty inside: {out:?}");
     let group = format!("/sys/fs/cgroup/memory/cloudterm/{}/memory.limit_in_bytes", spec.id);
     if Path::new(&group).exists() {
@@ -375,7 +391,8 @@ async fn pause_resume_usage_and_mounts() {
     spec.mounts.push(Mount { host_path: shared.clone(), target: "/mnt/at-start".into(), read_only: true });
     let h = t.runtime.start(&spec).await.expect("start");
 
-    let out = sh(&h, "cat /mnt/at-start/data.txt; echo x > /mnt/at-start/new 2>/dev/null && echo WROTE; echo end").await;
+    let out =
+        sh(&h, "cat /mnt/at-start/data.txt; echo x > /mnt/at-start/new 2>/dev/null && echo WROTE; echo end").await;
     assert!(out.stdout.contains("shared data") && !out.stdout.contains("WROTE"), "{out:?}");
 
     t.runtime
@@ -392,7 +409,11 @@ async fn pause_resume_usage_and_mounts() {
     let out = sh(&h, "echo from-sandbox > /mnt/rw/rw.txt && echo ok").await;
     assert!(out.ok(), "{out:?}");
     assert!(shared.join("rw.txt").exists());
-    assert!(t.runtime.mount(&spec.id, &Mount { host_path: shared.clone(), target: "/mnt/../etc".into(), read_only: true }).await.is_err());
+    assert!(t
+        .runtime
+        .mount(&spec.id, &Mount { host_path: shared.clone(), target: "/mnt/../etc".into(), read_only: true })
+        .await
+        .is_err());
 
     let usage = t.runtime.usage(&spec.id).await.expect("usage");
     eprintln!("usage: {usage:?}");
@@ -435,4 +456,59 @@ async fn probe_and_start_timing() {
     }
     times.sort();
     eprintln!("create -> agent ready: min {:?}, median {:?}, max {:?}", times[0], times[2], times[4]);
+}
+
+/// Builds a tiny image (a shell, `cat`, `id` and the libraries they and the agent need).
+fn tiny_image(dir: &Path, agent: &Path) -> std::path::PathBuf {
+    let image = dir.join("image");
+    let copy = |host: &Path| {
+        let real = std::fs::canonicalize(host).expect("canonicalize");
+        let rel = host.strip_prefix("/").expect("absolute");
+        // /lib64 and /lib are usrmerge symlinks on the host: store everything under usr/.
+        let rel = match rel.components().next().and_then(|c| c.as_os_str().to_str()) {
+            Some("lib" | "lib64" | "bin" | "sbin") => Path::new("usr").join(rel),
+            _ => rel.to_path_buf(),
+        };
+        let target = image.join(rel);
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&real, &target).expect("copy");
+    };
+    let bins = ["/bin/sh", "/usr/bin/cat", "/usr/bin/id", "/usr/bin/mkdir"];
+    for bin in bins {
+        copy(Path::new(bin));
+    }
+    let ldd = std::process::Command::new("ldd").arg(agent).args(bins).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line.split_whitespace().find(|w| w.starts_with('/') && !w.ends_with(':')).map(Path::new);
+        if let Some(path) = path {
+            copy(path);
+        }
+    }
+    for (link, target) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")] {
+        let _ = std::os::unix::fs::symlink(target, image.join(link));
+    }
+    std::fs::create_dir_all(image.join("etc")).expect("etc");
+    std::fs::write(image.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    std::fs::write(image.join("image-marker"), "from the image\n").expect("marker");
+    image
+}
+
+#[tokio::test]
+async fn a_configured_image_replaces_the_default() {
+    if !can_run("a_configured_image_replaces_the_default") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let image = tiny_image(t.dir.path(), &agent_binary());
+    let mut spec = t.spec("image");
+    spec.image = Some(image.clone());
+    let h = t.runtime.start(&spec).await.expect("start with an image");
+    let out = sh(&h, "cat /image-marker && cat /etc/hostname && id -u && mkdir -p /usr/local && echo layer > /usr/local/x && cat /usr/local/x && cat /etc/passwd").await;
+    assert!(out.ok(), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[..4], ["from the image", spec.id.as_str(), "0", "layer"], "{out:?}");
+    assert_eq!(lines[4], "root:x:0:0:root:/root:/bin/sh", "the image's own /etc is kept: {out:?}");
+    assert!(!image.join("usr/local/x").exists(), "the image was written to");
+    t.runtime.stop(&spec.id).await.expect("stop");
+    assert!(host_mounts_with(&spec.id).is_empty());
 }

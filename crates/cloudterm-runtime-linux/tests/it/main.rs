@@ -1,5 +1,5 @@
 //! Integration tests of the linux runtime: real sandboxes with the real agent, attacked from
 //! inside. They need root (and skip with a reason otherwise, or fail under `CI=true`).
 
-mod support;
 mod isolation;
+mod support;

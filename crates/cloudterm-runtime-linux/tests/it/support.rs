@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use cloudterm_runtime::{AgentEndpoint, Limits, SandboxHandle, SandboxSpec};
+use cloudterm_runtime::{AgentEndpoint, Limits, Runtime, SandboxHandle, SandboxSpec};
 use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -102,6 +102,26 @@ impl TestRuntime {
     }
 }
 
+impl Drop for TestRuntime {
+    /// A failed assertion must not leave sandboxes (processes, mounts, cgroups) behind: stop
+    /// whatever is still listed, from a fresh runtime on its own thread.
+    fn drop(&mut self) {
+        let config = self.runtime.config().clone();
+        let cleaner = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                let runtime = LinuxRuntime::new(config);
+                for id in runtime.list().await.unwrap_or_default() {
+                    if let Err(err) = runtime.stop(&id).await {
+                        eprintln!("cleanup of {id} failed: {err}");
+                    }
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
 /// What an exec returned.
 #[derive(Debug)]
 pub struct Output {
@@ -126,12 +146,10 @@ pub fn socket_of(handle: &SandboxHandle) -> PathBuf {
 
 /// `POST /v1/exec` that reports failures instead of panicking.
 pub async fn try_exec(handle: &SandboxHandle, body: serde_json::Value) -> Result<Output, String> {
-    let socket = socket_of(handle);
     let handle = tokio::spawn({
         let handle = handle.clone();
         async move { exec(&handle, body).await }
     });
-    let _ = socket;
     handle.await.map_err(|err| format!("exec failed: {err}"))
 }
 

@@ -1,0 +1,191 @@
+//! `cloudterm-bench`: measures a running cloudterm server beside its peers, and prints one
+//! Markdown table row per measurement.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "cloudterm-bench")]
+struct Cli {
+    /// Server base URL.
+    #[arg(long, env = "CLOUDTERM_URL", default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// Bearer token.
+    #[arg(long, env = "CLOUDTERM_TOKEN", default_value = "")]
+    token: String,
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Sandbox create → first exec of `true` completes, beside `unshare` and `bwrap`.
+    Create {
+        /// Iterations.
+        #[arg(long, default_value_t = 50)]
+        n: usize,
+    },
+    /// Round trip of `POST /sandboxes/{id}/exec` running `true`, sequentially.
+    ExecRtt {
+        /// Iterations.
+        #[arg(long, default_value_t = 2000)]
+        n: usize,
+    },
+    /// Host memory per idle sandbox with COUNT running.
+    IdleMemory {
+        /// Sandboxes to start.
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// The server's pid, to count its own growth.
+        #[arg(long)]
+        server_pid: u32,
+    },
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index]
+}
+
+fn row(name: &str, samples: &mut [Duration]) {
+    let p50 = percentile(samples, 0.50);
+    let p99 = percentile(samples, 0.99);
+    println!("| {name} | {} | {:.2} ms | {:.2} ms |", samples.len(), p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+}
+
+struct Client {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {text}");
+        }
+        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+    }
+
+    async fn create(&self) -> anyhow::Result<String> {
+        let sandbox = self.call(reqwest::Method::POST, "/sandboxes", Some(json!({}))).await?;
+        Ok(sandbox["id"].as_str().context("no id")?.to_string())
+    }
+
+    async fn exec_true(&self, id: &str) -> anyhow::Result<()> {
+        let result = self.call(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"), Some(json!({"argv": ["true"]}))).await?;
+        if result["exit_code"] != 0 {
+            bail!("true failed: {result}");
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, id: &str) -> anyhow::Result<()> {
+        self.call(reqwest::Method::DELETE, &format!("/sandboxes/{id}"), None).await.map(|_| ())
+    }
+}
+
+fn time_command(program: &str, args: &[&str], n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let status = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        if !status.success() {
+            bail!("{program} failed: {status}");
+        }
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// MemAvailable from /proc/meminfo, KiB.
+fn mem_available_kib() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:")).context("no MemAvailable")?;
+    Ok(line.split_whitespace().nth(1).context("bad line")?.parse()?)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("bad line")?.parse()?)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let client = Client { url: cli.url.trim_end_matches('/').to_string(), token: cli.token, http: reqwest::Client::new() };
+    match cli.command {
+        Bench::Create { n } => {
+            println!("| create → first exec | n | p50 | p99 |\n|---|---|---|---|");
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = Instant::now();
+                let id = client.create().await?;
+                client.exec_true(&id).await?;
+                samples.push(started.elapsed());
+                client.delete(&id).await?;
+            }
+            row("cloudterm sandbox", &mut samples);
+            let mut unshare = time_command("unshare", &["--mount", "--pid", "--net", "--uts", "--ipc", "--fork", "true"], n)?;
+            row("unshare --mount --pid --net --uts --ipc --fork true", &mut unshare);
+            match time_command("bwrap", &["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--die-with-parent", "true"], n) {
+                Ok(mut bwrap) => row("bwrap --unshare-all true", &mut bwrap),
+                Err(err) => println!("| bwrap | not run: {err} | | |"),
+            }
+        }
+        Bench::ExecRtt { n } => {
+            let id = client.create().await?;
+            for _ in 0..20 {
+                client.exec_true(&id).await?;
+            }
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = Instant::now();
+                client.exec_true(&id).await?;
+                samples.push(started.elapsed());
+            }
+            println!("| exec round trip | n | p50 | p99 |\n|---|---|---|---|");
+            row("POST /sandboxes/{id}/exec `true`", &mut samples);
+            client.delete(&id).await?;
+        }
+        Bench::IdleMemory { count, server_pid } => {
+            let available_before = mem_available_kib()?;
+            let server_before = rss_kib(server_pid)?;
+            let mut ids = Vec::with_capacity(count);
+            for _ in 0..count {
+                ids.push(client.create().await?);
+            }
+            for id in &ids {
+                client.exec_true(id).await?;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let available_after = mem_available_kib()?;
+            let server_after = rss_kib(server_pid)?;
+            let total = available_before.saturating_sub(available_after);
+            println!("| idle sandboxes | host memory used (MemAvailable drop) | per sandbox | server RSS growth |\n|---|---|---|---|");
+            println!(
+                "| {count} | {:.1} MiB | {:.2} MiB | {:.1} MiB |",
+                total as f64 / 1024.0,
+                total as f64 / 1024.0 / count as f64,
+                server_after.saturating_sub(server_before) as f64 / 1024.0
+            );
+            for id in &ids {
+                client.delete(id).await?;
+            }
+        }
+    }
+    Ok(())
+}
