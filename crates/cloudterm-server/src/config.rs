@@ -135,6 +135,9 @@ pub struct RuntimeConfig {
     pub linux_helper_path: Option<PathBuf>,
     /// A directory of named images (`"image": "NAME"` → `images_dir/NAME`).
     pub images_dir: Option<PathBuf>,
+    /// Where per-sandbox runtime state lives (writable layers, agent sockets). Default
+    /// `DATA_DIR/sandboxes`; see [`Config::runtime_state_dir`].
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Sandbox defaults and bounds.
@@ -251,7 +254,7 @@ impl Default for StorageConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { kind: "auto".into(), agent_path: None, linux_helper_path: None, images_dir: None }
+        RuntimeConfig { kind: "auto".into(), agent_path: None, linux_helper_path: None, images_dir: None, state_dir: None }
     }
 }
 
@@ -576,6 +579,15 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "runtime.state_dir",
+        env: "CLOUDTERM_RUNTIME_STATE_DIR",
+        help: "per-sandbox runtime state (default DATA_DIR/sandboxes)",
+        apply: |c, v| {
+            c.runtime.state_dir = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
         key: "runtime.images_dir",
         env: "CLOUDTERM_IMAGES_DIR",
         help: "directory of named images (image root directories)",
@@ -808,6 +820,11 @@ impl Config {
             .local_path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("snapshots"))
+    }
+
+    /// Where per-sandbox runtime state lives: `runtime.state_dir`, else `DATA_DIR/sandboxes`.
+    pub fn runtime_state_dir(&self) -> PathBuf {
+        self.runtime.state_dir.clone().unwrap_or_else(|| self.data_dir.join("sandboxes"))
     }
 
     /// The request timeout as a duration.

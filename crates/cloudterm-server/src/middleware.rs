@@ -1,8 +1,8 @@
 //! The HTTP plumbing every service shares: request ids, tracing, timeouts, body limits,
 //! panics caught, metrics, and the JSON envelope on every error answer.
 
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -11,7 +11,6 @@ use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -28,7 +27,7 @@ pub fn wrap(router: Router<AppState>, state: &AppState) -> Router {
     let max_body = usize::try_from(state.config.http.max_body_bytes).unwrap_or(usize::MAX);
     router
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(CatchPanicLayer::custom(|_| ApiError::Internal("handler panicked".into()).into_response()))
         .layer(middleware::from_fn_with_state(state.clone(), track_http))
         .layer(middleware::from_fn(ensure_json_errors))
@@ -49,6 +48,23 @@ pub fn wrap(router: Router<AppState>, state: &AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state.clone())
+}
+
+/// Answers 408 when a request runs longer than `http.request_timeout_seconds`, except on the
+/// routes that stream or bound their own run time (exec, file transfers, followed logs),
+/// listed in `router::UNTIMED_ROUTES`.
+async fn request_timeout(State(timeout): State<std::time::Duration>, request: Request, next: Next) -> Response {
+    let untimed = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|path| crate::router::UNTIMED_ROUTES.contains(&path.as_str()));
+    if untimed {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
 }
 
 /// Gives error answers that did not come from `ApiError` (the router's 404 and 405, a

@@ -82,6 +82,14 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Routes exempt from `http.request_timeout_seconds`: they stream, or bound their own run
+/// time (an exec's `timeout_seconds`).
+pub const UNTIMED_ROUTES: &[&str] = &[
+    "/sandboxes/{id}/exec",
+    "/sandboxes/{id}/files/{*path}",
+    "/sandboxes/{id}/background/{job_id}/logs",
+];
+
 /// Routes every listener serves: health, metrics, identity.
 fn common_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())

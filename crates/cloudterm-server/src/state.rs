@@ -8,6 +8,7 @@ use cloudterm_blobstore::{BlobStore, BlobStoreConfig};
 use cloudterm_domain::{PrincipalService, SandboxService, SandboxSettings};
 use cloudterm_identity::{DevIssuer, Verifier, VerifierConfig};
 use cloudterm_runtime::{Limits, ProcessRuntime, ProcessRuntimeConfig, Runtime, RuntimeChoice, RuntimeKind, Selection};
+use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig};
 use cloudterm_store::Store;
 
 use crate::config::Config;
@@ -77,8 +78,9 @@ impl AppState {
             (Verifier::dev(&issuer), Some(issuer))
         };
         let principals = PrincipalService::new(store.clone());
-        let sandbox_runtime = build_runtime(&config, &runtime)?;
-        let sandboxes = SandboxService::new(store.clone(), sandbox_runtime, sandbox_settings(&config)?);
+        let state_root = runtime_state_dir(&config, runtime.kind)?;
+        let sandbox_runtime = build_runtime(&config, &runtime, state_root.clone())?;
+        let sandboxes = SandboxService::new(store.clone(), sandbox_runtime, sandbox_settings(&config, state_root)?);
         let recovered = sandboxes.recover().await.map_err(|err| anyhow::anyhow!("cannot recover sandboxes: {err}"))?;
         if recovered != Default::default() {
             tracing::info!(reattached = ?recovered.reattached, stopped = ?recovered.marked_stopped, cleaned_up = ?recovered.cleaned_up, "recovered sandboxes after a restart");
@@ -119,7 +121,10 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        // Searchable but not listable by others: a linux sandbox's root user is an unprivileged
+        // host uid, and the kernel walks the path to its root file system as that uid. The
+        // secrets inside (the issuer key) sit in 0700 directories of their own.
+        .mode(0o711)
         .create(path)
         .with_context(|| {
             format!(
@@ -146,17 +151,23 @@ pub fn locate_binary(configured: Option<&std::path::Path>, name: &str) -> std::p
     std::path::PathBuf::from(name)
 }
 
-fn build_runtime(config: &Config, selection: &Selection) -> anyhow::Result<Arc<dyn Runtime>> {
+fn build_runtime(config: &Config, selection: &Selection, root_dir: std::path::PathBuf) -> anyhow::Result<Arc<dyn Runtime>> {
     let agent_binary = locate_binary(config.runtime.agent_path.as_deref(), "cloudterm-agent");
-    let root_dir = config.data_dir.join("sandboxes");
     match selection.kind {
         RuntimeKind::Process => Ok(Arc::new(ProcessRuntime::new(ProcessRuntimeConfig { agent_binary, root_dir }))),
-        RuntimeKind::Linux => Ok(Arc::new(ProcessRuntime::new(ProcessRuntimeConfig { agent_binary, root_dir }))),
+        RuntimeKind::Linux => {
+            let helper_binary = locate_binary(config.runtime.linux_helper_path.as_deref(), "cloudterm-linux-helper");
+            let mut linux = LinuxRuntimeConfig::new(root_dir, agent_binary, helper_binary);
+            linux.default_memory_mb = config.sandboxes.default_memory_mb;
+            linux.default_cpus = config.sandboxes.default_cpus;
+            linux.default_pids = config.sandboxes.default_pids;
+            Ok(Arc::new(LinuxRuntime::new(linux)))
+        }
         RuntimeKind::Firecracker => anyhow::bail!("the firecracker runtime is not built yet"),
     }
 }
 
-fn sandbox_settings(config: &Config) -> anyhow::Result<SandboxSettings> {
+fn sandbox_settings(config: &Config, state_dir: std::path::PathBuf) -> anyhow::Result<SandboxSettings> {
     let sandboxes = &config.sandboxes;
     let mut mount_allow = Vec::new();
     for dir in &sandboxes.mount_allow {
@@ -167,7 +178,7 @@ fn sandbox_settings(config: &Config) -> anyhow::Result<SandboxSettings> {
     }
     Ok(SandboxSettings {
         workspaces_dir: config.data_dir.join("workspaces"),
-        state_dir: config.data_dir.join("sandboxes"),
+        state_dir,
         default_timeout_seconds: sandboxes.default_timeout_seconds,
         max_timeout_seconds: sandboxes.max_timeout_seconds,
         default_limits: Limits {
@@ -186,4 +197,43 @@ fn sandbox_settings(config: &Config) -> anyhow::Result<SandboxSettings> {
         mount_allow,
         images_dir: config.runtime.images_dir.clone(),
     })
+}
+
+/// The directory of per-sandbox runtime state. A linux sandbox's root is an unprivileged host
+/// uid, and the kernel walks the path to the sandbox's root file system as that uid, so every
+/// directory above it must be searchable by others. When the default place (inside the data
+/// dir) is not (a data dir under a 0700 home such as `/root`), state goes to
+/// `/var/lib/cloudterm/runtime-<hash of the data dir>` instead, and the log says so; a
+/// configured `runtime.state_dir` that cannot work is an error.
+fn runtime_state_dir(config: &Config, kind: RuntimeKind) -> anyhow::Result<std::path::PathBuf> {
+    let wanted = config.runtime_state_dir();
+    if kind != RuntimeKind::Linux {
+        return Ok(wanted);
+    }
+    let Some(blocker) = unsearchable_ancestor(&wanted) else { return Ok(wanted) };
+    if config.runtime.state_dir.is_some() {
+        anyhow::bail!(
+            "invalid setting runtime.state_dir (CLOUDTERM_RUNTIME_STATE_DIR): {} is not searchable by other users, which linux sandboxes need",
+            blocker.display()
+        );
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(config.data_dir.as_os_str().as_encoded_bytes());
+    let fallback = std::path::PathBuf::from(format!("/var/lib/cloudterm/runtime-{}", hex::encode(&digest[..6])));
+    tracing::info!(
+        blocked_by = %blocker.display(),
+        state_dir = %fallback.display(),
+        "the data dir is not searchable by other users; keeping linux sandbox state elsewhere (set runtime.state_dir to choose)"
+    );
+    std::fs::create_dir_all(&fallback).with_context(|| format!("cannot create {}", fallback.display()))?;
+    Ok(fallback)
+}
+
+/// The first existing directory above (or at) `path` that others cannot search, if any.
+fn unsearchable_ancestor(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors()
+        .filter_map(|dir| std::fs::metadata(dir).ok().map(|meta| (dir, meta)))
+        .find(|(_, meta)| meta.is_dir() && meta.permissions().mode() & 0o001 == 0)
+        .map(|(dir, _)| dir.to_path_buf())
 }

@@ -33,7 +33,29 @@ impl TestServer {
         TestServer::start_config(config, data_dir).await
     }
 
+    /// A server on the given runtime (`process` or `linux`); `None` when the runtime cannot
+    /// run here and the test should stop (see [`crate::skip_unless`]: under `CI=true` that
+    /// fails instead).
+    pub async fn start_runtime(runtime: &str, adjust: impl FnOnce(&mut Config)) -> Option<TestServer> {
+        if runtime == "linux" && crate::skip_unless(crate::linux_runtime_available(), "the linux runtime needs root and user namespaces") {
+            return None;
+        }
+        let runtime = runtime.to_string();
+        Some(
+            TestServer::start_with(move |config| {
+                config.runtime.kind = runtime;
+                adjust(config);
+            })
+            .await,
+        )
+    }
+
     async fn start_config(config: Config, data_dir: TempDir) -> TestServer {
+        // Like a real data dir: searchable by the unprivileged uid a linux sandbox's root is.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(data_dir.path(), std::fs::Permissions::from_mode(0o711));
+        }
         if std::env::var_os("CLOUDTERM_TEST_LOG").is_some() {
             cloudterm_server::telemetry::init(&config.log);
         }

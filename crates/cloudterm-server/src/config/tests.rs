@@ -75,7 +75,7 @@ fn every_setting_has_a_working_override() {
             "store.url" => "sqlite:///tmp/x.db",
             "storage.backend" => "local",
             "runtime.kind" => "process",
-            "runtime.agent_path" | "runtime.linux_helper_path" | "runtime.images_dir" => "/opt/x",
+            "runtime.agent_path" | "runtime.linux_helper_path" | "runtime.images_dir" | "runtime.state_dir" => "/opt/x",
             "sandboxes.mount_allow" => "/srv/data:/mnt/shared",
             "sandboxes.default_memory_mb" => "1024",
             "sandboxes.default_pids" => "64",

@@ -39,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "cloudterm-agent-protocol",
         ],
     ),
+    ("cloudterm-bench", &[]),
     (
         "cloudterm",
         &[

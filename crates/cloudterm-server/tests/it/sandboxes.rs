@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cloudterm_test_support::TestServer;
+use cloudterm_test_support::{sandbox_leftovers, sandbox_processes, TestServer};
 use serde_json::{json, Value};
 
 
@@ -56,12 +56,6 @@ fn id_of(sandbox: &Value) -> String {
     sandbox["id"].as_str().expect("id").to_string()
 }
 
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
-}
-
 async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -73,13 +67,12 @@ async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
     panic!("{what} did not happen within {timeout:?}");
 }
 
-#[tokio::test]
-async fn create_exec_list_delete_and_nothing_is_left() {
-    let server = TestServer::start().await;
+async fn create_exec_list_delete_and_nothing_is_left(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let alice = Api::new(&server, "alice");
     let sandbox = alice.create(json!({"metadata": {"purpose": "test"}})).await;
     assert_eq!(sandbox["state"], "running");
-    assert_eq!(sandbox["runtime"], "process");
+    assert_eq!(sandbox["runtime"], runtime);
     assert!(sandbox["id"].as_str().is_some_and(|id| id.starts_with("sbx_")));
     assert_eq!(sandbox["metadata"]["purpose"], "test");
     assert_eq!(sandbox["timeout_seconds"], 900);
@@ -92,22 +85,20 @@ async fn create_exec_list_delete_and_nothing_is_left() {
     assert_eq!(status, 200);
     assert_eq!(listed["sandboxes"].as_array().map(Vec::len), Some(1));
 
-    // The agent is a real process on this host; find it to prove it goes away.
-    let pid_file = server.data_dir().join("sandboxes").join(&id).join("agent.pid");
-    let pid: u32 = std::fs::read_to_string(&pid_file).expect("pid file").trim().parse().expect("pid");
-    assert!(pid_alive(pid));
+    // The sandbox is real processes on this host; find them to prove they go away.
+    alice.call("POST", &format!("/sandboxes/{id}/background"), Some(json!({"command": "sleep 600"}))).await;
+    assert!(!sandbox_processes(&id).is_empty(), "no process found for {id}");
     let (status, _) = alice.call("DELETE", &format!("/sandboxes/{id}"), None).await;
     assert_eq!(status, 204);
-    assert!(!pid_alive(pid), "the agent survived DELETE");
+    assert_eq!(sandbox_leftovers(&id), Vec::<String>::new(), "DELETE left something behind");
     assert!(!server.data_dir().join("sandboxes").join(&id).exists(), "state dir left behind");
     let (status, body) = alice.call("GET", &format!("/sandboxes/{id}"), None).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found");
 }
 
-#[tokio::test]
-async fn another_principal_gets_404_on_every_route() {
-    let server = TestServer::start().await;
+async fn another_principal_gets_404_on_every_route(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let alice = Api::new(&server, "alice");
     let mallory = Api::new(&server, "mallory");
     let id = id_of(&alice.create(json!({})).await);
@@ -137,9 +128,8 @@ async fn another_principal_gets_404_on_every_route() {
     assert_eq!(result["stdout"], "absent\n");
 }
 
-#[tokio::test]
-async fn exec_runs_argv_cwd_env_stdin_and_kills_on_timeout() {
-    let server = TestServer::start().await;
+async fn exec_runs_argv_cwd_env_stdin_and_kills_on_timeout(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({"env": {"GREETING": "hi"}})).await);
     let result = api.exec(&id, json!({"argv": ["printf", "%s-%s", "a b", "c"]})).await;
@@ -165,9 +155,8 @@ async fn exec_runs_argv_cwd_env_stdin_and_kills_on_timeout() {
     assert!(result["stdout"].as_str().expect("stdout").len() <= 1024 * 1024);
 }
 
-#[tokio::test]
-async fn exec_streams_server_sent_events() {
-    let server = TestServer::start().await;
+async fn exec_streams_server_sent_events(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({})).await);
     let response = api
@@ -204,9 +193,8 @@ async fn exec_streams_server_sent_events() {
     assert_eq!(exit["exit_code"], 7);
 }
 
-#[tokio::test]
-async fn files_round_trip_streamed_and_paths_stay_inside() {
-    let server = TestServer::start().await;
+async fn files_round_trip_streamed_and_paths_stay_inside(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({})).await);
 
@@ -240,9 +228,8 @@ async fn files_round_trip_streamed_and_paths_stay_inside() {
     assert_eq!(status, 422);
 }
 
-#[tokio::test]
-async fn background_jobs_outlive_their_request() {
-    let server = TestServer::start().await;
+async fn background_jobs_outlive_their_request(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({})).await);
     let (status, job) = api.call("POST", &format!("/sandboxes/{id}/background"), Some(json!({"command": "for i in 1 2 3; do echo tick $i; sleep 0.2; done"}))).await;
@@ -273,17 +260,16 @@ async fn background_jobs_outlive_their_request() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn idle_sandboxes_stop_and_keepalive_holds_them() {
-    let server = TestServer::start().await;
+async fn idle_sandboxes_stop_and_keepalive_holds_them(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let idle = id_of(&api.create(json!({"timeout_seconds": 2})).await);
     let kept = id_of(&api.create(json!({"timeout_seconds": 2})).await);
-    let pid: u32 = std::fs::read_to_string(server.data_dir().join("sandboxes").join(&idle).join("agent.pid")).expect("pid").trim().parse().expect("pid");
+    assert!(!sandbox_processes(&idle).is_empty());
     let (status, keepalive) = api.call("POST", &format!("/sandboxes/{kept}/keepalive"), Some(json!({"timeout_seconds": 60}))).await;
     assert_eq!(status, 200, "{keepalive}");
     eventually("the idle stop", Duration::from_secs(15), async || api.call("GET", &format!("/sandboxes/{idle}"), None).await.1["state"] == "stopped").await;
-    assert!(!pid_alive(pid), "the idle sandbox's agent still runs");
+    assert_eq!(sandbox_leftovers(&idle), Vec::<String>::new(), "the idle stop left something behind");
     let (status, body) = api.call("POST", &format!("/sandboxes/{idle}/exec"), Some(json!({"command": "true"}))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
     let (_, kept_now) = api.call("GET", &format!("/sandboxes/{kept}"), None).await;
@@ -291,9 +277,8 @@ async fn idle_sandboxes_stop_and_keepalive_holds_them() {
     assert_eq!(api.sh(&kept, "echo alive").await["stdout"], "alive\n");
 }
 
-#[tokio::test]
-async fn bad_input_gets_4xx_with_the_envelope() {
-    let server = TestServer::start().await;
+async fn bad_input_gets_4xx_with_the_envelope(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let cases: Vec<(&str, Value, u16)> = vec![
         ("negative memory", json!({"limits": {"memory_mb": -5}}), 422),
@@ -333,9 +318,8 @@ async fn bad_input_gets_4xx_with_the_envelope() {
     assert_eq!(api.sh(&id, "echo ok").await["stdout"], "ok\n");
 }
 
-#[tokio::test]
-async fn the_running_sandbox_quota_answers_429() {
-    let server = TestServer::start_with(|config| config.quotas.max_sandboxes = 2).await;
+async fn the_running_sandbox_quota_answers_429(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |config| config.quotas.max_sandboxes = 2).await else { return };
     let api = Api::new(&server, "alice");
     let first = id_of(&api.create(json!({})).await);
     api.create(json!({})).await;
@@ -352,42 +336,77 @@ async fn the_running_sandbox_quota_answers_429() {
     api.create(json!({})).await;
 }
 
-#[tokio::test]
-async fn the_token_never_enters_the_sandbox() {
-    let server = TestServer::start().await;
+async fn the_token_never_enters_the_sandbox(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({"env": {"VISIBLE": "yes"}})).await);
     let env = api.sh(&id, "env").await["stdout"].as_str().expect("env").to_string();
     assert!(env.contains("VISIBLE=yes"));
     let signature = api.token.rsplit('.').next().expect("signature");
     assert!(!env.contains(signature) && !env.contains("eyJ"), "a token reached the environment");
-    let pid = std::fs::read_to_string(server.data_dir().join("sandboxes").join(&id).join("agent.pid")).expect("pid");
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).expect("cmdline");
-    assert!(!String::from_utf8_lossy(&cmdline).contains("eyJ"));
-    let environ = std::fs::read(format!("/proc/{}/environ", pid.trim())).expect("environ");
-    assert!(!String::from_utf8_lossy(&environ).contains("eyJ"));
+    let pids = sandbox_processes(&id);
+    assert!(!pids.is_empty());
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&cmdline).contains("eyJ"), "a token in a sandbox process's arguments");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&environ).contains("eyJ"), "a token in a sandbox process's environment");
+    }
+    // Nor any file where a sandbox keeps things: its workspace, and in a linux sandbox its
+    // own /tmp and /etc too (in the process runtime those are the host's).
+    let places = if runtime == "linux" { "\"$HOME\" /tmp /etc" } else { "\"$HOME\"" };
+    let found = api.sh(&id, &format!("grep -rls '{signature}' {places} 2>/dev/null | head -5")).await;
+    assert_eq!(found["stdout"], "", "the token is in a file inside the sandbox");
 }
 
-#[tokio::test]
-async fn sandboxes_survive_a_server_restart() {
-    let server = TestServer::start().await;
+async fn sandboxes_survive_a_server_restart(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({})).await);
     let doomed = id_of(&api.create(json!({})).await);
     api.sh(&id, "echo kept > state.txt").await;
-    let doomed_pid = std::fs::read_to_string(server.data_dir().join("sandboxes").join(&doomed).join("agent.pid")).expect("pid");
+    let doomed_pids = sandbox_processes(&doomed);
+    assert!(!doomed_pids.is_empty());
     let token = api.token.clone();
     let data_dir = server.stop().await;
     // While the server is down, one sandbox dies.
-    let _ = std::process::Command::new("kill").args(["-9", doomed_pid.trim()]).status();
-    let server = TestServer::restart_on(data_dir, |_| {}).await;
+    for pid in doomed_pids {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let kind = runtime.to_string();
+    let server = TestServer::restart_on(data_dir, move |config| config.runtime.kind = kind).await;
     let api = Api { base: server.url(""), token, client: reqwest::Client::new() };
     let (_, sandbox) = api.call("GET", &format!("/sandboxes/{id}"), None).await;
     assert_eq!(sandbox["state"], "running");
     assert_eq!(api.sh(&id, "cat state.txt").await["stdout"], "kept\n");
     let (_, gone) = api.call("GET", &format!("/sandboxes/{doomed}"), None).await;
     assert_eq!(gone["state"], "stopped", "a dead sandbox is reported, never a silent zombie");
-    assert!(!server.data_dir().join("sandboxes").join(&doomed).exists());
+    assert_eq!(sandbox_leftovers(&doomed), Vec::<String>::new(), "a dead sandbox's remains were not cleaned up");
     let (_, me) = api.call("GET", "/me", None).await;
     assert_eq!(me["quota"][0]["used"], 1);
 }
+
+async fn long_execs_are_not_cut_by_the_request_timeout(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |config| config.http.request_timeout_seconds = 1).await else { return };
+    let api = Api::new(&server, "alice");
+    let id = id_of(&api.create(json!({})).await);
+    let result = api.exec(&id, json!({"command": "sleep 2; echo done", "timeout_seconds": 10})).await;
+    assert_eq!((result["stdout"].as_str(), result["timed_out"].as_bool()), (Some("done\n"), Some(false)));
+    // Other routes keep the request timeout (answered quickly here).
+    assert_eq!(api.call("GET", &format!("/sandboxes/{id}"), None).await.0, 200);
+}
+
+/// Runs each test above once per runtime: the process runtime everywhere, the linux runtime
+/// where it can run (with CI=true it must).
+macro_rules! on_every_runtime {
+    ($($name:ident),* $(,)?) => {
+        mod process {
+            $( #[tokio::test] async fn $name() { super::$name("process").await } )*
+        }
+        mod linux {
+            $( #[tokio::test] async fn $name() { super::$name("linux").await } )*
+        }
+    };
+}
+
+on_every_runtime!(long_execs_are_not_cut_by_the_request_timeout, create_exec_list_delete_and_nothing_is_left, another_principal_gets_404_on_every_route, exec_runs_argv_cwd_env_stdin_and_kills_on_timeout, exec_streams_server_sent_events, files_round_trip_streamed_and_paths_stay_inside, background_jobs_outlive_their_request, idle_sandboxes_stop_and_keepalive_holds_them, bad_input_gets_4xx_with_the_envelope, the_running_sandbox_quota_answers_429, the_token_never_enters_the_sandbox, sandboxes_survive_a_server_restart);
