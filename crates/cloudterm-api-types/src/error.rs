@@ -27,12 +27,6 @@ pub struct ErrorBody {
 impl ErrorEnvelope {
     /// Builds an envelope from a code and a message.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        ErrorEnvelope {
-            error: ErrorBody {
-                code: code.into(),
-                message: message.into(),
-                request_id: None,
-            },
-        }
+        ErrorEnvelope { error: ErrorBody { code: code.into(), message: message.into(), request_id: None } }
     }
 }

@@ -85,7 +85,8 @@ impl Client {
     }
 
     async fn exec_true(&self, id: &str) -> anyhow::Result<()> {
-        let result = self.call(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"), Some(json!({"argv": ["true"]}))).await?;
+        let result =
+            self.call(reqwest::Method::POST, &format!("/sandboxes/{id}/exec"), Some(json!({"argv": ["true"]}))).await?;
         if result["exit_code"] != 0 {
             bail!("true failed: {result}");
         }
@@ -126,7 +127,8 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let client = Client { url: cli.url.trim_end_matches('/').to_string(), token: cli.token, http: reqwest::Client::new() };
+    let client =
+        Client { url: cli.url.trim_end_matches('/').to_string(), token: cli.token, http: reqwest::Client::new() };
     match cli.command {
         Bench::Create { n } => {
             println!("| create → first exec | n | p50 | p99 |\n|---|---|---|---|");
@@ -139,9 +141,25 @@ async fn main() -> anyhow::Result<()> {
                 client.delete(&id).await?;
             }
             row("cloudterm sandbox", &mut samples);
-            let mut unshare = time_command("unshare", &["--mount", "--pid", "--net", "--uts", "--ipc", "--fork", "true"], n)?;
+            let mut unshare =
+                time_command("unshare", &["--mount", "--pid", "--net", "--uts", "--ipc", "--fork", "true"], n)?;
             row("unshare --mount --pid --net --uts --ipc --fork true", &mut unshare);
-            match time_command("bwrap", &["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--die-with-parent", "true"], n) {
+            match time_command(
+                "bwrap",
+                &[
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                    "--unshare-all",
+                    "--die-with-parent",
+                    "true",
+                ],
+                n,
+            ) {
                 Ok(mut bwrap) => row("bwrap --unshare-all true", &mut bwrap),
                 Err(err) => println!("| bwrap | not run: {err} | | |"),
             }

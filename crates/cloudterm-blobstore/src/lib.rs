@@ -36,9 +36,9 @@ impl BlobStore {
     pub async fn open(config: BlobStoreConfig) -> Result<Self, BlobStoreError> {
         match &config {
             BlobStoreConfig::Local { root } => {
-                tokio::fs::create_dir_all(root).await.map_err(|err| {
-                    BlobStoreError::Unavailable(format!("cannot create {}: {err}", root.display()))
-                })?;
+                tokio::fs::create_dir_all(root)
+                    .await
+                    .map_err(|err| BlobStoreError::Unavailable(format!("cannot create {}: {err}", root.display())))?;
             }
         }
         Ok(BlobStore { config })
@@ -68,24 +68,17 @@ impl BlobStore {
 }
 
 async fn check_local(root: &Path) -> Result<(), BlobStoreError> {
-    let unavailable = |what: &str, err: std::io::Error| {
-        BlobStoreError::Unavailable(format!("{what} in {}: {err}", root.display()))
-    };
+    let unavailable =
+        |what: &str, err: std::io::Error| BlobStoreError::Unavailable(format!("{what} in {}: {err}", root.display()));
     let probe = uuid::Uuid::new_v4().to_string();
     let temp = root.join(format!(".probe-{probe}.tmp"));
     let real = root.join(format!(".probe-{probe}"));
     let payload = probe.as_bytes();
     {
         use tokio::io::AsyncWriteExt;
-        let mut file = tokio::fs::File::create(&temp)
-            .await
-            .map_err(|err| unavailable("cannot create a probe", err))?;
-        file.write_all(payload)
-            .await
-            .map_err(|err| unavailable("cannot write a probe", err))?;
-        file.sync_all()
-            .await
-            .map_err(|err| unavailable("cannot fsync a probe", err))?;
+        let mut file = tokio::fs::File::create(&temp).await.map_err(|err| unavailable("cannot create a probe", err))?;
+        file.write_all(payload).await.map_err(|err| unavailable("cannot write a probe", err))?;
+        file.sync_all().await.map_err(|err| unavailable("cannot fsync a probe", err))?;
     }
     let renamed = tokio::fs::rename(&temp, &real).await;
     if let Err(err) = renamed {
@@ -97,10 +90,7 @@ async fn check_local(root: &Path) -> Result<(), BlobStoreError> {
     let read_back = read_back.map_err(|err| unavailable("cannot read a probe back", err))?;
     removed.map_err(|err| unavailable("cannot remove a probe", err))?;
     if read_back != payload {
-        return Err(BlobStoreError::Unavailable(format!(
-            "probe read back wrong bytes in {}",
-            root.display()
-        )));
+        return Err(BlobStoreError::Unavailable(format!("probe read back wrong bytes in {}", root.display())));
     }
     Ok(())
 }
@@ -113,9 +103,7 @@ mod tests {
     async fn local_check_passes_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("snapshots");
-        let store = BlobStore::open(BlobStoreConfig::Local { root: root.clone() })
-            .await
-            .expect("open");
+        let store = BlobStore::open(BlobStoreConfig::Local { root: root.clone() }).await.expect("open");
         store.check().await.expect("check");
         assert_eq!(std::fs::read_dir(&root).expect("read_dir").count(), 0);
         assert_eq!(store.backend_name(), "local");
@@ -125,9 +113,7 @@ mod tests {
     async fn local_check_fails_when_the_directory_is_gone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("snapshots");
-        let store = BlobStore::open(BlobStoreConfig::Local { root: root.clone() })
-            .await
-            .expect("open");
+        let store = BlobStore::open(BlobStoreConfig::Local { root: root.clone() }).await.expect("open");
         std::fs::remove_dir(&root).expect("remove");
         let err = store.check().await.expect_err("must fail");
         assert!(err.to_string().contains("storage unavailable"), "{err}");

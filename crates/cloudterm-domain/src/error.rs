@@ -41,9 +41,7 @@ impl From<StoreError> for DomainError {
         match err {
             StoreError::NotFound => DomainError::NotFound("record".into()),
             StoreError::Conflict(what) => DomainError::Conflict(what),
-            StoreError::Unavailable(why) => {
-                DomainError::Unavailable(format!("metadata store unavailable: {why}"))
-            }
+            StoreError::Unavailable(why) => DomainError::Unavailable(format!("metadata store unavailable: {why}")),
             other => DomainError::Internal(other.to_string()),
         }
     }

@@ -26,8 +26,6 @@ mod tests {
         assert!(first.starts_with("ws_"));
         assert_eq!(first.len(), 23);
         assert_ne!(first, second);
-        assert!(first[3..]
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(first[3..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
     }
 }

@@ -54,11 +54,7 @@ pub fn storage_name(principal_id: &str) -> String {
         .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
         .take(MAX_HINT_LEN)
         .collect();
-    let hint = if hint.is_empty() {
-        "p".to_string()
-    } else {
-        hint
-    };
+    let hint = if hint.is_empty() { "p".to_string() } else { hint };
     format!("{hint}_{}", hex::encode(&digest[..12]))
 }
 
@@ -67,9 +63,7 @@ fn is_plain(id: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= MAX_PLAIN_LEN
         && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
 }
 
 #[cfg(test)]
@@ -81,19 +75,12 @@ mod tests {
     /// A name is safe when joining it to a directory yields exactly one normal component.
     fn assert_safe(name: &str) {
         assert!(!name.is_empty());
-        assert!(
-            name.len() <= MAX_PLAIN_LEN + 1 + 24,
-            "too long: {}",
-            name.len()
-        );
+        assert!(name.len() <= MAX_PLAIN_LEN + 1 + 24, "too long: {}", name.len());
         assert!(!name.contains('/') && !name.contains('\\') && !name.contains('\0'));
         assert!(name.chars().all(|c| !c.is_control()));
         let components: Vec<_> = Path::new(name).components().collect();
         assert_eq!(components.len(), 1, "{name:?} is not one component");
-        assert!(
-            matches!(components[0], Component::Normal(_)),
-            "{name:?} is not a normal component"
-        );
+        assert!(matches!(components[0], Component::Normal(_)), "{name:?} is not a normal component");
         let joined = Path::new("/data/workspaces").join(name);
         assert!(joined.starts_with("/data/workspaces/"));
         assert_eq!(joined.parent(), Some(Path::new("/data/workspaces")));
@@ -141,18 +128,7 @@ mod tests {
 
     #[test]
     fn distinct_ids_get_distinct_names() {
-        let ids = [
-            "../../x",
-            "..//..//x",
-            "/etc",
-            "etc",
-            "Etc",
-            "ETC",
-            "a/b",
-            "a_b",
-            "a-b",
-            "A-B",
-        ];
+        let ids = ["../../x", "..//..//x", "/etc", "etc", "Etc", "ETC", "a/b", "a_b", "a-b", "A-B"];
         let names: HashSet<String> = ids.iter().map(|id| storage_name(id)).collect();
         assert_eq!(names.len(), ids.len());
     }
@@ -169,9 +145,6 @@ mod tests {
     #[test]
     fn the_mapping_is_stable() {
         assert_eq!(storage_name("Alice"), storage_name("Alice"));
-        assert_eq!(
-            storage_name("../../x"),
-            "x_".to_string() + &hex::encode(&Sha256::digest(b"../../x")[..12])
-        );
+        assert_eq!(storage_name("../../x"), "x_".to_string() + &hex::encode(&Sha256::digest(b"../../x")[..12]));
     }
 }

@@ -36,10 +36,7 @@ pub struct PrincipalService {
 impl PrincipalService {
     /// A service over the given metadata store.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        PrincipalService {
-            store,
-            cache: RwLock::new(HashMap::new()),
-        }
+        PrincipalService { store, cache: RwLock::new(HashMap::new()) }
     }
 
     /// Returns the caller's principal record, creating it and its home workspace if new.
@@ -57,10 +54,7 @@ impl PrincipalService {
             is_home: true,
             created_at: now,
         };
-        let record = self
-            .store
-            .ensure_principal(principal.id(), home, now)
-            .await?;
+        let record = self.store.ensure_principal(principal.id(), home, now).await?;
         let view = PrincipalView {
             principal: record.id,
             home_workspace_id: record.home_workspace_id,
@@ -71,10 +65,7 @@ impl PrincipalService {
     }
 
     fn cached(&self, id: &str) -> Option<PrincipalView> {
-        self.cache
-            .read()
-            .ok()
-            .and_then(|cache| cache.get(id).cloned())
+        self.cache.read().ok().and_then(|cache| cache.get(id).cloned())
     }
 
     fn remember(&self, view: PrincipalView) {

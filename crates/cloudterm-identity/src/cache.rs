@@ -45,19 +45,12 @@ impl VerifiedCache {
     pub fn get(&self, token: &str, key_generation: u64) -> Option<VerifiedToken> {
         let entries = self.entries.read().ok()?;
         let entry = entries.get(&key_of(token))?;
-        (Instant::now() < entry.valid_until && entry.key_generation == key_generation)
-            .then(|| entry.token.clone())
+        (Instant::now() < entry.valid_until && entry.key_generation == key_generation).then(|| entry.token.clone())
     }
 
     /// Remembers a token that just verified. `expires_in` is how long until the token's own
     /// `exp` (plus leeway) passes.
-    pub fn insert(
-        &self,
-        token: &str,
-        verified: &VerifiedToken,
-        expires_in: Duration,
-        key_generation: u64,
-    ) {
+    pub fn insert(&self, token: &str, verified: &VerifiedToken, expires_in: Duration, key_generation: u64) {
         let Ok(mut entries) = self.entries.write() else {
             return;
         };
@@ -65,14 +58,7 @@ impl VerifiedCache {
             entries.clear();
         }
         let valid_until = Instant::now() + expires_in.min(MAX_AGE);
-        entries.insert(
-            key_of(token),
-            Entry {
-                token: verified.clone(),
-                valid_until,
-                key_generation,
-            },
-        );
+        entries.insert(key_of(token), Entry { token: verified.clone(), valid_until, key_generation });
     }
 }
 
@@ -81,26 +67,17 @@ mod tests {
     use super::*;
 
     fn verified(principal: &str) -> VerifiedToken {
-        VerifiedToken {
-            principal: principal.into(),
-            expires_at: None,
-        }
+        VerifiedToken { principal: principal.into(), expires_at: None }
     }
 
     #[test]
     fn hits_only_the_exact_token() {
         let cache = VerifiedCache::default();
         cache.insert("a.b.c", &verified("alice"), Duration::from_secs(30), 1);
-        assert_eq!(
-            cache.get("a.b.c", 1).map(|t| t.principal),
-            Some("alice".to_string())
-        );
+        assert_eq!(cache.get("a.b.c", 1).map(|t| t.principal), Some("alice".to_string()));
         assert!(cache.get("a.b.d", 1).is_none());
         assert!(cache.get("a.b.c ", 1).is_none());
-        assert!(
-            cache.get("a.b.c", 2).is_none(),
-            "a new key set invalidates the verdict"
-        );
+        assert!(cache.get("a.b.c", 2).is_none(), "a new key set invalidates the verdict");
     }
 
     #[test]
@@ -114,12 +91,7 @@ mod tests {
     fn the_cache_stays_bounded() {
         let cache = VerifiedCache::default();
         for n in 0..(CAPACITY + 10) {
-            cache.insert(
-                &format!("token-{n}"),
-                &verified("x"),
-                Duration::from_secs(30),
-                0,
-            );
+            cache.insert(&format!("token-{n}"), &verified("x"), Duration::from_secs(30), 0);
         }
         assert!(cache.entries.read().expect("lock").len() <= CAPACITY);
     }

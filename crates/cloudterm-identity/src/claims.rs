@@ -66,9 +66,7 @@ pub(crate) fn parse_header(token: &str) -> Result<TokenHeader, AuthError> {
     if header.is_empty() || payload.is_empty() {
         return Err(AuthError::Malformed);
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| AuthError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| AuthError::Malformed)?;
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes) else {
         return Err(AuthError::Malformed);
     };
@@ -109,11 +107,7 @@ pub(crate) fn accepted_algorithm(alg: &str) -> Result<Algorithm, AuthError> {
 /// Text from a token, made safe to echo in an error message: at most 32 characters, control
 /// characters replaced.
 pub(crate) fn client_safe(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(32)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let mut out: String = text.chars().take(32).map(|c| if c.is_control() { '?' } else { c }).collect();
     if text.chars().count() > 32 {
         out.push('…');
     }
@@ -125,24 +119,16 @@ pub(crate) fn client_safe(text: &str) -> String {
 
 /// Builds the `VerifiedToken` from claims whose signature, time window, issuer and audience
 /// have already been checked.
-pub(crate) fn verified_token(
-    claims: &Value,
-    principal_claim: &str,
-) -> Result<VerifiedToken, AuthError> {
+pub(crate) fn verified_token(claims: &Value, principal_claim: &str) -> Result<VerifiedToken, AuthError> {
     let principal = match claims.get(principal_claim) {
         None | Some(Value::Null) => return Err(AuthError::MissingPrincipal),
         Some(Value::String(p)) => p,
         Some(_) => return Err(AuthError::InvalidPrincipal("not a string".to_owned())),
     };
     validate_principal(principal).map_err(AuthError::InvalidPrincipal)?;
-    let expires_at = claims
-        .get("exp")
-        .and_then(Value::as_f64)
-        .and_then(|exp| DateTime::<Utc>::from_timestamp(exp as i64, 0));
-    Ok(VerifiedToken {
-        principal: principal.clone(),
-        expires_at,
-    })
+    let expires_at =
+        claims.get("exp").and_then(Value::as_f64).and_then(|exp| DateTime::<Utc>::from_timestamp(exp as i64, 0));
+    Ok(VerifiedToken { principal: principal.clone(), expires_at })
 }
 
 #[cfg(test)]
@@ -167,10 +153,7 @@ mod tests {
     #[test]
     fn header_refuses_symmetric_and_none() {
         for alg in ["none", "HS256", "HS384", "HS512", "hs256", "RSA-OAEP", ""] {
-            assert!(matches!(
-                accepted_algorithm(alg),
-                Err(AuthError::UnsupportedAlgorithm(_))
-            ));
+            assert!(matches!(accepted_algorithm(alg), Err(AuthError::UnsupportedAlgorithm(_))));
         }
         assert_eq!(accepted_algorithm("EdDSA"), Ok(Algorithm::EdDSA));
     }
@@ -189,11 +172,7 @@ mod tests {
         let header = parse_header(&ok).expect("valid header");
         assert_eq!(header.alg, Algorithm::RS256);
         assert_eq!(header.kid.as_deref(), Some("k"));
-        let crit = format!(
-            "{}.{}.sig",
-            enc(r#"{"alg":"RS256","crit":["b64"],"b64":false}"#),
-            enc("{}")
-        );
+        let crit = format!("{}.{}.sig", enc(r#"{"alg":"RS256","crit":["b64"],"b64":false}"#), enc("{}"));
         assert!(matches!(parse_header(&crit), Err(AuthError::Malformed)));
         assert!(matches!(parse_header("a.b"), Err(AuthError::Malformed)));
         assert!(matches!(parse_header("a.b.c.d"), Err(AuthError::Malformed)));

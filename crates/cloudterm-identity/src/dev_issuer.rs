@@ -34,10 +34,7 @@ pub struct DevIssuer {
 impl std::fmt::Debug for DevIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the private key.
-        f.debug_struct("DevIssuer")
-            .field("kid", &self.kid)
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("DevIssuer").field("kid", &self.kid).field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -71,20 +68,11 @@ impl DevIssuer {
                     create_key(&dir, &path)?;
                     continue;
                 }
-                Err(source) => {
-                    return Err(IdentityError::Io {
-                        action: "reading key",
-                        path,
-                        source,
-                    })
-                }
+                Err(source) => return Err(IdentityError::Io { action: "reading key", path, source }),
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(last_error.unwrap_or_else(|| IdentityError::InvalidKey {
-            path,
-            reason: "could not be created".to_owned(),
-        }))
+        Err(last_error.unwrap_or_else(|| IdentityError::InvalidKey { path, reason: "could not be created".to_owned() }))
     }
 
     fn from_pkcs8(pkcs8: Vec<u8>, path: PathBuf) -> Result<DevIssuer, IdentityError> {
@@ -95,12 +83,7 @@ impl DevIssuer {
         let mut public_key = [0u8; 32];
         public_key.copy_from_slice(pair.public_key().as_ref());
         let kid = key_id(&public_key);
-        Ok(DevIssuer {
-            pkcs8,
-            public_key,
-            kid,
-            path,
-        })
+        Ok(DevIssuer { pkcs8, public_key, kid, path })
     }
 
     /// The key id: base64url of the first 16 bytes of SHA-256 of the raw public key.
@@ -129,9 +112,7 @@ impl DevIssuer {
             .map_err(|_| IdentityError::Signing("system clock is before 1970".to_owned()))?
             .as_secs();
         let mut jti = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut jti)
-            .map_err(|_| IdentityError::Signing("no randomness".to_owned()))?;
+        SystemRandom::new().fill(&mut jti).map_err(|_| IdentityError::Signing("no randomness".to_owned()))?;
         let claims = json!({
             "sub": principal,
             "iss": Self::ISSUER,
@@ -168,11 +149,7 @@ fn key_id(public_key: &[u8]) -> String {
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError {
     let path = path.to_path_buf();
-    move |source| IdentityError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| IdentityError::Io { action, path, source }
 }
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
@@ -181,9 +158,7 @@ fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(io_error("creating directory", dir))
+    builder.create(dir).map_err(io_error("creating directory", dir))
 }
 
 /// Writes a fresh key to a temporary file in `dir` and links it to `path` unless a key is
@@ -195,13 +170,8 @@ fn create_key(dir: &Path, path: &Path) -> Result<(), IdentityError> {
         reason: "generating a key failed".to_owned(),
     })?;
     let mut suffix = [0u8; 8];
-    rng.fill(&mut suffix)
-        .map_err(|_| IdentityError::Signing("no randomness".to_owned()))?;
-    let tmp = dir.join(format!(
-        ".{KEY_FILE}.{}.{}.tmp",
-        std::process::id(),
-        URL_SAFE_NO_PAD.encode(suffix)
-    ));
+    rng.fill(&mut suffix).map_err(|_| IdentityError::Signing("no randomness".to_owned()))?;
+    let tmp = dir.join(format!(".{KEY_FILE}.{}.{}.tmp", std::process::id(), URL_SAFE_NO_PAD.encode(suffix)));
     let result = write_new_private(&tmp, pkcs8.as_ref()).and_then(|()| {
         match fs::hard_link(&tmp, path) {
             Ok(()) => Ok(()),
@@ -210,11 +180,7 @@ fn create_key(dir: &Path, path: &Path) -> Result<(), IdentityError> {
             // No hard links here (some FUSE or network filesystems): fall back to creating
             // the final file exclusively; readers retry while it is being written.
             Err(_) => match write_new_private(path, pkcs8.as_ref()) {
-                Err(IdentityError::Io { source, .. })
-                    if source.kind() == ErrorKind::AlreadyExists =>
-                {
-                    Ok(())
-                }
+                Err(IdentityError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => Ok(()),
                 other => other,
             },
         }
@@ -235,9 +201,7 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(io_error("creating key", path))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("writing key", path))
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error("writing key", path))
 }
 
 /// Logs a warning when the key file can be read by others.
@@ -287,18 +251,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let issuer = DevIssuer::load_or_create(dir.path()).expect("issuer");
         let hour = Duration::from_secs(3600);
-        assert!(matches!(
-            issuer.mint("", hour),
-            Err(IdentityError::InvalidPrincipal(_))
-        ));
-        assert!(matches!(
-            issuer.mint("a\0", hour),
-            Err(IdentityError::InvalidPrincipal(_))
-        ));
-        assert!(matches!(
-            issuer.mint("alice", Duration::ZERO),
-            Err(IdentityError::InvalidTtl(_))
-        ));
+        assert!(matches!(issuer.mint("", hour), Err(IdentityError::InvalidPrincipal(_))));
+        assert!(matches!(issuer.mint("a\0", hour), Err(IdentityError::InvalidPrincipal(_))));
+        assert!(matches!(issuer.mint("alice", Duration::ZERO), Err(IdentityError::InvalidTtl(_))));
         assert!(!format!("{issuer:?}").contains("pkcs8"));
     }
 }

@@ -105,11 +105,9 @@ impl KeySet {
     /// Chooses the key for a token: by `kid`, or the only key when the token names none.
     pub fn select(&self, kid: Option<&str>) -> Selected<'_> {
         match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|k| k.kid.as_deref() == Some(kid))
-                .map_or(Selected::UnknownKid, Selected::Key),
+            Some(kid) => {
+                self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)).map_or(Selected::UnknownKid, Selected::Key)
+            }
             None => match self.keys.as_slice() {
                 [only] => Selected::Key(only),
                 _ => Selected::Ambiguous,
@@ -119,10 +117,7 @@ impl KeySet {
 
     /// The key ids, for log lines.
     pub fn kids(&self) -> Vec<&str> {
-        self.keys
-            .iter()
-            .map(|k| k.kid.as_deref().unwrap_or("-"))
-            .collect()
+        self.keys.iter().map(|k| k.kid.as_deref().unwrap_or("-")).collect()
     }
 }
 
@@ -171,9 +166,7 @@ fn parse_jwk(entry: &Value) -> Result<Option<VerifyKey>, String> {
     };
     let field = |value: &Option<String>, name: &str| -> Result<Vec<u8>, String> {
         let text = value.as_deref().ok_or_else(|| format!("missing {name}"))?;
-        URL_SAFE_NO_PAD
-            .decode(text.trim_end_matches('='))
-            .map_err(|_| format!("{name} is not base64url"))
+        URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))
     };
     let (kind, key) = match (raw.kty.as_str(), raw.crv.as_deref()) {
         ("RSA", _) => {
@@ -189,11 +182,7 @@ fn parse_jwk(entry: &Value) -> Result<Option<VerifyKey>, String> {
             (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
         }
         ("EC", Some(crv @ ("P-256" | "P-384"))) => {
-            let (kind, len) = if crv == "P-256" {
-                (KeyKind::EcP256, 32)
-            } else {
-                (KeyKind::EcP384, 48)
-            };
+            let (kind, len) = if crv == "P-256" { (KeyKind::EcP256, 32) } else { (KeyKind::EcP384, 48) };
             let x = field(&raw.x, "x")?;
             let y = field(&raw.y, "y")?;
             if x.len() != len || y.len() != len {
@@ -213,24 +202,14 @@ fn parse_jwk(entry: &Value) -> Result<Option<VerifyKey>, String> {
             (KeyKind::Ed25519, DecodingKey::from_ed_der(&x))
         }
         ("oct", _) => return Err("symmetric keys are never accepted".to_owned()),
-        (kty, crv) => {
-            return Err(format!(
-                "unsupported key type {kty} {}",
-                crv.unwrap_or_default()
-            ))
-        }
+        (kty, crv) => return Err(format!("unsupported key type {kty} {}", crv.unwrap_or_default())),
     };
     if let Some(alg) = alg {
         if !kind.accepts(alg) {
             return Err(format!("alg {alg:?} does not fit key type {}", raw.kty));
         }
     }
-    Ok(Some(VerifyKey {
-        kid: raw.kid,
-        kind,
-        alg,
-        key,
-    }))
+    Ok(Some(VerifyKey { kid: raw.kid, kind, alg, key }))
 }
 
 /// Where the remote key set comes from.
@@ -274,12 +253,7 @@ pub(crate) struct RemoteKeys {
 }
 
 impl RemoteKeys {
-    pub fn new(
-        source: KeySource,
-        client: reqwest::Client,
-        min_interval: Duration,
-        max_age: Duration,
-    ) -> RemoteKeys {
+    pub fn new(source: KeySource, client: reqwest::Client, min_interval: Duration, max_age: Duration) -> RemoteKeys {
         RemoteKeys {
             source,
             client,
@@ -305,9 +279,7 @@ impl RemoteKeys {
 
     /// Whether the snapshot is older than the maximum age.
     pub fn is_stale(&self, snapshot: &Snapshot) -> bool {
-        snapshot
-            .fetched_at
-            .is_some_and(|at| at.elapsed() >= self.max_age)
+        snapshot.fetched_at.is_some_and(|at| at.elapsed() >= self.max_age)
     }
 
     /// Refreshes the key set unless another caller did so since `seen_generation` or the last
@@ -320,18 +292,13 @@ impl RemoteKeys {
             // Someone refreshed while we waited for the lock: share their result.
             return (snapshot, None);
         }
-        let interval = if snapshot.fetched_at.is_none() {
-            self.min_interval.min(COLD_RETRY_INTERVAL)
-        } else {
-            self.min_interval
-        };
+        let interval =
+            if snapshot.fetched_at.is_none() { self.min_interval.min(COLD_RETRY_INTERVAL) } else { self.min_interval };
         if state.last_attempt.is_some_and(|at| at.elapsed() < interval) {
-            let error = snapshot.fetched_at.is_none().then(|| {
-                state
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "no key set fetched yet".to_owned())
-            });
+            let error = snapshot
+                .fetched_at
+                .is_none()
+                .then(|| state.last_error.clone().unwrap_or_else(|| "no key set fetched yet".to_owned()));
             return (snapshot, error);
         }
         state.last_attempt = Some(Instant::now());
@@ -409,15 +376,9 @@ impl RemoteKeys {
             return Err(format!("fetching {url}: http status {status}"));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("reading {url}: {}", error_chain(&e)))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading {url}: {}", error_chain(&e)))? {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(format!(
-                    "{url}: document larger than {MAX_DOCUMENT_BYTES} bytes"
-                ));
+                return Err(format!("{url}: document larger than {MAX_DOCUMENT_BYTES} bytes"));
             }
             body.extend_from_slice(&chunk);
         }
@@ -439,8 +400,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Checks that a configured or discovered URL is http(s).
 pub(crate) fn check_url(url: &str) -> Result<(), IdentityError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| IdentityError::Config(format!("{url} is not a URL: {e}")))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| IdentityError::Config(format!("{url} is not a URL: {e}")))?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -456,9 +416,7 @@ pub(crate) fn check_url(url: &str) -> Result<(), IdentityError> {
             }
             Ok(())
         }
-        other => Err(IdentityError::Config(format!(
-            "{url}: scheme {other} is not http or https"
-        ))),
+        other => Err(IdentityError::Config(format!("{url}: scheme {other} is not http or https"))),
     }
 }
 

@@ -59,11 +59,7 @@ impl Default for VerifierConfig {
 
 /// Splits a comma-separated audience list (`CLOUDTERM_AUTH_AUDIENCE`), dropping blanks.
 pub fn parse_audience_list(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(str::to_owned)
-        .collect()
+    text.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect()
 }
 
 /// Verifies bearer tokens. Cheap to clone: the state is shared.
@@ -117,16 +113,8 @@ impl Verifier {
     /// configuration that cannot work; an unreachable provider is logged and retried later
     /// ([`Verifier::readiness`] reports it).
     pub async fn remote(cfg: VerifierConfig) -> Result<Verifier, IdentityError> {
-        let issuer = cfg
-            .issuer
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
-        let jwks_url = cfg
-            .jwks_url
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
+        let issuer = cfg.issuer.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let jwks_url = cfg.jwks_url.as_deref().map(str::trim).filter(|s| !s.is_empty());
         let source = match (issuer, jwks_url) {
             (_, Some(url)) => {
                 jwks::check_url(url)?;
@@ -135,17 +123,10 @@ impl Verifier {
             (Some(issuer), None) => {
                 jwks::check_url(issuer)?;
                 KeySource::Discovery {
-                    discovery_url: format!(
-                        "{}/.well-known/openid-configuration",
-                        issuer.trim_end_matches('/')
-                    ),
+                    discovery_url: format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')),
                 }
             }
-            (None, None) => {
-                return Err(IdentityError::Config(
-                    "set an issuer or a JWKS URL".to_owned(),
-                ))
-            }
+            (None, None) => return Err(IdentityError::Config("set an issuer or a JWKS URL".to_owned())),
         };
         let principal_claim = cfg.principal_claim.trim();
         if principal_claim.is_empty() {
@@ -182,19 +163,10 @@ impl Verifier {
             description,
             " (issuer {}, audience {}, principal claim {principal_claim})",
             issuer.unwrap_or("not checked"),
-            if cfg.audiences.is_empty() {
-                "not checked".to_owned()
-            } else {
-                cfg.audiences.join(",")
-            }
+            if cfg.audiences.is_empty() { "not checked".to_owned() } else { cfg.audiences.join(",") }
         );
 
-        let remote = Arc::new(RemoteKeys::new(
-            source,
-            client,
-            cfg.jwks_refresh_min_interval,
-            cfg.jwks_max_age,
-        ));
+        let remote = Arc::new(RemoteKeys::new(source, client, cfg.jwks_refresh_min_interval, cfg.jwks_max_age));
         // Try once now so the first request does not wait; failure is not fatal.
         let (_, error) = remote.refresh(0).await;
         if let Some(error) = error {
@@ -253,9 +225,7 @@ impl Verifier {
             .and_then(|exp| (exp - chrono::Utc::now()).to_std().ok())
             .map(|left| left + self.inner.leeway)
             .unwrap_or_default();
-        self.inner
-            .cache
-            .insert(token, &verified, expires_in, self.key_generation());
+        self.inner.cache.insert(token, &verified, expires_in, self.key_generation());
         Ok(verified)
     }
 
@@ -285,10 +255,7 @@ impl Verifier {
                     remote.refresh_in_background(snapshot.generation);
                 }
                 let need_refresh = snapshot.fetched_at.is_none()
-                    || matches!(
-                        snapshot.keys.select(header.kid.as_deref()),
-                        Selected::UnknownKid
-                    );
+                    || matches!(snapshot.keys.select(header.kid.as_deref()), Selected::UnknownKid);
                 if need_refresh {
                     let (fresh, error) = remote.refresh(snapshot.generation).await;
                     if fresh.fetched_at.is_none() {
@@ -335,8 +302,7 @@ impl Verifier {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
-        let data = jsonwebtoken::decode::<Value>(token, &key.key, &validation)
-            .map_err(|e| map_jwt_error(e.kind()))?;
+        let data = jsonwebtoken::decode::<Value>(token, &key.key, &validation).map_err(|e| map_jwt_error(e.kind()))?;
         claims::verified_token(&data.claims, &inner.principal_claim)
     }
 }
@@ -371,23 +337,15 @@ mod tests {
 
     #[test]
     fn audience_list() {
-        assert_eq!(
-            parse_audience_list(" a, b ,,c "),
-            vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]
-        );
+        assert_eq!(parse_audience_list(" a, b ,,c "), vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]);
         assert!(parse_audience_list(" , ").is_empty());
     }
 
     #[tokio::test]
     async fn remote_needs_a_source() {
-        let err = Verifier::remote(VerifierConfig::default())
-            .await
-            .expect_err("no source");
+        let err = Verifier::remote(VerifierConfig::default()).await.expect_err("no source");
         assert!(matches!(err, IdentityError::Config(_)));
-        let cfg = VerifierConfig {
-            jwks_url: Some("ftp://example.com/jwks".to_owned()),
-            ..VerifierConfig::default()
-        };
+        let cfg = VerifierConfig { jwks_url: Some("ftp://example.com/jwks".to_owned()), ..VerifierConfig::default() };
         assert!(Verifier::remote(cfg).await.is_err());
     }
 
@@ -396,9 +354,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let issuer = DevIssuer::load_or_create(dir.path()).expect("issuer");
         let verifier = Verifier::dev(&issuer);
-        let token = issuer
-            .mint("alice", Duration::from_secs(60))
-            .expect("token");
+        let token = issuer.mint("alice", Duration::from_secs(60)).expect("token");
         let verified = verifier.verify(&token).await.expect("valid");
         assert_eq!(verified.principal, "alice");
         assert!(verified.expires_at.is_some());

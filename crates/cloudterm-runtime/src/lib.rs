@@ -6,16 +6,14 @@
 //! (`cloudterm-runtime-linux`) or modules here (the process runtime), so Linux- or KVM-only
 //! dependencies stay out of the rest.
 
-mod process;
 pub mod agent_client;
+mod process;
 mod runtime;
 mod select;
 
-pub use process::{ProcessRuntime, ProcessRuntimeConfig};
-pub use runtime::{
-    AgentEndpoint, Limits, Mount, Runtime, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
-};
-pub use select::{probe, select, RuntimeChoice, RuntimeError, RuntimeKind, Selection};
 pub use agent_client::{
     AgentClient, AgentError, ByteStream, ExecOutput, ExecResult, ExecStream, JobLogs, UpgradedStream,
 };
+pub use process::{ProcessRuntime, ProcessRuntimeConfig};
+pub use runtime::{AgentEndpoint, Limits, Mount, Runtime, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage};
+pub use select::{probe, select, RuntimeChoice, RuntimeError, RuntimeKind, Selection};

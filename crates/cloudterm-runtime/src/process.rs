@@ -78,9 +78,12 @@ impl Runtime for ProcessRuntime {
         }
         let state_dir = self.state_dir(&spec.id)?;
         tokio::fs::create_dir_all(&state_dir).await.map_err(|err| failed("cannot create the state dir", err))?;
-        tokio::fs::create_dir_all(&spec.workspace_dir).await.map_err(|err| failed("cannot create the workspace", err))?;
+        tokio::fs::create_dir_all(&spec.workspace_dir)
+            .await
+            .map_err(|err| failed("cannot create the workspace", err))?;
         let socket = socket_path(&state_dir);
-        let log = std::fs::File::create(state_dir.join("agent.log")).map_err(|err| failed("cannot create the agent log", err))?;
+        let log = std::fs::File::create(state_dir.join("agent.log"))
+            .map_err(|err| failed("cannot create the agent log", err))?;
         let log_err = log.try_clone().map_err(|err| failed("cannot open the agent log", err))?;
 
         let mut command = tokio::process::Command::new(&self.config.agent_binary);
@@ -104,9 +107,13 @@ impl Runtime for ProcessRuntime {
         for (name, value) in &spec.env {
             command.arg("--env").arg(format!("{name}={value}"));
         }
-        let mut child = command.spawn().map_err(|err| failed(&format!("cannot start {}", self.config.agent_binary.display()), err))?;
+        let mut child = command
+            .spawn()
+            .map_err(|err| failed(&format!("cannot start {}", self.config.agent_binary.display()), err))?;
         let pid = child.id().ok_or_else(|| failed("the agent exited at once", "no pid"))?;
-        tokio::fs::write(pid_path(&state_dir), pid.to_string()).await.map_err(|err| failed("cannot write the pid file", err))?;
+        tokio::fs::write(pid_path(&state_dir), pid.to_string())
+            .await
+            .map_err(|err| failed("cannot write the pid file", err))?;
         // Reap the agent when it exits, so no zombie is left while this server runs.
         let (exited_tx, mut exited_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -269,7 +276,8 @@ mod tests {
 
     #[test]
     fn ids_that_could_escape_the_root_are_refused() {
-        let runtime = ProcessRuntime::new(ProcessRuntimeConfig { agent_binary: "/bin/false".into(), root_dir: "/tmp/x".into() });
+        let runtime =
+            ProcessRuntime::new(ProcessRuntimeConfig { agent_binary: "/bin/false".into(), root_dir: "/tmp/x".into() });
         for id in ["", "..", "../x", "a/b", "sbx_1\0"] {
             assert!(runtime.state_dir(id).is_err(), "{id:?}");
         }
@@ -278,7 +286,8 @@ mod tests {
 
     #[test]
     fn descendants_follow_the_parent_chain() {
-        let mut child = std::process::Command::new("sh").args(["-c", "sleep 5 & sleep 5; wait"]).spawn().expect("spawn");
+        let mut child =
+            std::process::Command::new("sh").args(["-c", "sleep 5 & sleep 5; wait"]).spawn().expect("spawn");
         std::thread::sleep(Duration::from_millis(100));
         let tree = descendants(child.id());
         assert_eq!(tree.len(), 2, "two sleeps under sh: {tree:?}");

@@ -140,17 +140,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Freezes every process of the sandbox (cgroup freezer, VM pause).
     async fn pause(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
-        Err(SandboxRuntimeError::NotSupported {
-            runtime: self.kind(),
-            operation: "pause",
-        })
+        Err(SandboxRuntimeError::NotSupported { runtime: self.kind(), operation: "pause" })
     }
 
     /// Thaws a paused sandbox.
     async fn resume(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
-        Err(SandboxRuntimeError::NotSupported {
-            runtime: self.kind(),
-            operation: "resume",
-        })
+        Err(SandboxRuntimeError::NotSupported { runtime: self.kind(), operation: "resume" })
     }
 }

@@ -52,9 +52,7 @@ impl FromStr for RuntimeChoice {
             "linux" => Ok(RuntimeChoice::Exactly(RuntimeKind::Linux)),
             "firecracker" => Ok(RuntimeChoice::Exactly(RuntimeKind::Firecracker)),
             "process" => Ok(RuntimeChoice::Exactly(RuntimeKind::Process)),
-            other => Err(format!(
-                "unknown runtime {other:?}: expected auto, linux, firecracker or process"
-            )),
+            other => Err(format!("unknown runtime {other:?}: expected auto, linux, firecracker or process")),
         }
     }
 }
@@ -84,10 +82,9 @@ pub enum RuntimeError {
 /// Picks a runtime. `auto` tries firecracker, then linux, then falls back to process.
 pub fn select(choice: RuntimeChoice) -> Result<Selection, RuntimeError> {
     match choice {
-        RuntimeChoice::Exactly(kind) => probe(kind).map(|why| Selection {
-            kind,
-            reason: format!("requested explicitly; {why}"),
-        }),
+        RuntimeChoice::Exactly(kind) => {
+            probe(kind).map(|why| Selection { kind, reason: format!("requested explicitly; {why}") })
+        }
         RuntimeChoice::Auto => {
             let mut passed_over = Vec::new();
             for kind in [RuntimeKind::Firecracker, RuntimeKind::Linux] {
@@ -117,13 +114,9 @@ pub fn select(choice: RuntimeChoice) -> Result<Selection, RuntimeError> {
 pub fn probe(kind: RuntimeKind) -> Result<String, RuntimeError> {
     let unavailable = |why: String| RuntimeError::Unavailable { kind, why };
     match kind {
-        RuntimeKind::Firecracker => Err(unavailable(
-            "this build has no firecracker backend yet".into(),
-        )),
+        RuntimeKind::Firecracker => Err(unavailable("this build has no firecracker backend yet".into())),
         RuntimeKind::Linux => probe_namespaces().map_err(unavailable),
-        RuntimeKind::Process => {
-            Ok("the process runtime does not isolate sandboxes from the host".into())
-        }
+        RuntimeKind::Process => Ok("the process runtime does not isolate sandboxes from the host".into()),
     }
 }
 
@@ -136,17 +129,7 @@ fn probe_namespaces() -> Result<String, String> {
         return Err("the kernel offers no user namespaces (/proc/self/ns/user is missing)".into());
     }
     let status = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "--pid",
-            "--net",
-            "--uts",
-            "--ipc",
-            "--fork",
-            "true",
-        ])
+        .args(["--user", "--map-root-user", "--mount", "--pid", "--net", "--uts", "--ipc", "--fork", "true"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -155,9 +138,7 @@ fn probe_namespaces() -> Result<String, String> {
     if status.success() {
         Ok("user, mount, pid, net, uts and ipc namespaces can be created".into())
     } else {
-        Err(format!(
-            "creating user, mount, pid, net, uts and ipc namespaces failed ({status})"
-        ))
+        Err(format!("creating user, mount, pid, net, uts and ipc namespaces failed ({status})"))
     }
 }
 
@@ -168,28 +149,21 @@ mod tests {
     #[test]
     fn choices_parse_and_unknown_ones_are_refused() {
         assert_eq!("auto".parse::<RuntimeChoice>(), Ok(RuntimeChoice::Auto));
-        assert_eq!(
-            "linux".parse::<RuntimeChoice>(),
-            Ok(RuntimeChoice::Exactly(RuntimeKind::Linux))
-        );
-        let err = "docker"
-            .parse::<RuntimeChoice>()
-            .expect_err("docker is not a runtime");
+        assert_eq!("linux".parse::<RuntimeChoice>(), Ok(RuntimeChoice::Exactly(RuntimeKind::Linux)));
+        let err = "docker".parse::<RuntimeChoice>().expect_err("docker is not a runtime");
         assert!(err.contains("docker"), "{err}");
     }
 
     #[test]
     fn explicit_process_is_always_available_and_warns() {
-        let selection =
-            select(RuntimeChoice::Exactly(RuntimeKind::Process)).expect("process works everywhere");
+        let selection = select(RuntimeChoice::Exactly(RuntimeKind::Process)).expect("process works everywhere");
         assert_eq!(selection.kind, RuntimeKind::Process);
         assert!(selection.reason.contains("does not isolate"));
     }
 
     #[test]
     fn explicit_firecracker_fails_clearly_in_this_build() {
-        let err =
-            select(RuntimeChoice::Exactly(RuntimeKind::Firecracker)).expect_err("no backend yet");
+        let err = select(RuntimeChoice::Exactly(RuntimeKind::Firecracker)).expect_err("no backend yet");
         assert!(err.to_string().contains("firecracker"), "{err}");
     }
 
@@ -198,11 +172,7 @@ mod tests {
         let selection = select(RuntimeChoice::Auto).expect("auto always selects");
         assert_ne!(selection.kind, RuntimeKind::Firecracker);
         assert!(selection.reason.starts_with("auto:"));
-        assert!(
-            selection.reason.contains("firecracker"),
-            "{}",
-            selection.reason
-        );
+        assert!(selection.reason.contains("firecracker"), "{}", selection.reason);
         // Where namespaces work (CI runs as root on Linux), auto must pick linux.
         if probe(RuntimeKind::Linux).is_ok() {
             assert_eq!(selection.kind, RuntimeKind::Linux);

@@ -212,20 +212,13 @@ impl Default for Config {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        LogConfig { format: "text".into(), level: "info".into() }
     }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            max_body_bytes: 16 * 1024 * 1024,
-            request_timeout_seconds: 60,
-            shutdown_grace_seconds: 30,
-        }
+        HttpConfig { max_body_bytes: 16 * 1024 * 1024, request_timeout_seconds: 60, shutdown_grace_seconds: 30 }
     }
 }
 
@@ -245,16 +238,19 @@ impl Default for AuthConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig {
-            backend: "local".into(),
-            local_path: None,
-        }
+        StorageConfig { backend: "local".into(), local_path: None }
     }
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { kind: "auto".into(), agent_path: None, linux_helper_path: None, images_dir: None, state_dir: None }
+        RuntimeConfig {
+            kind: "auto".into(),
+            agent_path: None,
+            linux_helper_path: None,
+            images_dir: None,
+            state_dir: None,
+        }
     }
 }
 
@@ -329,9 +325,7 @@ pub struct Setting {
 }
 
 fn parse_u64(text: &str) -> Result<u64, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("expected a whole number, got {text:?}"))
+    text.trim().parse().map_err(|_| format!("expected a whole number, got {text:?}"))
 }
 
 fn parse_bool(text: &str) -> Result<bool, String> {
@@ -645,11 +639,7 @@ pub const SETTINGS: &[Setting] = &[
 
 /// The environment variable of a config key.
 fn env_for(key: &str) -> &'static str {
-    SETTINGS
-        .iter()
-        .find(|setting| setting.key == key)
-        .map(|setting| setting.env)
-        .unwrap_or("no variable")
+    SETTINGS.iter().find(|setting| setting.key == key).map(|setting| setting.env).unwrap_or("no variable")
 }
 
 /// Flags given on the command line; they override the file and the environment.
@@ -693,31 +683,19 @@ impl Config {
     }
 
     /// Loads from the real process environment.
-    pub fn load_from_env(
-        file: Option<&Path>,
-        overrides: &Overrides,
-    ) -> Result<Config, ConfigError> {
+    pub fn load_from_env(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         Config::load(file, |name| std::env::var(name).ok(), overrides)
     }
 
     fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|err| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: err.to_string(),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|err| ConfigError::Parse { path: path.to_path_buf(), message: err.to_string() })
     }
 
     /// Checks every value that deserialization alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            key,
-            env: env_for(key),
-            message,
-        };
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, env: env_for(key), message };
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty".into()));
         }
@@ -728,35 +706,20 @@ impl Config {
             }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid(
-                "log.format",
-                format!("expected text or json, got {:?}", self.log.format),
-            ));
+            return Err(invalid("log.format", format!("expected text or json, got {:?}", self.log.format)));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| invalid("log.level", format!("not a tracing filter: {err}")))?;
         if self.http.max_body_bytes == 0 {
-            return Err(invalid(
-                "http.max_body_bytes",
-                "must be greater than 0".into(),
-            ));
+            return Err(invalid("http.max_body_bytes", "must be greater than 0".into()));
         }
         if self.http.request_timeout_seconds == 0 {
-            return Err(invalid(
-                "http.request_timeout_seconds",
-                "must be greater than 0".into(),
-            ));
+            return Err(invalid("http.request_timeout_seconds", "must be greater than 0".into()));
         }
-        for (key, url) in [
-            ("auth.issuer", &self.auth.issuer),
-            ("auth.jwks_url", &self.auth.jwks_url),
-        ] {
+        for (key, url) in [("auth.issuer", &self.auth.issuer), ("auth.jwks_url", &self.auth.jwks_url)] {
             if let Some(url) = url {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(invalid(
-                        key,
-                        format!("expected an http(s) URL, got {url:?}"),
-                    ));
+                    return Err(invalid(key, format!("expected an http(s) URL, got {url:?}")));
                 }
             }
         }
@@ -774,25 +737,12 @@ impl Config {
             || store_url.starts_with("postgres://")
             || store_url.starts_with("postgresql://"))
         {
-            return Err(invalid(
-                "store.url",
-                format!("expected sqlite://PATH or postgres://…, got {store_url:?}"),
-            ));
+            return Err(invalid("store.url", format!("expected sqlite://PATH or postgres://…, got {store_url:?}")));
         }
         match self.storage.backend.as_str() {
             "local" => {}
-            "s3" => {
-                return Err(invalid(
-                    "storage.backend",
-                    "s3 storage is not built yet; use local".into(),
-                ))
-            }
-            other => {
-                return Err(invalid(
-                    "storage.backend",
-                    format!("expected local or s3, got {other:?}"),
-                ))
-            }
+            "s3" => return Err(invalid("storage.backend", "s3 storage is not built yet; use local".into())),
+            other => return Err(invalid("storage.backend", format!("expected local or s3, got {other:?}"))),
         }
         self.runtime
             .kind
@@ -816,10 +766,7 @@ impl Config {
 
     /// The local snapshot root, defaulting to `DATA_DIR/snapshots`.
     pub fn local_storage_path(&self) -> PathBuf {
-        self.storage
-            .local_path
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("snapshots"))
+        self.storage.local_path.clone().unwrap_or_else(|| self.data_dir.join("snapshots"))
     }
 
     /// Where per-sandbox runtime state lives: `runtime.state_dir`, else `DATA_DIR/sandboxes`.
@@ -848,19 +795,14 @@ impl ListenersConfig {
 /// Parses `HOST:PORT`; `localhost` is accepted as `127.0.0.1`.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     let normalized = text.trim().replacen("localhost:", "127.0.0.1:", 1);
-    normalized
-        .parse()
-        .map_err(|_| format!("expected HOST:PORT such as 127.0.0.1:8000, got {text:?}"))
+    normalized.parse().map_err(|_| format!("expected HOST:PORT such as 127.0.0.1:8000, got {text:?}"))
 }
 
 /// The settings table for `cloudterm serve --help`.
 pub fn settings_help() -> String {
     let mut out = String::from("Settings (config file key, environment variable, meaning):\n");
     for setting in SETTINGS {
-        out.push_str(&format!(
-            "  {:<42} {:<48} {}\n",
-            setting.key, setting.env, setting.help
-        ));
+        out.push_str(&format!("  {:<42} {:<48} {}\n", setting.key, setting.env, setting.help));
     }
     out.push_str("\nPrecedence: defaults < config file < environment < flags.\n");
     out

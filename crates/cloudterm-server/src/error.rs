@@ -71,9 +71,7 @@ impl ApiError {
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -91,12 +89,8 @@ impl ApiError {
             StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),
             StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
             StatusCode::REQUEST_TIMEOUT => ApiError::Timeout,
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::PayloadTooLarge("request body too large".into())
-            }
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ApiError::UnsupportedMediaType("unsupported media type".into())
-            }
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("request body too large".into()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType("unsupported media type".into()),
             StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable("invalid request".into()),
             StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable("service unavailable".into()),
             _ => ApiError::Internal(format!("unexpected status {status}")),
@@ -119,19 +113,13 @@ impl IntoResponse for ApiError {
             detail.clone()
         };
         let mut response = (status, axum::Json(ErrorEnvelope::new(code, message))).into_response();
-        if let ApiError::TooManyRequests {
-            retry_after_seconds,
-            ..
-        } = &self
-        {
+        if let ApiError::TooManyRequests { retry_after_seconds, .. } = &self {
             if let Ok(value) = HeaderValue::from_str(&retry_after_seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
         if matches!(self, ApiError::Unauthorized(_)) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response.extensions_mut().insert(ErrorDetail(detail));
         response
@@ -145,7 +133,9 @@ impl From<DomainError> for ApiError {
             DomainError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             DomainError::Conflict(message) => ApiError::Conflict(message),
             DomainError::Forbidden(message) => ApiError::Forbidden(message),
-            DomainError::QuotaExceeded { message, retry_after_seconds, .. } => ApiError::TooManyRequests { message, retry_after_seconds },
+            DomainError::QuotaExceeded { message, retry_after_seconds, .. } => {
+                ApiError::TooManyRequests { message, retry_after_seconds }
+            }
             DomainError::Unavailable(message) => ApiError::Unavailable(message),
             DomainError::Internal(message) => ApiError::Internal(message),
         }
@@ -155,9 +145,7 @@ impl From<DomainError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::KeysUnavailable(why) => {
-                ApiError::Unavailable(format!("identity provider unavailable: {why}"))
-            }
+            AuthError::KeysUnavailable(why) => ApiError::Unavailable(format!("identity provider unavailable: {why}")),
             other => ApiError::Unauthorized(format!("invalid token: {other}")),
         }
     }
@@ -169,12 +157,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     async fn envelope_of(response: Response) -> ErrorEnvelope {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
         serde_json::from_slice(&bytes).expect("envelope json")
     }
 
@@ -182,11 +165,7 @@ mod tests {
     async fn server_errors_hide_their_details() {
         let response = ApiError::Internal("sqlite at /secret/path exploded".into()).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let detail = response
-            .extensions()
-            .get::<ErrorDetail>()
-            .cloned()
-            .expect("detail for the log");
+        let detail = response.extensions().get::<ErrorDetail>().cloned().expect("detail for the log");
         assert!(detail.0.contains("/secret/path"));
         let body = envelope_of(response).await;
         assert_eq!(body.error.code, "internal");
@@ -195,11 +174,8 @@ mod tests {
 
     #[tokio::test]
     async fn quota_errors_carry_retry_after() {
-        let response = ApiError::TooManyRequests {
-            message: "exec rate".into(),
-            retry_after_seconds: 42,
-        }
-        .into_response();
+        let response =
+            ApiError::TooManyRequests { message: "exec rate".into(), retry_after_seconds: 42 }.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "42");
         assert_eq!(envelope_of(response).await.error.code, "quota_exceeded");
@@ -208,24 +184,12 @@ mod tests {
     #[test]
     fn domain_errors_map_to_the_contract() {
         let cases = [
-            (
-                DomainError::InvalidInput("x".into()),
-                StatusCode::UNPROCESSABLE_ENTITY,
-            ),
-            (
-                DomainError::NotFound("sandbox".into()),
-                StatusCode::NOT_FOUND,
-            ),
+            (DomainError::InvalidInput("x".into()), StatusCode::UNPROCESSABLE_ENTITY),
+            (DomainError::NotFound("sandbox".into()), StatusCode::NOT_FOUND),
             (DomainError::Conflict("x".into()), StatusCode::CONFLICT),
             (DomainError::Forbidden("x".into()), StatusCode::FORBIDDEN),
-            (
-                DomainError::Unavailable("x".into()),
-                StatusCode::SERVICE_UNAVAILABLE,
-            ),
-            (
-                DomainError::Internal("x".into()),
-                StatusCode::INTERNAL_SERVER_ERROR,
-            ),
+            (DomainError::Unavailable("x".into()), StatusCode::SERVICE_UNAVAILABLE),
+            (DomainError::Internal("x".into()), StatusCode::INTERNAL_SERVER_ERROR),
         ];
         for (err, status) in cases {
             assert_eq!(ApiError::from(err).status_and_code().0, status);

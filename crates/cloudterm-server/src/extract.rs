@@ -37,9 +37,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::JsonDataError(_) => ApiError::Unprocessable(text),
         JsonRejection::JsonSyntaxError(_) => ApiError::BadRequest(text),
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(text),
-        JsonRejection::BytesRejection(_)
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-        {
+        JsonRejection::BytesRejection(_) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge("request body is larger than http.max_body_bytes".into())
         }
         _ => ApiError::BadRequest(text),
@@ -76,10 +74,7 @@ pub struct Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         authenticate(state, &parts.headers).await
     }
 }
@@ -89,19 +84,13 @@ impl FromRequestParts<AppState> for Caller {
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = bearer_token(headers)?;
     let verified = state.verifier.verify(token).await?;
-    Ok(Caller {
-        principal: Principal::new(verified.principal),
-        expires_at: verified.expires_at,
-    })
+    Ok(Caller { principal: Principal::new(verified.principal), expires_at: verified.expires_at })
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let missing =
-        || ApiError::Unauthorized("missing bearer token: send Authorization: Bearer <JWT>".into());
+    let missing = || ApiError::Unauthorized("missing bearer token: send Authorization: Bearer <JWT>".into());
     let value = headers.get(AUTHORIZATION).ok_or_else(missing)?;
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::Unauthorized("authorization header is not ASCII".into()))?;
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized("authorization header is not ASCII".into()))?;
     let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(missing());
@@ -122,26 +111,14 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_found_case_insensitively() {
-        assert_eq!(
-            bearer_token(&headers("Bearer abc.def.ghi")).ok(),
-            Some("abc.def.ghi")
-        );
+        assert_eq!(bearer_token(&headers("Bearer abc.def.ghi")).ok(), Some("abc.def.ghi"));
         assert_eq!(bearer_token(&headers("bearer  abc ")).ok(), Some("abc"));
     }
 
     #[test]
     fn other_schemes_and_empty_tokens_are_refused() {
-        for value in [
-            "Basic YWxpY2U6cHc=",
-            "Bearer",
-            "Bearer ",
-            "abc.def.ghi",
-            "Token abc",
-        ] {
-            assert!(
-                bearer_token(&headers(value)).is_err(),
-                "{value:?} was accepted"
-            );
+        for value in ["Basic YWxpY2U6cHc=", "Bearer", "Bearer ", "abc.def.ghi", "Token abc"] {
+            assert!(bearer_token(&headers(value)).is_err(), "{value:?} was accepted");
         }
         assert!(bearer_token(&HeaderMap::new()).is_err());
     }

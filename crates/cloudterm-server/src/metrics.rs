@@ -63,11 +63,7 @@ impl Metrics {
             "Time to answer HTTP requests, by method and route template",
             http_duration.clone(),
         );
-        Metrics {
-            registry: Arc::new(registry),
-            http_requests,
-            http_duration,
-        }
+        Metrics { registry: Arc::new(registry), http_requests, http_duration }
     }
 
     /// The exposition text for `GET /metrics`.
@@ -86,10 +82,7 @@ impl Metrics {
             })
             .inc();
         self.http_duration
-            .get_or_create(&RouteLabels {
-                method: method.to_string(),
-                route: route.to_string(),
-            })
+            .get_or_create(&RouteLabels { method: method.to_string(), route: route.to_string() })
             .observe(seconds);
     }
 }
@@ -110,11 +103,6 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let response = next.run(request).await;
-    state.metrics.observe(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    state.metrics.observe(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }

@@ -34,12 +34,7 @@ pub enum Service {
 
 impl Service {
     /// Every service.
-    pub const ALL: [Service; 4] = [
-        Service::Sandbox,
-        Service::Snapshot,
-        Service::Workspace,
-        Service::Preview,
-    ];
+    pub const ALL: [Service; 4] = [Service::Sandbox, Service::Snapshot, Service::Workspace, Service::Preview];
 
     /// The name used in config keys and logs.
     pub fn name(self) -> &'static str {
@@ -72,23 +67,15 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
     }
 }
 
 /// Routes exempt from `http.request_timeout_seconds`: they stream, or bound their own run
 /// time (an exec's `timeout_seconds`).
-pub const UNTIMED_ROUTES: &[&str] = &[
-    "/sandboxes/{id}/exec",
-    "/sandboxes/{id}/files/{*path}",
-    "/sandboxes/{id}/background/{job_id}/logs",
-];
+pub const UNTIMED_ROUTES: &[&str] =
+    &["/sandboxes/{id}/exec", "/sandboxes/{id}/files/{*path}", "/sandboxes/{id}/background/{job_id}/logs"];
 
 /// Routes every listener serves: health, metrics, identity.
 fn common_routes() -> OpenApiRouter<AppState> {
@@ -141,19 +128,15 @@ pub fn openapi() -> OpenApiDocument {
 /// all assets served from the binary) and the shared middleware.
 pub fn app(state: &AppState, services: &[Service]) -> Router {
     let (routes, document) = api(services);
-    let routes = routes
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone()))
-        .route("/redoc", get(redoc_page));
+    let routes =
+        routes.merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone())).route("/redoc", get(redoc_page));
     middleware::wrap(routes, state)
 }
 
 /// The ReDoc page: self-contained, with ReDoc's script inline (vendored in the `aide` crate),
 /// so it loads nothing from a third-party host. Built once, on first use.
-static REDOC_PAGE: LazyLock<String> = LazyLock::new(|| {
-    aide::redoc::Redoc::new("/openapi.json")
-        .with_title("cloudterm API")
-        .html()
-});
+static REDOC_PAGE: LazyLock<String> =
+    LazyLock::new(|| aide::redoc::Redoc::new("/openapi.json").with_title("cloudterm API").html());
 
 async fn redoc_page() -> Html<&'static str> {
     Html(REDOC_PAGE.as_str())

@@ -47,22 +47,12 @@ pub async fn start(state: AppState) -> anyhow::Result<RunningServer> {
     spawn(&mut tasks, main, app(&state, &main_services), stopped.clone());
     spawn_reaper(&mut tasks, state.clone(), stopped);
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
-    Ok(RunningServer {
-        main_addr,
-        service_addrs,
-        state,
-        stop,
-        tasks,
-        grace,
-    })
+    Ok(RunningServer { main_addr, service_addrs, state, stop, tasks, grace })
 }
 
 async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
-    let addr =
-        parse_addr(addr).map_err(|message| anyhow::anyhow!("invalid setting {key}: {message}"))?;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({key})"))
+    let addr = parse_addr(addr).map_err(|message| anyhow::anyhow!("invalid setting {key}: {message}"))?;
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
 fn spawn(
@@ -105,9 +95,7 @@ impl RunningServer {
         let _ = self.stop.send(true);
         let drained = tokio::time::timeout(self.grace, async {
             while let Some(joined) = self.tasks.join_next().await {
-                joined
-                    .context("listener task panicked")?
-                    .context("listener failed")?;
+                joined.context("listener task panicked")?.context("listener failed")?;
             }
             anyhow::Ok(())
         })
@@ -156,11 +144,7 @@ fn log_startup(server: &RunningServer, took: Duration) {
         );
     }
     for (service, addr) in &server.service_addrs {
-        tracing::info!(
-            service = service.name(),
-            "serving the {} service alone on http://{addr}",
-            service.name()
-        );
+        tracing::info!(service = service.name(), "serving the {} service alone on http://{addr}", service.name());
     }
     tracing::info!(took_ms = took.as_millis() as u64, docs = %format!("http://{}/docs", server.main_addr), "listening on http://{}", server.main_addr);
 }
@@ -169,9 +153,7 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server");

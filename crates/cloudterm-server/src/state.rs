@@ -57,11 +57,9 @@ impl AppState {
         let store = cloudterm_store::open(&store_url)
             .await
             .with_context(|| format!("cannot open the metadata store (store.url = {store_url})"))?;
-        let blobs = BlobStore::open(BlobStoreConfig::Local {
-            root: config.local_storage_path(),
-        })
-        .await
-        .context("cannot open snapshot storage (storage.local_path)")?;
+        let blobs = BlobStore::open(BlobStoreConfig::Local { root: config.local_storage_path() })
+            .await
+            .context("cannot open snapshot storage (storage.local_path)")?;
         let choice: RuntimeChoice = config.runtime.kind.parse().map_err(anyhow::Error::msg)?;
         let runtime = tokio::task::spawn_blocking(move || cloudterm_runtime::select(choice))
             .await
@@ -73,8 +71,8 @@ impl AppState {
                 .context("cannot configure the identity provider (auth.*)")?;
             (verifier, None)
         } else {
-            let issuer = DevIssuer::load_or_create(&config.data_dir)
-                .context("cannot load or create the dev issuer key")?;
+            let issuer =
+                DevIssuer::load_or_create(&config.data_dir).context("cannot load or create the dev issuer key")?;
             (Verifier::dev(&issuer), Some(issuer))
         };
         let principals = PrincipalService::new(store.clone());
@@ -107,9 +105,7 @@ fn verifier_config(config: &Config) -> VerifierConfig {
         audiences: auth.audience.clone(),
         principal_claim: auth.principal_claim.clone(),
         leeway: std::time::Duration::from_secs(auth.leeway_seconds),
-        jwks_refresh_min_interval: std::time::Duration::from_secs(
-            auth.jwks_refresh_min_interval_seconds,
-        ),
+        jwks_refresh_min_interval: std::time::Duration::from_secs(auth.jwks_refresh_min_interval_seconds),
         jwks_max_age: std::time::Duration::from_secs(auth.jwks_max_age_seconds),
         ..VerifierConfig::default()
     }
@@ -126,12 +122,7 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
         // secrets inside (the issuer key) sit in 0700 directories of their own.
         .mode(0o711)
         .create(path)
-        .with_context(|| {
-            format!(
-                "cannot create the data directory {} (data_dir)",
-                path.display()
-            )
-        })
+        .with_context(|| format!("cannot create the data directory {} (data_dir)", path.display()))
 }
 
 /// Finds a helper binary: the configured path, else beside the running executable (or its
@@ -151,7 +142,11 @@ pub fn locate_binary(configured: Option<&std::path::Path>, name: &str) -> std::p
     std::path::PathBuf::from(name)
 }
 
-fn build_runtime(config: &Config, selection: &Selection, root_dir: std::path::PathBuf) -> anyhow::Result<Arc<dyn Runtime>> {
+fn build_runtime(
+    config: &Config,
+    selection: &Selection,
+    root_dir: std::path::PathBuf,
+) -> anyhow::Result<Arc<dyn Runtime>> {
     let agent_binary = locate_binary(config.runtime.agent_path.as_deref(), "cloudterm-agent");
     match selection.kind {
         RuntimeKind::Process => Ok(Arc::new(ProcessRuntime::new(ProcessRuntimeConfig { agent_binary, root_dir }))),
@@ -173,7 +168,9 @@ fn sandbox_settings(config: &Config, state_dir: std::path::PathBuf) -> anyhow::R
     for dir in &sandboxes.mount_allow {
         match std::fs::canonicalize(dir) {
             Ok(real) => mount_allow.push(real),
-            Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "ignoring a sandboxes.mount_allow entry that does not resolve"),
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), error = %err, "ignoring a sandboxes.mount_allow entry that does not resolve")
+            }
         }
     }
     Ok(SandboxSettings {

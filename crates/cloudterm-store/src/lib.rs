@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 
 pub use error::StoreError;
 pub use records::{
-    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord,
-    SnapshotRecord, SnapshotState, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
+    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotRecord,
+    SnapshotState, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
 };
 pub use sqlite::SqliteStore;
 
@@ -30,9 +30,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
     match scheme {
         "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
-        "postgres" | "postgresql" => Err(StoreError::Unsupported(
-            "postgresql store is not built yet, use a sqlite:// url".to_owned(),
-        )),
+        "postgres" | "postgresql" => {
+            Err(StoreError::Unsupported("postgresql store is not built yet, use a sqlite:// url".to_owned()))
+        }
         // Never echo the whole URL: it may carry a password.
         other => Err(StoreError::Unsupported(format!(
             "unknown store url scheme {other:?}, expected sqlite:// or postgres://"
@@ -85,10 +85,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<WorkspaceRecord>, StoreError>;
 
     /// Workspaces shared with `agent_id`, each with the granted permission, oldest grant first.
-    async fn list_workspaces_shared_with(
-        &self,
-        agent_id: &str,
-    ) -> Result<Vec<(WorkspaceRecord, String)>, StoreError>;
+    async fn list_workspaces_shared_with(&self, agent_id: &str) -> Result<Vec<(WorkspaceRecord, String)>, StoreError>;
 
     /// Deletes the workspace and its shares (the audit trail stays). `NotFound` if absent,
     /// `Conflict` if it is a principal's home workspace.
@@ -106,18 +103,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list_sandboxes_by_owner(&self, owner: &str) -> Result<Vec<SandboxRecord>, StoreError>;
 
     /// Every sandbox whose state is one of `states`, oldest first (empty `states`: none).
-    async fn list_sandboxes_in_states(
-        &self,
-        states: &[&str],
-    ) -> Result<Vec<SandboxRecord>, StoreError>;
+    async fn list_sandboxes_in_states(&self, states: &[&str]) -> Result<Vec<SandboxRecord>, StoreError>;
 
     /// Sets the state and `updated_at`. `NotFound` if absent.
-    async fn update_sandbox_state(
-        &self,
-        id: &str,
-        state: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    async fn update_sandbox_state(&self, id: &str, state: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Sets the state only if the current one is in `expected` (an atomic compare-and-set, so
     /// two racing transitions cannot both win). `Ok(false)` when the state did not match,
@@ -179,11 +168,7 @@ pub trait Store: Send + Sync + 'static {
     async fn put_share(&self, share: &ShareRecord) -> Result<(), StoreError>;
 
     /// The grant of `agent_id` on the workspace, or `NotFound`.
-    async fn get_share(
-        &self,
-        workspace_id: &str,
-        agent_id: &str,
-    ) -> Result<ShareRecord, StoreError>;
+    async fn get_share(&self, workspace_id: &str, agent_id: &str) -> Result<ShareRecord, StoreError>;
 
     /// The workspace's grants, oldest first.
     async fn list_shares(&self, workspace_id: &str) -> Result<Vec<ShareRecord>, StoreError>;
@@ -214,10 +199,7 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_worker_version(&self, version: &WorkerVersionRecord) -> Result<(), StoreError>;
 
     /// The worker's versions, newest first.
-    async fn list_worker_versions(
-        &self,
-        worker_id: &str,
-    ) -> Result<Vec<WorkerVersionRecord>, StoreError>;
+    async fn list_worker_versions(&self, worker_id: &str) -> Result<Vec<WorkerVersionRecord>, StoreError>;
 
     /// Ranked marketplace search over each worker's name and latest description and tags.
     ///
@@ -247,10 +229,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_previews_by_owner(&self, owner: &str) -> Result<Vec<PreviewRecord>, StoreError>;
 
     /// The sandbox's previews, by port.
-    async fn list_previews_by_sandbox(
-        &self,
-        sandbox_id: &str,
-    ) -> Result<Vec<PreviewRecord>, StoreError>;
+    async fn list_previews_by_sandbox(&self, sandbox_id: &str) -> Result<Vec<PreviewRecord>, StoreError>;
 
     /// Unregisters a preview. `NotFound` if absent.
     async fn delete_preview(&self, sandbox_id: &str, port: u16) -> Result<(), StoreError>;

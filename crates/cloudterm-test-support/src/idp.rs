@@ -72,9 +72,7 @@ pub struct JwksServer {
 impl JwksServer {
     /// Starts the IdP publishing `keys`.
     pub async fn start(keys: &[IdpKey]) -> JwksServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind idp");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
         let addr = listener.local_addr().expect("idp addr");
         let state = Arc::new(IdpState {
             issuer: format!("http://{addr}"),
@@ -83,25 +81,28 @@ impl JwksServer {
         });
         let discovery_state = state.clone();
         let jwks_state = state.clone();
-        let app = Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                get(move || {
-                    let state = discovery_state.clone();
-                    async move { Json(json!({"issuer": state.issuer, "jwks_uri": format!("{}/jwks.json", state.issuer)})) }
-                }),
-            )
-            .route(
-                "/jwks.json",
-                get(move || {
-                    let state = jwks_state.clone();
-                    async move {
-                        state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-                        let keys = state.keys.lock().expect("keys lock").clone();
-                        Json(json!({ "keys": keys }))
-                    }
-                }),
-            );
+        let app =
+            Router::new()
+                .route(
+                    "/.well-known/openid-configuration",
+                    get(move || {
+                        let state = discovery_state.clone();
+                        async move {
+                            Json(json!({"issuer": state.issuer, "jwks_uri": format!("{}/jwks.json", state.issuer)}))
+                        }
+                    }),
+                )
+                .route(
+                    "/jwks.json",
+                    get(move || {
+                        let state = jwks_state.clone();
+                        async move {
+                            state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+                            let keys = state.keys.lock().expect("keys lock").clone();
+                            Json(json!({ "keys": keys }))
+                        }
+                    }),
+                );
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

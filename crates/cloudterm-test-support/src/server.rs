@@ -22,10 +22,7 @@ impl TestServer {
     /// Like [`TestServer::start`], after `adjust` has edited the config.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let data_dir = tempfile::tempdir().expect("temp data dir");
-        let overrides = Overrides {
-            data_dir: Some(data_dir.path().to_path_buf()),
-            listen: Some("127.0.0.1:0".into()),
-        };
+        let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), listen: Some("127.0.0.1:0".into()) };
         let mut config = Config::load(None, |_| None, &overrides).expect("default config is valid");
         config.runtime.kind = "process".into();
         adjust(&mut config);
@@ -37,7 +34,9 @@ impl TestServer {
     /// run here and the test should stop (see [`crate::skip_unless`]: under `CI=true` that
     /// fails instead).
     pub async fn start_runtime(runtime: &str, adjust: impl FnOnce(&mut Config)) -> Option<TestServer> {
-        if runtime == "linux" && crate::skip_unless(crate::linux_runtime_available(), "the linux runtime needs root and user namespaces") {
+        if runtime == "linux"
+            && crate::skip_unless(crate::linux_runtime_available(), "the linux runtime needs root and user namespaces")
+        {
             return None;
         }
         let runtime = runtime.to_string();
@@ -61,10 +60,7 @@ impl TestServer {
         }
         let state = AppState::build(config).await.expect("server state builds");
         let running = cloudterm_server::start(state).await.expect("server starts");
-        TestServer {
-            running: Some(running),
-            data_dir,
-        }
+        TestServer { running: Some(running), data_dir }
     }
 
     fn running(&self) -> &RunningServer {
@@ -83,11 +79,7 @@ impl TestServer {
 
     /// The address of a service's dedicated listener, if it has one.
     pub fn service_addr(&self, service: Service) -> Option<SocketAddr> {
-        self.running()
-            .service_addrs
-            .iter()
-            .find(|(s, _)| *s == service)
-            .map(|(_, addr)| *addr)
+        self.running().service_addrs.iter().find(|(s, _)| *s == service).map(|(_, addr)| *addr)
     }
 
     /// The server's state, to look inside.
@@ -102,14 +94,8 @@ impl TestServer {
 
     /// A dev-issuer token for `principal`, valid for an hour.
     pub fn token(&self, principal: &str) -> String {
-        let issuer = self
-            .state()
-            .dev_issuer
-            .as_ref()
-            .expect("the dev issuer is on");
-        issuer
-            .mint(principal, std::time::Duration::from_secs(3600))
-            .expect("mint")
+        let issuer = self.state().dev_issuer.as_ref().expect("the dev issuer is on");
+        issuer.mint(principal, std::time::Duration::from_secs(3600)).expect("mint")
     }
 
     /// Stops the server gracefully and returns its data directory, so a test can start
@@ -124,10 +110,7 @@ impl TestServer {
 
     /// Starts a new server on a data directory a previous server used.
     pub async fn restart_on(data_dir: TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let overrides = Overrides {
-            data_dir: Some(data_dir.path().to_path_buf()),
-            listen: Some("127.0.0.1:0".into()),
-        };
+        let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), listen: Some("127.0.0.1:0".into()) };
         let mut config = Config::load(None, |_| None, &overrides).expect("default config is valid");
         config.runtime.kind = "process".into();
         adjust(&mut config);

@@ -52,23 +52,16 @@ enum Command {
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration like 90s, 30m, 1h or 7d, got {text:?}"))?;
+    let number: u64 =
+        number.parse().map_err(|_| format!("expected a duration like 90s, 30m, 1h or 7d, got {text:?}"))?;
     let seconds = match unit {
         "" | "s" => number,
         "m" => number.saturating_mul(60),
         "h" => number.saturating_mul(3600),
         "d" => number.saturating_mul(86_400),
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use s, m, h or d"
-            ))
-        }
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use s, m, h or d")),
     };
     if seconds == 0 || seconds > 366 * 86_400 {
         return Err(format!("{text:?} is out of range: between 1s and 366d"));
@@ -79,17 +72,8 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve {
-            config,
-            data_dir,
-            listen,
-        } => serve(config, Overrides { data_dir, listen }),
-        Command::Token {
-            principal,
-            ttl,
-            config,
-            data_dir,
-        } => token(&principal, ttl, config, data_dir),
+        Command::Serve { config, data_dir, listen } => serve(config, Overrides { data_dir, listen }),
+        Command::Token { principal, ttl, config, data_dir } => token(&principal, ttl, config, data_dir),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,10 +86,8 @@ fn main() -> ExitCode {
 
 fn serve(config_file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     let config = Config::load_from_env(config_file.as_deref(), &overrides)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(cloudterm_server::run(config))
 }
 
@@ -115,22 +97,12 @@ fn token(
     config_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let config = Config::load_from_env(
-        config_file.as_deref(),
-        &Overrides {
-            data_dir,
-            listen: None,
-        },
-    )?;
+    let config = Config::load_from_env(config_file.as_deref(), &Overrides { data_dir, listen: None })?;
     if config.uses_external_idp() {
         eprintln!("cloudterm: warning: an identity provider is configured (auth.issuer / auth.jwks_url), so the server will not accept dev tokens");
     }
-    let issuer = DevIssuer::load_or_create(&config.data_dir).with_context(|| {
-        format!(
-            "cannot load the dev issuer key under {}",
-            config.data_dir.display()
-        )
-    })?;
+    let issuer = DevIssuer::load_or_create(&config.data_dir)
+        .with_context(|| format!("cannot load the dev issuer key under {}", config.data_dir.display()))?;
     let token = issuer.mint(principal, ttl)?;
     println!("{token}");
     Ok(())

@@ -26,8 +26,21 @@ pub struct LiveSandbox {
 
 impl LiveSandbox {
     /// A sandbox that was just started or re-attached.
-    pub fn new(id: String, owner: String, agent: AgentClient, timeout: Duration, expires_at: DateTime<Utc>) -> Arc<Self> {
-        Arc::new(LiveSandbox { id, owner, agent, timeout: Mutex::new(timeout), expires_at: Mutex::new(expires_at), inflight: AtomicUsize::new(0) })
+    pub fn new(
+        id: String,
+        owner: String,
+        agent: AgentClient,
+        timeout: Duration,
+        expires_at: DateTime<Utc>,
+    ) -> Arc<Self> {
+        Arc::new(LiveSandbox {
+            id,
+            owner,
+            agent,
+            timeout: Mutex::new(timeout),
+            expires_at: Mutex::new(expires_at),
+            inflight: AtomicUsize::new(0),
+        })
     }
 
     /// When it stops if nothing uses it.

@@ -1,12 +1,12 @@
 //! Sandboxes: lifecycle, validation of what clients ask for, and the registry of running ones.
 
 mod live;
-mod ops;
 mod model;
+mod ops;
 mod service;
 mod validate;
 
 pub use live::{ActivityGuard, LiveSandbox};
-pub use ops::{agent_error, exec_timeout, Busy};
 pub use model::{state, CreateSandbox, Sandbox, SandboxSettings};
+pub use ops::{agent_error, exec_timeout, Busy};
 pub use service::{runtime_error, RecoveryReport, SandboxService};

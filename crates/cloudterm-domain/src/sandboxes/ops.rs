@@ -32,7 +32,9 @@ pub fn agent_error(err: AgentError) -> DomainError {
     match err {
         AgentError::Remote { status: 404, message, .. } => DomainError::NotFound(message),
         AgentError::Remote { status: 409, message, .. } => DomainError::Conflict(message),
-        AgentError::Remote { status, message, .. } if (400..500).contains(&status) => DomainError::InvalidInput(message),
+        AgentError::Remote { status, message, .. } if (400..500).contains(&status) => {
+            DomainError::InvalidInput(message)
+        }
         AgentError::Remote { message, .. } => DomainError::Unavailable(format!("sandbox agent failed: {message}")),
         AgentError::Unreachable(why) => DomainError::Unavailable(format!("sandbox agent unreachable: {why}")),
         AgentError::Protocol(why) => DomainError::Internal(format!("sandbox agent protocol: {why}")),
@@ -53,9 +55,14 @@ pub fn check_command(command: &Option<String>, argv: &Option<Vec<String>>) -> Re
 pub fn exec_timeout(seconds: Option<f64>) -> Result<u64, DomainError> {
     let timeout = match seconds {
         None => DEFAULT_EXEC_TIMEOUT,
-        Some(s) if !s.is_finite() || s <= 0.0 => return Err(DomainError::InvalidInput(format!("timeout_seconds must be positive, got {s}"))),
+        Some(s) if !s.is_finite() || s <= 0.0 => {
+            return Err(DomainError::InvalidInput(format!("timeout_seconds must be positive, got {s}")))
+        }
         Some(s) if s > MAX_EXEC_TIMEOUT.as_secs_f64() => {
-            return Err(DomainError::InvalidInput(format!("timeout_seconds must be at most {}, got {s}", MAX_EXEC_TIMEOUT.as_secs())))
+            return Err(DomainError::InvalidInput(format!(
+                "timeout_seconds must be at most {}, got {s}",
+                MAX_EXEC_TIMEOUT.as_secs()
+            )))
         }
         Some(s) => Duration::from_secs_f64(s),
     };
@@ -71,7 +78,12 @@ impl SandboxService {
     }
 
     /// Runs a command and streams its output; dropping the stream kills the command.
-    pub async fn exec_stream(&self, caller: &Principal, id: &str, request: ExecRequest) -> Result<Busy<ExecStream>, DomainError> {
+    pub async fn exec_stream(
+        &self,
+        caller: &Principal,
+        id: &str,
+        request: ExecRequest,
+    ) -> Result<Busy<ExecStream>, DomainError> {
         check_command(&request.command, &request.argv)?;
         let guard = self.use_running(caller, id).await?;
         let value = guard.sandbox().agent.exec_stream(&request).await.map_err(agent_error)?;
@@ -79,7 +91,14 @@ impl SandboxService {
     }
 
     /// Writes a whole file from memory.
-    pub async fn write_file(&self, caller: &Principal, id: &str, path: &str, mode: Option<u32>, data: Bytes) -> Result<WriteFileResponse, DomainError> {
+    pub async fn write_file(
+        &self,
+        caller: &Principal,
+        id: &str,
+        path: &str,
+        mode: Option<u32>,
+        data: Bytes,
+    ) -> Result<WriteFileResponse, DomainError> {
         check_path(path)?;
         check_mode(mode)?;
         let guard = self.use_running(caller, id).await?;
@@ -87,7 +106,14 @@ impl SandboxService {
     }
 
     /// Streams a request body into a file without holding it in memory.
-    pub async fn write_file_stream<B>(&self, caller: &Principal, id: &str, path: &str, mode: Option<u32>, body: B) -> Result<WriteFileResponse, DomainError>
+    pub async fn write_file_stream<B>(
+        &self,
+        caller: &Principal,
+        id: &str,
+        path: &str,
+        mode: Option<u32>,
+        body: B,
+    ) -> Result<WriteFileResponse, DomainError>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -134,7 +160,14 @@ impl SandboxService {
     }
 
     /// A job's output so far, or followed until it exits.
-    pub async fn job_logs(&self, caller: &Principal, id: &str, job_id: &str, follow: bool, offset: u64) -> Result<Busy<JobLogs>, DomainError> {
+    pub async fn job_logs(
+        &self,
+        caller: &Principal,
+        id: &str,
+        job_id: &str,
+        follow: bool,
+        offset: u64,
+    ) -> Result<Busy<JobLogs>, DomainError> {
         check_job_id(job_id)?;
         let guard = self.use_running(caller, id).await?;
         let value = guard.sandbox().agent.job_logs(job_id, follow, offset).await.map_err(agent_error)?;
@@ -164,7 +197,8 @@ fn check_mode(mode: Option<u32>) -> Result<(), DomainError> {
 }
 
 fn check_job_id(job_id: &str) -> Result<(), DomainError> {
-    if job_id.starts_with("job_") && job_id.len() <= 64 && job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if job_id.starts_with("job_") && job_id.len() <= 64 && job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         Ok(())
     } else {
         Err(DomainError::NotFound(format!("job {job_id}")))

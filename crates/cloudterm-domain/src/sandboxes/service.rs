@@ -33,7 +33,13 @@ pub struct SandboxService {
 impl SandboxService {
     /// A service over `store` and `runtime`.
     pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>, settings: SandboxSettings) -> Self {
-        SandboxService { store, runtime, settings, live: RwLock::new(HashMap::new()), starting: Mutex::new(HashMap::new()) }
+        SandboxService {
+            store,
+            runtime,
+            settings,
+            live: RwLock::new(HashMap::new()),
+            starting: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The runtime in use.
@@ -105,7 +111,10 @@ impl SandboxService {
                 .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
             let handle = self.runtime.start(&spec).await.map_err(runtime_error)?;
             let agent = AgentClient::new(handle.agent);
-            agent.wait_ready(AGENT_READY_TIMEOUT).await.map_err(|err| DomainError::Unavailable(format!("sandbox agent did not answer: {err}")))?;
+            agent
+                .wait_ready(AGENT_READY_TIMEOUT)
+                .await
+                .map_err(|err| DomainError::Unavailable(format!("sandbox agent did not answer: {err}")))?;
             Ok::<_, DomainError>(agent)
         }
         .await;
@@ -118,7 +127,13 @@ impl SandboxService {
                 return Err(err);
             }
         };
-        let live = LiveSandbox::new(id.clone(), caller.id().to_string(), agent, Duration::from_secs(timeout_seconds), expires_at);
+        let live = LiveSandbox::new(
+            id.clone(),
+            caller.id().to_string(),
+            agent,
+            Duration::from_secs(timeout_seconds),
+            expires_at,
+        );
         let expires_at = live.touch();
         self.store.update_sandbox_state(&id, state::RUNNING, Utc::now()).await?;
         self.store.update_sandbox_expiry(&id, expires_at, Utc::now()).await?;
@@ -154,13 +169,22 @@ impl SandboxService {
     }
 
     /// Sets a new idle TTL starting now.
-    pub async fn keepalive(&self, caller: &Principal, id: &str, timeout_seconds: Option<u64>) -> Result<DateTime<Utc>, DomainError> {
+    pub async fn keepalive(
+        &self,
+        caller: &Principal,
+        id: &str,
+        timeout_seconds: Option<u64>,
+    ) -> Result<DateTime<Utc>, DomainError> {
         let live = self.running(caller, id).await?;
         let seconds = match timeout_seconds {
             Some(seconds) => validate::timeout_seconds(Some(seconds), &self.settings)?,
             None => {
                 let record = self.store.get_sandbox(id).await?;
-                record.limits.get("timeout_seconds").and_then(|v| v.as_u64()).unwrap_or(self.settings.default_timeout_seconds)
+                record
+                    .limits
+                    .get("timeout_seconds")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(self.settings.default_timeout_seconds)
             }
         };
         let expires_at = live.set_timeout(Duration::from_secs(seconds));
@@ -169,11 +193,19 @@ impl SandboxService {
     }
 
     /// Exposes an allowed host directory inside a running sandbox.
-    pub async fn mount(&self, caller: &Principal, id: &str, host_path: &str, target: &str, read_only: bool) -> Result<Mount, DomainError> {
+    pub async fn mount(
+        &self,
+        caller: &Principal,
+        id: &str,
+        host_path: &str,
+        target: &str,
+        read_only: bool,
+    ) -> Result<Mount, DomainError> {
         let live = self.running(caller, id).await?;
         let target = validate::mount_target(target)?;
-        let host_path = validate::allowed_host_path(host_path, &self.settings.mount_allow)?
-            .ok_or_else(|| DomainError::Forbidden("host_path is not under an allowed directory (CLOUDTERM_MOUNT_ALLOW)".into()))?;
+        let host_path = validate::allowed_host_path(host_path, &self.settings.mount_allow)?.ok_or_else(|| {
+            DomainError::Forbidden("host_path is not under an allowed directory (CLOUDTERM_MOUNT_ALLOW)".into())
+        })?;
         let _busy = live.activity();
         let mount = Mount { host_path, target, read_only };
         self.runtime.mount(id, &mount).await.map_err(runtime_error)?;
@@ -245,8 +277,18 @@ impl SandboxService {
             };
             match attached {
                 Some(agent) if record.state == state::RUNNING => {
-                    let timeout = record.limits.get("timeout_seconds").and_then(|v| v.as_u64()).unwrap_or(self.settings.default_timeout_seconds);
-                    let live = LiveSandbox::new(record.id.clone(), record.owner.clone(), agent, Duration::from_secs(timeout), record.expires_at);
+                    let timeout = record
+                        .limits
+                        .get("timeout_seconds")
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(self.settings.default_timeout_seconds);
+                    let live = LiveSandbox::new(
+                        record.id.clone(),
+                        record.owner.clone(),
+                        agent,
+                        Duration::from_secs(timeout),
+                        record.expires_at,
+                    );
                     if let Ok(mut registry) = self.live.write() {
                         registry.insert(record.id.clone(), live);
                     }
@@ -301,9 +343,14 @@ impl SandboxService {
     fn resolve_image(&self, image: Option<&str>) -> Result<Option<PathBuf>, DomainError> {
         let Some(name) = image else { return Ok(None) };
         let Some(dir) = &self.settings.images_dir else {
-            return Err(DomainError::InvalidInput(format!("unknown image {name:?}: no images are configured (runtime.images_dir)")));
+            return Err(DomainError::InvalidInput(format!(
+                "unknown image {name:?}: no images are configured (runtime.images_dir)"
+            )));
         };
-        let valid = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !name.starts_with('.');
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !name.starts_with('.');
         let path = dir.join(name);
         if !valid || !path.is_dir() {
             return Err(DomainError::InvalidInput(format!("unknown image {name:?}")));
@@ -318,7 +365,10 @@ impl SandboxService {
         if live + pending >= self.settings.max_sandboxes_per_principal {
             return Err(DomainError::QuotaExceeded {
                 kind: "sandboxes",
-                message: format!("{} running sandboxes is the limit; delete one first", self.settings.max_sandboxes_per_principal),
+                message: format!(
+                    "{} running sandboxes is the limit; delete one first",
+                    self.settings.max_sandboxes_per_principal
+                ),
                 retry_after_seconds: 10,
             });
         }
@@ -329,7 +379,11 @@ impl SandboxService {
     fn view(&self, record: SandboxRecord) -> Sandbox {
         let live = self.live_sandbox(&record.id);
         let limits = limits_from_json(&record.limits);
-        let timeout_seconds = record.limits.get("timeout_seconds").and_then(|v| v.as_u64()).unwrap_or(self.settings.default_timeout_seconds);
+        let timeout_seconds = record
+            .limits
+            .get("timeout_seconds")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(self.settings.default_timeout_seconds);
         let metadata: BTreeMap<String, String> = serde_json::from_value(record.metadata.clone()).unwrap_or_default();
         Sandbox {
             id: record.id,

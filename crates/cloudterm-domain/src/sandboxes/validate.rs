@@ -16,7 +16,12 @@ fn invalid(message: String) -> DomainError {
 pub fn effective_limits(requested: &Limits, settings: &SandboxSettings) -> Result<Limits, DomainError> {
     let defaults = &settings.default_limits;
     let max = &settings.max_limits;
-    let whole = |name: &str, asked: Option<u64>, default: Option<u64>, max: Option<u64>, min: u64| -> Result<Option<u64>, DomainError> {
+    let whole = |name: &str,
+                 asked: Option<u64>,
+                 default: Option<u64>,
+                 max: Option<u64>,
+                 min: u64|
+     -> Result<Option<u64>, DomainError> {
         match asked {
             None => Ok(default),
             Some(value) if value < min => Err(invalid(format!("limits.{name} must be at least {min}, got {value}"))),
@@ -28,7 +33,9 @@ pub fn effective_limits(requested: &Limits, settings: &SandboxSettings) -> Resul
     };
     let cpus = match requested.cpus {
         None => defaults.cpus,
-        Some(cpus) if !cpus.is_finite() || cpus < 0.01 => return Err(invalid(format!("limits.cpus must be at least 0.01, got {cpus}"))),
+        Some(cpus) if !cpus.is_finite() || cpus < 0.01 => {
+            return Err(invalid(format!("limits.cpus must be at least 0.01, got {cpus}")))
+        }
         Some(cpus) if max.cpus.is_some_and(|max| cpus > max) => {
             return Err(invalid(format!("limits.cpus must be at most {}, got {cpus}", max.cpus.unwrap_or(0.0))))
         }
@@ -54,7 +61,7 @@ pub fn timeout_seconds(requested: Option<u64>, settings: &SandboxSettings) -> Re
     }
 }
 
-/// Environment names are non-empty, without `=` or NUL; values without NUL. 
+/// Environment names are non-empty, without `=` or NUL; values without NUL.
 pub fn environment(env: &BTreeMap<String, String>) -> Result<(), DomainError> {
     if env.len() > 1000 {
         return Err(invalid("env has more than 1000 variables".into()));
@@ -92,8 +99,14 @@ pub fn mount_target(target: &str) -> Result<PathBuf, DomainError> {
     if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
         return Err(invalid(format!("mount target {target:?} must not contain . or ..")));
     }
-    let reserved = ["/", "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/.cloudterm", "/workspace"];
-    if reserved.iter().any(|r| path == Path::new(r)) || path.starts_with("/proc") || path.starts_with("/sys") || path.starts_with("/dev") || path.starts_with("/.cloudterm") {
+    let reserved =
+        ["/", "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/.cloudterm", "/workspace"];
+    if reserved.iter().any(|r| path == Path::new(r))
+        || path.starts_with("/proc")
+        || path.starts_with("/sys")
+        || path.starts_with("/dev")
+        || path.starts_with("/.cloudterm")
+    {
         return Err(invalid(format!("mount target {target:?} is a system path")));
     }
     Ok(path.to_path_buf())
@@ -132,7 +145,8 @@ mod tests {
 
     #[test]
     fn unset_limits_take_defaults_and_set_ones_are_kept() {
-        let limits = effective_limits(&Limits { memory_mb: Some(256), ..Limits::default() }, &settings()).expect("valid");
+        let limits =
+            effective_limits(&Limits { memory_mb: Some(256), ..Limits::default() }, &settings()).expect("valid");
         assert_eq!(limits, Limits { memory_mb: Some(256), cpus: Some(1.0), pids: Some(256), disk_mb: None });
     }
 
@@ -172,7 +186,9 @@ mod tests {
 
     #[test]
     fn mount_targets_must_be_plain_absolute_non_system_paths() {
-        for target in ["relative", "/", "/proc", "/proc/self", "/a/../etc", "/workspace", "/dev/sda", "/.cloudterm/agent"] {
+        for target in
+            ["relative", "/", "/proc", "/proc/self", "/a/../etc", "/workspace", "/dev/sda", "/.cloudterm/agent"]
+        {
             assert!(mount_target(target).is_err(), "{target}");
         }
         assert_eq!(mount_target("/data/in").expect("ok"), PathBuf::from("/data/in"));
@@ -188,8 +204,13 @@ mod tests {
         let allow = vec![std::fs::canonicalize(allowed.path()).expect("canonical")];
         let inside = allowed.path().join("inside");
         assert!(allowed_host_path(inside.to_str().expect("utf8"), &allow).expect("checked").is_some());
-        assert!(allowed_host_path(link.to_str().expect("utf8"), &allow).expect("checked").is_none(), "a link out is refused");
-        assert!(allowed_host_path(&format!("{}/inside/../../", allowed.path().display()), &allow).expect("checked").is_none());
+        assert!(
+            allowed_host_path(link.to_str().expect("utf8"), &allow).expect("checked").is_none(),
+            "a link out is refused"
+        );
+        assert!(allowed_host_path(&format!("{}/inside/../../", allowed.path().display()), &allow)
+            .expect("checked")
+            .is_none());
         assert!(allowed_host_path("/etc", &allow).expect("checked").is_none());
         assert!(allowed_host_path("relative", &allow).is_err());
     }

@@ -25,25 +25,10 @@ async fn setup() -> Setup {
     let rsa_b = TestKey::rsa(support::RSA_B, "rsa-b");
     let es = TestKey::es256("ec-1");
     let ed = TestKey::ed25519("ed-1");
-    let idp = Idp::start(
-        "",
-        vec![
-            rsa_a.jwk_with_alg("RS256"),
-            rsa_b.jwk.clone(),
-            es.jwk.clone(),
-            ed.jwk.clone(),
-        ],
-    )
-    .await;
+    let idp =
+        Idp::start("", vec![rsa_a.jwk_with_alg("RS256"), rsa_b.jwk.clone(), es.jwk.clone(), ed.jwk.clone()]).await;
     let verifier = idp.verifier().await;
-    Setup {
-        idp,
-        verifier,
-        rsa_a,
-        rsa_b,
-        es,
-        ed,
-    }
+    Setup { idp, verifier, rsa_a, rsa_b, es, ed }
 }
 
 #[tokio::test]
@@ -62,10 +47,7 @@ async fn every_asymmetric_algorithm_verifies() {
     ] {
         let verified = s.verifier.verify(&token).await.expect("valid token");
         assert_eq!(verified.principal, "alice");
-        assert_eq!(
-            verified.expires_at.map(|t| t.timestamp()),
-            c["exp"].as_i64()
-        );
+        assert_eq!(verified.expires_at.map(|t| t.timestamp()), c["exp"].as_i64());
     }
 }
 
@@ -76,20 +58,14 @@ async fn alg_none_is_refused() {
     for alg in ["none", "None", "NONE", "nOnE"] {
         for kid in [json!("rsa-a"), Value::Null] {
             let token = raw_token(&json!({"alg": alg, "typ": "JWT", "kid": kid}), &c, "");
-            assert_eq!(
-                s.verifier.verify(&token).await,
-                Err(AuthError::UnsupportedAlgorithm(alg.to_owned()))
-            );
+            assert_eq!(s.verifier.verify(&token).await, Err(AuthError::UnsupportedAlgorithm(alg.to_owned())));
         }
     }
     // Also with a real signature glued on.
     let signed = s.rsa_a.sign(&c);
     let signature = signed.rsplit('.').next().expect("sig");
     let token = raw_token(&json!({"alg": "none", "kid": "rsa-a"}), &c, signature);
-    assert!(matches!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::UnsupportedAlgorithm(_))
-    ));
+    assert!(matches!(s.verifier.verify(&token).await, Err(AuthError::UnsupportedAlgorithm(_))));
 }
 
 #[tokio::test]
@@ -98,24 +74,15 @@ async fn hmac_key_confusion_is_refused() {
     let c = claims(&s.idp.issuer, "alice");
     // The classic: HS256 "signed" with the RSA public key PEM as the HMAC secret.
     for alg in ["HS256", "HS384", "HS512"] {
-        for secret in [
-            support::RSA_A_PUB.as_bytes(),
-            support::RSA_A_PUB.trim_end().as_bytes(),
-        ] {
+        for secret in [support::RSA_A_PUB.as_bytes(), support::RSA_A_PUB.trim_end().as_bytes()] {
             let token = forge_hmac(alg, secret, json!({"kid": "rsa-a", "typ": "JWT"}), &c);
-            assert_eq!(
-                s.verifier.verify(&token).await,
-                Err(AuthError::UnsupportedAlgorithm(alg.to_owned()))
-            );
+            assert_eq!(s.verifier.verify(&token).await, Err(AuthError::UnsupportedAlgorithm(alg.to_owned())));
         }
         // The same with the Ed25519 public key (raw bytes, and its JWK `x` text).
         let x = b64(&s.ed.raw_public);
         for secret in [s.ed.raw_public.as_slice(), x.as_bytes()] {
             let token = forge_hmac(alg, secret, json!({"kid": "ed-1"}), &c);
-            assert_eq!(
-                s.verifier.verify(&token).await,
-                Err(AuthError::UnsupportedAlgorithm(alg.to_owned()))
-            );
+            assert_eq!(s.verifier.verify(&token).await, Err(AuthError::UnsupportedAlgorithm(alg.to_owned())));
         }
     }
     // And against the dev verifier, with the dev key's public bytes.
@@ -124,16 +91,12 @@ async fn hmac_key_confusion_is_refused() {
     let dev = Verifier::dev(&issuer);
     let jwks = issuer.jwks();
     let x = jwks["keys"][0]["x"].as_str().expect("x").to_owned();
-    let raw =
-        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &x).expect("x");
+    let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &x).expect("x");
     let dev_claims = json!({"sub": "alice", "iss": DevIssuer::ISSUER, "aud": DevIssuer::AUDIENCE,
                             "exp": now() + 600});
     for secret in [raw.as_slice(), x.as_bytes()] {
         let token = forge_hmac("HS256", secret, json!({"kid": issuer.kid()}), &dev_claims);
-        assert_eq!(
-            dev.verify(&token).await,
-            Err(AuthError::UnsupportedAlgorithm("HS256".to_owned()))
-        );
+        assert_eq!(dev.verify(&token).await, Err(AuthError::UnsupportedAlgorithm("HS256".to_owned())));
     }
 }
 
@@ -141,22 +104,10 @@ async fn hmac_key_confusion_is_refused() {
 async fn hmac_keys_in_the_jwks_are_never_used() {
     // An IdP (or an attacker who can edit its JWKS) publishing a symmetric key gets nothing.
     let secret = b"shared-secret-shared-secret-0000";
-    let idp = Idp::start(
-        "",
-        vec![json!({"kty": "oct", "k": b64(secret), "kid": "hs", "alg": "HS256"})],
-    )
-    .await;
+    let idp = Idp::start("", vec![json!({"kty": "oct", "k": b64(secret), "kid": "hs", "alg": "HS256"})]).await;
     let verifier = idp.verifier().await;
-    let token = forge_hmac(
-        "HS256",
-        secret,
-        json!({"kid": "hs"}),
-        &claims(&idp.issuer, "a"),
-    );
-    assert!(matches!(
-        verifier.verify(&token).await,
-        Err(AuthError::UnsupportedAlgorithm(_))
-    ));
+    let token = forge_hmac("HS256", secret, json!({"kid": "hs"}), &claims(&idp.issuer, "a"));
+    assert!(matches!(verifier.verify(&token).await, Err(AuthError::UnsupportedAlgorithm(_))));
     assert!(verifier.readiness().await.is_err(), "no usable keys");
 }
 
@@ -166,33 +117,18 @@ async fn algorithm_must_fit_the_key() {
     let c = claims(&s.idp.issuer, "alice");
     // ES256 signature, but the header points at an RSA key.
     let token = s.es.sign_as(Algorithm::ES256, Some("rsa-a"), &c);
-    assert_eq!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::AlgorithmMismatch("ES256".to_owned()))
-    );
+    assert_eq!(s.verifier.verify(&token).await, Err(AuthError::AlgorithmMismatch("ES256".to_owned())));
     // EdDSA signature pointing at the EC key, RS256 pointing at the Ed25519 key.
     let token = s.ed.sign_as(Algorithm::EdDSA, Some("ec-1"), &c);
-    assert_eq!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::AlgorithmMismatch("EdDSA".to_owned()))
-    );
+    assert_eq!(s.verifier.verify(&token).await, Err(AuthError::AlgorithmMismatch("EdDSA".to_owned())));
     let token = s.rsa_a.sign_as(Algorithm::RS256, Some("ed-1"), &c);
-    assert_eq!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::AlgorithmMismatch("RS256".to_owned()))
-    );
+    assert_eq!(s.verifier.verify(&token).await, Err(AuthError::AlgorithmMismatch("RS256".to_owned())));
     // Right key type, but the JWK says RS256 and the token says PS256.
     let token = s.rsa_a.sign_as(Algorithm::PS256, Some("rsa-a"), &c);
-    assert_eq!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::AlgorithmMismatch("PS256".to_owned()))
-    );
+    assert_eq!(s.verifier.verify(&token).await, Err(AuthError::AlgorithmMismatch("PS256".to_owned())));
     // ES384 against a P-256 key.
     let token = raw_token(&json!({"alg": "ES384", "kid": "ec-1"}), &c, "AAAA");
-    assert_eq!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::AlgorithmMismatch("ES384".to_owned()))
-    );
+    assert_eq!(s.verifier.verify(&token).await, Err(AuthError::AlgorithmMismatch("ES384".to_owned())));
 }
 
 #[tokio::test]
@@ -220,34 +156,19 @@ async fn garbage_is_malformed() {
         long.as_str(),
     ];
     for token in garbage {
-        assert_eq!(
-            s.verifier.verify(token).await,
-            Err(AuthError::Malformed),
-            "{token:.40}"
-        );
+        assert_eq!(s.verifier.verify(token).await, Err(AuthError::Malformed), "{token:.40}");
     }
     // A well-formed header with a payload that is not JSON, correctly signed.
     let header = json!({"alg": "RS256", "kid": "rsa-a"});
-    let message = format!(
-        "{}.{}",
-        b64(serde_json::to_vec(&header).expect("json")),
-        b64(b"not json")
-    );
-    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &s.rsa_a.encoding, Algorithm::RS256)
-        .expect("sign");
-    assert_eq!(
-        s.verifier.verify(&format!("{message}.{sig}")).await,
-        Err(AuthError::Malformed)
-    );
+    let message = format!("{}.{}", b64(serde_json::to_vec(&header).expect("json")), b64(b"not json"));
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &s.rsa_a.encoding, Algorithm::RS256).expect("sign");
+    assert_eq!(s.verifier.verify(&format!("{message}.{sig}")).await, Err(AuthError::Malformed));
     // The unsupported-algorithm message never echoes control characters or long text.
     let token = raw_token(&json!({"alg": "x\n".repeat(40)}), &json!({}), "");
     let Err(AuthError::UnsupportedAlgorithm(shown)) = s.verifier.verify(&token).await else {
         panic!("expected UnsupportedAlgorithm");
     };
-    assert!(
-        shown.chars().count() <= 33 && !shown.contains('\n'),
-        "{shown}"
-    );
+    assert!(shown.chars().count() <= 33 && !shown.contains('\n'), "{shown}");
 }
 
 #[tokio::test]
@@ -257,26 +178,14 @@ async fn foreign_keys_are_refused() {
     let foreign = TestKey::rsa(support::RSA_FOREIGN, "foreign-1");
     let before = s.idp.jwks_hits();
     // A kid the JWKS does not have.
-    assert_eq!(
-        s.verifier.verify(&foreign.sign(&c)).await,
-        Err(AuthError::UnknownKey)
-    );
+    assert_eq!(s.verifier.verify(&foreign.sign(&c)).await, Err(AuthError::UnknownKey));
     // A kid it does have, signed by another key.
     let token = foreign.sign_as(Algorithm::RS256, Some("rsa-a"), &c);
-    assert_eq!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::BadSignature)
-    );
+    assert_eq!(s.verifier.verify(&token).await, Err(AuthError::BadSignature));
     let token = TestKey::ed25519("x").sign_as(Algorithm::EdDSA, Some("ed-1"), &c);
-    assert_eq!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::BadSignature)
-    );
+    assert_eq!(s.verifier.verify(&token).await, Err(AuthError::BadSignature));
     let token = TestKey::es256("x").sign_as(Algorithm::ES256, Some("ec-1"), &c);
-    assert_eq!(
-        s.verifier.verify(&token).await,
-        Err(AuthError::BadSignature)
-    );
+    assert_eq!(s.verifier.verify(&token).await, Err(AuthError::BadSignature));
     // No kid while the set has several keys: refused rather than trying each.
     let token = s.rsa_a.sign_as(Algorithm::RS256, None, &c);
     assert_eq!(s.verifier.verify(&token).await, Err(AuthError::UnknownKey));
@@ -300,21 +209,13 @@ async fn tampered_payload_is_refused() {
         let mut parts: Vec<&str> = token.split('.').collect();
         let forged = b64(serde_json::to_vec(&claims(&s.idp.issuer, "admin")).expect("json"));
         parts[1] = &forged;
-        assert_eq!(
-            s.verifier.verify(&parts.join(".")).await,
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(s.verifier.verify(&parts.join(".")).await, Err(AuthError::BadSignature));
         // A flipped bit in the signature too.
         let sig = token.rsplit('.').next().expect("sig");
-        let mut bytes =
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
-                .expect("sig");
+        let mut bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).expect("sig");
         bytes[3] ^= 1;
         let token2 = format!("{}.{}", &token[..token.len() - sig.len() - 1], b64(&bytes));
-        assert_eq!(
-            s.verifier.verify(&token2).await,
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(s.verifier.verify(&token2).await, Err(AuthError::BadSignature));
     }
 }
 
@@ -344,21 +245,12 @@ async fn time_window_with_leeway() {
     let no_exp = with(&|c| {
         c.as_object_mut().expect("object").remove("exp");
     });
-    assert_eq!(
-        verify(no_exp).await,
-        Err(AuthError::MissingClaim("exp".to_owned()))
-    );
+    assert_eq!(verify(no_exp).await, Err(AuthError::MissingClaim("exp".to_owned())));
     let string_exp = with(&|c| c["exp"] = json!("tomorrow"));
-    assert_eq!(
-        verify(string_exp).await,
-        Err(AuthError::MissingClaim("exp".to_owned()))
-    );
+    assert_eq!(verify(string_exp).await, Err(AuthError::MissingClaim("exp".to_owned())));
 
     // With no leeway, 10 s expired is expired.
-    let cfg = VerifierConfig {
-        leeway: Duration::ZERO,
-        ..s.idp.jwks_config()
-    };
+    let cfg = VerifierConfig { leeway: Duration::ZERO, ..s.idp.jwks_config() };
     let strict = Verifier::remote(cfg).await.expect("verifier");
     let barely = with(&|c| c["exp"] = json!(t - 10));
     assert_eq!(strict.verify(&barely).await, Err(AuthError::Expired));
@@ -374,32 +266,17 @@ async fn audience_and_issuer_are_checked() {
         s.rsa_a.sign(&c)
     };
     for (token, expected) in [
-        (
-            with(&|c| c["aud"] = json!("https://other.api")),
-            Err(AuthError::WrongAudience),
-        ),
-        (
-            with(&|c| c["aud"] = json!(["a", "b"])),
-            Err(AuthError::WrongAudience),
-        ),
-        (
-            with(&|c| c["aud"] = json!([])),
-            Err(AuthError::WrongAudience),
-        ),
+        (with(&|c| c["aud"] = json!("https://other.api")), Err(AuthError::WrongAudience)),
+        (with(&|c| c["aud"] = json!(["a", "b"])), Err(AuthError::WrongAudience)),
+        (with(&|c| c["aud"] = json!([])), Err(AuthError::WrongAudience)),
         (
             with(&|c| {
                 c.as_object_mut().expect("object").remove("aud");
             }),
             Err(AuthError::WrongAudience),
         ),
-        (
-            with(&|c| c["iss"] = json!("https://evil.example")),
-            Err(AuthError::WrongIssuer),
-        ),
-        (
-            with(&|c| c["iss"] = json!(format!("{iss}/x"))),
-            Err(AuthError::WrongIssuer),
-        ),
+        (with(&|c| c["iss"] = json!("https://evil.example")), Err(AuthError::WrongIssuer)),
+        (with(&|c| c["iss"] = json!(format!("{iss}/x"))), Err(AuthError::WrongIssuer)),
         (
             with(&|c| {
                 c.as_object_mut().expect("object").remove("iss");
@@ -416,33 +293,17 @@ async fn audience_and_issuer_are_checked() {
     assert!(s.verifier.verify(&ok).await.is_ok());
 
     // A list of accepted audiences.
-    let cfg = VerifierConfig {
-        audiences: vec!["first".to_owned(), "second".to_owned()],
-        ..s.idp.jwks_config()
-    };
+    let cfg = VerifierConfig { audiences: vec!["first".to_owned(), "second".to_owned()], ..s.idp.jwks_config() };
     let multi = Verifier::remote(cfg).await.expect("verifier");
-    assert!(multi
-        .verify(&with(&|c| c["aud"] = json!("second")))
-        .await
-        .is_ok());
-    assert_eq!(
-        multi.verify(&with(&|c| c["aud"] = json!("third"))).await,
-        Err(AuthError::WrongAudience)
-    );
+    assert!(multi.verify(&with(&|c| c["aud"] = json!("second"))).await.is_ok());
+    assert_eq!(multi.verify(&with(&|c| c["aud"] = json!("third"))).await, Err(AuthError::WrongAudience));
 
     // The dev verifier insists on its own issuer and audience.
     let dir = tempfile::tempdir().expect("tempdir");
     let issuer = DevIssuer::load_or_create(dir.path()).expect("issuer");
     let dev = Verifier::dev(&issuer);
-    assert!(dev
-        .verify(&issuer.mint("a", Duration::from_secs(60)).expect("mint"))
-        .await
-        .is_ok());
-    assert_eq!(
-        dev.verify(&s.ed.sign(&claims(DevIssuer::ISSUER, "a")))
-            .await,
-        Err(AuthError::UnknownKey)
-    );
+    assert!(dev.verify(&issuer.mint("a", Duration::from_secs(60)).expect("mint")).await.is_ok());
+    assert_eq!(dev.verify(&s.ed.sign(&claims(DevIssuer::ISSUER, "a"))).await, Err(AuthError::UnknownKey));
 }
 
 #[tokio::test]
@@ -461,10 +322,7 @@ async fn principal_rules() {
         (json!("é".repeat(129)), invalid("longer than 256 bytes")),
         (json!("alice\u{0}"), invalid("contains control characters")),
         (json!("alice\nbob"), invalid("contains control characters")),
-        (
-            json!("\u{1b}[31mred"),
-            invalid("contains control characters"),
-        ),
+        (json!("\u{1b}[31mred"), invalid("contains control characters")),
         (json!(42), invalid("not a string")),
         // jsonwebtoken's own claim parser chokes on a non-scalar `sub`: refused all the same.
         (json!(["alice"]), Err(AuthError::Malformed)),
@@ -472,27 +330,15 @@ async fn principal_rules() {
         (Value::Null, Err(AuthError::MissingPrincipal)),
     ];
     for (sub, expected) in cases {
-        assert_eq!(
-            s.verifier.verify(&sign(sub.clone())).await,
-            expected,
-            "{sub}"
-        );
+        assert_eq!(s.verifier.verify(&sign(sub.clone())).await, expected, "{sub}");
     }
-    for ok in [
-        "a".repeat(256),
-        "../../x".to_owned(),
-        "/etc".to_owned(),
-        "auth0|abc".to_owned(),
-    ] {
+    for ok in ["a".repeat(256), "../../x".to_owned(), "/etc".to_owned(), "auth0|abc".to_owned()] {
         let verified = s.verifier.verify(&sign(json!(ok))).await.expect("valid");
         assert_eq!(verified.principal, ok);
     }
     let mut c = claims(&iss, "x");
     c.as_object_mut().expect("object").remove("sub");
-    assert_eq!(
-        s.verifier.verify(&s.ed.sign(&c)).await,
-        Err(AuthError::MissingPrincipal)
-    );
+    assert_eq!(s.verifier.verify(&s.ed.sign(&c)).await, Err(AuthError::MissingPrincipal));
 }
 
 #[tokio::test]
@@ -502,30 +348,16 @@ async fn principal_claim_is_configurable() {
     c["email"] = json!("alice@example.com");
     c["https://example.com/user_id"] = json!("user-42");
     let token = s.rsa_a.sign(&c);
-    for (claim, expected) in [
-        ("sub", "auth0|123"),
-        ("email", "alice@example.com"),
-        ("https://example.com/user_id", "user-42"),
-    ] {
-        let cfg = VerifierConfig {
-            principal_claim: claim.to_owned(),
-            ..s.idp.jwks_config()
-        };
+    for (claim, expected) in
+        [("sub", "auth0|123"), ("email", "alice@example.com"), ("https://example.com/user_id", "user-42")]
+    {
+        let cfg = VerifierConfig { principal_claim: claim.to_owned(), ..s.idp.jwks_config() };
         let verifier = Verifier::remote(cfg).await.expect("verifier");
-        assert_eq!(
-            verifier.verify(&token).await.expect("valid").principal,
-            expected
-        );
+        assert_eq!(verifier.verify(&token).await.expect("valid").principal, expected);
     }
-    let cfg = VerifierConfig {
-        principal_claim: "preferred_username".to_owned(),
-        ..s.idp.jwks_config()
-    };
+    let cfg = VerifierConfig { principal_claim: "preferred_username".to_owned(), ..s.idp.jwks_config() };
     let verifier = Verifier::remote(cfg).await.expect("verifier");
-    assert_eq!(
-        verifier.verify(&token).await,
-        Err(AuthError::MissingPrincipal)
-    );
+    assert_eq!(verifier.verify(&token).await, Err(AuthError::MissingPrincipal));
 }
 
 #[tokio::test]

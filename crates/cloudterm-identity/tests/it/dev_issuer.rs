@@ -21,10 +21,7 @@ fn load_or_create_is_stable() {
     let second = DevIssuer::load_or_create(dir.path()).expect("load");
     assert_eq!(first.kid(), second.kid());
     assert_eq!(first.jwks(), second.jwks());
-    assert_eq!(
-        first.key_path(),
-        dir.path().join(IDENTITY_DIR).join(KEY_FILE)
-    );
+    assert_eq!(first.key_path(), dir.path().join(IDENTITY_DIR).join(KEY_FILE));
     let other = tempfile::tempdir().expect("tempdir");
     let third = DevIssuer::load_or_create(other.path()).expect("create");
     assert_ne!(first.kid(), third.kid());
@@ -34,15 +31,10 @@ fn load_or_create_is_stable() {
 fn key_file_is_private() {
     let dir = tempfile::tempdir().expect("tempdir");
     let issuer = DevIssuer::load_or_create(&dir.path().join("nested/data")).expect("create");
-    let file_mode = std::fs::metadata(issuer.key_path())
-        .expect("stat")
-        .permissions()
-        .mode();
+    let file_mode = std::fs::metadata(issuer.key_path()).expect("stat").permissions().mode();
     assert_eq!(file_mode & 0o777, 0o600);
-    let dir_mode = std::fs::metadata(dir.path().join("nested/data").join(IDENTITY_DIR))
-        .expect("stat")
-        .permissions()
-        .mode();
+    let dir_mode =
+        std::fs::metadata(dir.path().join("nested/data").join(IDENTITY_DIR)).expect("stat").permissions().mode();
     assert_eq!(dir_mode & 0o777, 0o700);
 }
 
@@ -58,17 +50,11 @@ fn racing_creation_yields_one_key() {
                 let path = dir.path().to_path_buf();
                 std::thread::spawn(move || {
                     barrier.wait();
-                    DevIssuer::load_or_create(&path)
-                        .expect("load_or_create")
-                        .kid()
-                        .to_owned()
+                    DevIssuer::load_or_create(&path).expect("load_or_create").kid().to_owned()
                 })
             })
             .collect();
-        let kids: Vec<String> = handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect();
+        let kids: Vec<String> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
         assert!(kids.iter().all(|k| k == &kids[0]), "{kids:?}");
         // The kid on disk is the one everybody uses, and no temp files are left behind.
         let on_disk = DevIssuer::load_or_create(dir.path()).expect("load");
@@ -130,10 +116,7 @@ async fn mint_verify_round_trip() {
     // Path-like principals are valid principals.
     for principal in ["../../x", "/etc", "user@example.com", "agent:build-7"] {
         let token = issuer.mint(principal, ttl).expect("mint");
-        assert_eq!(
-            verifier.verify(&token).await.expect("verify").principal,
-            principal
-        );
+        assert_eq!(verifier.verify(&token).await.expect("verify").principal, principal);
     }
     assert!(verifier.readiness().await.is_ok());
     assert!(verifier.describe().starts_with("dev issuer (Ed25519, kid "));
@@ -145,11 +128,6 @@ async fn another_data_dirs_token_is_refused() {
     let b = tempfile::tempdir().expect("tempdir");
     let issuer_a = DevIssuer::load_or_create(a.path()).expect("a");
     let issuer_b = DevIssuer::load_or_create(b.path()).expect("b");
-    let token = issuer_b
-        .mint("alice", Duration::from_secs(60))
-        .expect("mint");
-    assert_eq!(
-        Verifier::dev(&issuer_a).verify(&token).await,
-        Err(AuthError::UnknownKey)
-    );
+    let token = issuer_b.mint("alice", Duration::from_secs(60)).expect("mint");
+    assert_eq!(Verifier::dev(&issuer_a).verify(&token).await, Err(AuthError::UnknownKey));
 }

@@ -11,11 +11,7 @@ use serde_json::json;
 use crate::support::{self, claims, eventually, Idp, TestKey, AUD};
 
 fn discovery_config(issuer: &str) -> VerifierConfig {
-    VerifierConfig {
-        issuer: Some(issuer.to_owned()),
-        audiences: vec![AUD.to_owned()],
-        ..VerifierConfig::default()
-    }
+    VerifierConfig { issuer: Some(issuer.to_owned()), audiences: vec![AUD.to_owned()], ..VerifierConfig::default() }
 }
 
 #[tokio::test]
@@ -24,34 +20,20 @@ async fn discovery_via_issuer_url() {
     let es = TestKey::es256("ec-1");
     let ed = TestKey::ed25519("ed-1");
     // Keycloak-shaped issuer: a path, no trailing slash.
-    let idp = Idp::start(
-        "/realms/dev",
-        vec![rsa.jwk_with_alg("RS256"), es.jwk.clone(), ed.jwk.clone()],
-    )
-    .await;
-    let verifier = Verifier::remote(discovery_config(&idp.issuer))
-        .await
-        .expect("verifier");
+    let idp = Idp::start("/realms/dev", vec![rsa.jwk_with_alg("RS256"), es.jwk.clone(), ed.jwk.clone()]).await;
+    let verifier = Verifier::remote(discovery_config(&idp.issuer)).await.expect("verifier");
     assert!(verifier.readiness().await.is_ok());
     assert_eq!(idp.discovery_hits(), 1);
     assert_eq!(idp.jwks_hits(), 1);
     for key in [&rsa, &es, &ed] {
         let token = key.sign(&claims(&idp.issuer, "alice"));
-        assert_eq!(
-            verifier.verify(&token).await.expect("valid").principal,
-            "alice"
-        );
+        assert_eq!(verifier.verify(&token).await.expect("valid").principal, "alice");
     }
-    assert!(verifier
-        .describe()
-        .contains("/realms/dev/.well-known/openid-configuration"));
+    assert!(verifier.describe().contains("/realms/dev/.well-known/openid-configuration"));
     assert!(verifier.describe().contains(AUD));
     // Discovery is not repeated when the key set is refreshed.
     let unknown = TestKey::ed25519("new").sign(&claims(&idp.issuer, "alice"));
-    let cfg = VerifierConfig {
-        jwks_refresh_min_interval: Duration::ZERO,
-        ..discovery_config(&idp.issuer)
-    };
+    let cfg = VerifierConfig { jwks_refresh_min_interval: Duration::ZERO, ..discovery_config(&idp.issuer) };
     let eager = Verifier::remote(cfg).await.expect("verifier");
     assert_eq!(eager.verify(&unknown).await, Err(AuthError::UnknownKey));
     assert_eq!(idp.discovery_hits(), 2);
@@ -67,24 +49,17 @@ async fn issuer_trailing_slash_shapes() {
     let auth0_iss = format!("{}/", idp.issuer);
     *idp.state.issuer.lock().expect("lock") = auth0_iss.clone();
     for configured in [idp.issuer.clone(), auth0_iss.clone()] {
-        let verifier = Verifier::remote(discovery_config(&configured))
-            .await
-            .expect("verifier");
+        let verifier = Verifier::remote(discovery_config(&configured)).await.expect("verifier");
         let token = rsa.sign(&claims(&auth0_iss, "auth0|1"));
-        assert_eq!(
-            verifier.verify(&token).await.expect("valid").principal,
-            "auth0|1"
-        );
+        assert_eq!(verifier.verify(&token).await.expect("valid").principal, "auth0|1");
         let token = rsa.sign(&claims(&idp.issuer, "auth0|2"));
         assert!(verifier.verify(&token).await.is_ok());
     }
 
     // Supabase: `https://<project>.supabase.co/auth/v1`.
     let idp = Idp::start("/auth/v1", vec![rsa.jwk.clone()]).await;
-    let cfg = VerifierConfig {
-        audiences: vec!["authenticated".to_owned()],
-        ..discovery_config(&format!("{}/", idp.issuer))
-    };
+    let cfg =
+        VerifierConfig { audiences: vec!["authenticated".to_owned()], ..discovery_config(&format!("{}/", idp.issuer)) };
     let verifier = Verifier::remote(cfg).await.expect("verifier");
     let mut c = claims(&idp.issuer, "8f14e45f-ceea-4f2a-9c52-aaaaaaaaaaaa");
     c["aud"] = json!("authenticated");
@@ -99,38 +74,19 @@ async fn direct_jwks_url() {
     // Issuer set too: still checked, and no discovery happens.
     let verifier = idp.verifier().await;
     assert!(verifier.readiness().await.is_ok());
-    assert!(verifier
-        .describe()
-        .starts_with(&format!("JWKS from {}", idp.jwks_url)));
-    assert!(verifier
-        .verify(&rsa.sign(&claims(&idp.issuer, "a")))
-        .await
-        .is_ok());
-    assert_eq!(
-        verifier
-            .verify(&rsa.sign(&claims("https://other", "a")))
-            .await,
-        Err(AuthError::WrongIssuer)
-    );
+    assert!(verifier.describe().starts_with(&format!("JWKS from {}", idp.jwks_url)));
+    assert!(verifier.verify(&rsa.sign(&claims(&idp.issuer, "a"))).await.is_ok());
+    assert_eq!(verifier.verify(&rsa.sign(&claims("https://other", "a"))).await, Err(AuthError::WrongIssuer));
     assert_eq!(idp.discovery_hits(), 0);
 
     // No issuer configured: any `iss` (or none) passes, the signature still decides.
-    let cfg = VerifierConfig {
-        issuer: None,
-        ..idp.jwks_config()
-    };
+    let cfg = VerifierConfig { issuer: None, ..idp.jwks_config() };
     let any_issuer = Verifier::remote(cfg).await.expect("verifier");
-    assert!(any_issuer
-        .verify(&rsa.sign(&claims("https://other", "a")))
-        .await
-        .is_ok());
+    assert!(any_issuer.verify(&rsa.sign(&claims("https://other", "a"))).await.is_ok());
     assert!(any_issuer.describe().contains("issuer not checked"));
 
     // No audience configured: `aud` is not checked.
-    let cfg = VerifierConfig {
-        audiences: vec![],
-        ..idp.jwks_config()
-    };
+    let cfg = VerifierConfig { audiences: vec![], ..idp.jwks_config() };
     let any_aud = Verifier::remote(cfg).await.expect("verifier");
     let mut c = claims(&idp.issuer, "a");
     c["aud"] = json!("whatever");
@@ -144,11 +100,7 @@ async fn single_key_without_kid() {
     jwk.as_object_mut().expect("object").remove("kid");
     let idp = Idp::start("", vec![jwk]).await;
     let verifier = idp.verifier().await;
-    let token = ed.sign_as(
-        jsonwebtoken::Algorithm::EdDSA,
-        None,
-        &claims(&idp.issuer, "a"),
-    );
+    let token = ed.sign_as(jsonwebtoken::Algorithm::EdDSA, None, &claims(&idp.issuer, "a"));
     assert!(verifier.verify(&token).await.is_ok());
 }
 
@@ -168,10 +120,7 @@ async fn unusable_entries_are_skipped() {
     .await;
     let verifier = idp.verifier().await;
     assert!(verifier.readiness().await.is_ok());
-    assert!(verifier
-        .verify(&rsa.sign(&claims(&idp.issuer, "a")))
-        .await
-        .is_ok());
+    assert!(verifier.verify(&rsa.sign(&claims(&idp.issuer, "a"))).await.is_ok());
 }
 
 #[tokio::test]
@@ -179,33 +128,21 @@ async fn key_rotation() {
     let a = TestKey::rsa(support::RSA_A, "key-a");
     let b = TestKey::rsa(support::RSA_B, "key-b");
     let idp = Idp::start("", vec![a.jwk.clone()]).await;
-    let cfg = VerifierConfig {
-        jwks_refresh_min_interval: Duration::from_millis(200),
-        ..idp.jwks_config()
-    };
+    let cfg = VerifierConfig { jwks_refresh_min_interval: Duration::from_millis(200), ..idp.jwks_config() };
     let verifier = Verifier::remote(cfg).await.expect("verifier");
-    assert!(verifier
-        .verify(&a.sign(&claims(&idp.issuer, "a")))
-        .await
-        .is_ok());
+    assert!(verifier.verify(&a.sign(&claims(&idp.issuer, "a"))).await.is_ok());
     assert_eq!(idp.jwks_hits(), 1);
 
     // The IdP switches to key B.
     idp.set_keys(vec![b.jwk.clone()]);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let token_b = b.sign(&claims(&idp.issuer, "b"));
-    assert_eq!(
-        verifier.verify(&token_b).await.expect("valid").principal,
-        "b"
-    );
+    assert_eq!(verifier.verify(&token_b).await.expect("valid").principal, "b");
     assert_eq!(idp.jwks_hits(), 2, "exactly one refresh");
     // Known now: no further fetch. Key A is gone from the set.
     assert!(verifier.verify(&token_b).await.is_ok());
     assert_eq!(idp.jwks_hits(), 2);
-    assert_eq!(
-        verifier.verify(&a.sign(&claims(&idp.issuer, "a"))).await,
-        Err(AuthError::UnknownKey)
-    );
+    assert_eq!(verifier.verify(&a.sign(&claims(&idp.issuer, "a"))).await, Err(AuthError::UnknownKey));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -213,10 +150,7 @@ async fn unknown_kid_refresh_is_rate_limited() {
     let a = TestKey::rsa(support::RSA_A, "key-a");
     let idp = Idp::start("", vec![a.jwk.clone()]).await;
     let interval = Duration::from_millis(1500);
-    let cfg = VerifierConfig {
-        jwks_refresh_min_interval: interval,
-        ..idp.jwks_config()
-    };
+    let cfg = VerifierConfig { jwks_refresh_min_interval: interval, ..idp.jwks_config() };
     let verifier = Verifier::remote(cfg).await.expect("verifier");
     assert_eq!(idp.jwks_hits(), 1);
     tokio::time::sleep(interval + Duration::from_millis(100)).await;
@@ -224,13 +158,7 @@ async fn unknown_kid_refresh_is_rate_limited() {
     // 32 concurrent tokens with unknown kids: one shared refresh.
     let attacker = TestKey::ed25519("unused");
     let tokens: Vec<String> = (0..32)
-        .map(|i| {
-            attacker.sign_as(
-                jsonwebtoken::Algorithm::EdDSA,
-                Some(&format!("kid-{i}")),
-                &claims(&idp.issuer, "x"),
-            )
-        })
+        .map(|i| attacker.sign_as(jsonwebtoken::Algorithm::EdDSA, Some(&format!("kid-{i}")), &claims(&idp.issuer, "x")))
         .collect();
     let tasks: Vec<_> = tokens
         .iter()
@@ -251,10 +179,7 @@ async fn unknown_kid_refresh_is_rate_limited() {
     }
     assert_eq!(idp.jwks_hits(), 2);
     // Known keys keep working meanwhile, without fetches.
-    assert!(verifier
-        .verify(&a.sign(&claims(&idp.issuer, "a")))
-        .await
-        .is_ok());
+    assert!(verifier.verify(&a.sign(&claims(&idp.issuer, "a"))).await.is_ok());
     assert_eq!(idp.jwks_hits(), 2);
 
     // After the interval, one more.
@@ -297,14 +222,9 @@ async fn idp_down_at_start_then_up() {
     let a = TestKey::rsa(support::RSA_A, "key-a");
     let idp = Idp::start("/realms/dev", vec![a.jwk.clone()]).await;
     idp.set_up(false);
-    let cfg = VerifierConfig {
-        jwks_refresh_min_interval: Duration::from_millis(200),
-        ..discovery_config(&idp.issuer)
-    };
+    let cfg = VerifierConfig { jwks_refresh_min_interval: Duration::from_millis(200), ..discovery_config(&idp.issuer) };
     // Start-up does not fail.
-    let verifier = Verifier::remote(cfg)
-        .await
-        .expect("verifier despite the IdP being down");
+    let verifier = Verifier::remote(cfg).await.expect("verifier despite the IdP being down");
     let err = verifier.readiness().await.expect_err("not ready");
     assert!(matches!(err, IdentityError::KeysUnavailable(_)), "{err}");
     assert!(err.to_string().contains("503"), "{err}");
@@ -315,10 +235,7 @@ async fn idp_down_at_start_then_up() {
     idp.set_up(true);
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(verifier.readiness().await.is_ok());
-    assert_eq!(
-        verifier.verify(&token).await.expect("valid").principal,
-        "alice"
-    );
+    assert_eq!(verifier.verify(&token).await.expect("valid").principal, "alice");
 }
 
 #[tokio::test]
@@ -334,15 +251,9 @@ async fn idp_unreachable() {
         ..VerifierConfig::default()
     };
     let verifier = Verifier::remote(cfg).await.expect("verifier");
-    assert!(matches!(
-        verifier.readiness().await,
-        Err(IdentityError::KeysUnavailable(_))
-    ));
+    assert!(matches!(verifier.readiness().await, Err(IdentityError::KeysUnavailable(_))));
     let token = TestKey::ed25519("k").sign(&claims("x", "a"));
-    assert!(matches!(
-        verifier.verify(&token).await,
-        Err(AuthError::KeysUnavailable(_))
-    ));
+    assert!(matches!(verifier.verify(&token).await, Err(AuthError::KeysUnavailable(_))));
     // Garbage is still refused as garbage, without a fetch.
     assert_eq!(verifier.verify("garbage").await, Err(AuthError::Malformed));
 }
@@ -352,10 +263,7 @@ async fn slow_idp_times_out() {
     let a = TestKey::rsa(support::RSA_A, "key-a");
     let idp = Idp::start("", vec![a.jwk.clone()]).await;
     idp.state.hang.store(true, Ordering::SeqCst);
-    let cfg = VerifierConfig {
-        http_timeout: Duration::from_millis(300),
-        ..idp.jwks_config()
-    };
+    let cfg = VerifierConfig { http_timeout: Duration::from_millis(300), ..idp.jwks_config() };
     let started = std::time::Instant::now();
     let verifier = Verifier::remote(cfg).await.expect("verifier");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -366,9 +274,7 @@ async fn slow_idp_times_out() {
 async fn discovery_without_jwks_uri() {
     let idp = Idp::start("", vec![]).await;
     idp.state.omit_jwks_uri.store(true, Ordering::SeqCst);
-    let verifier = Verifier::remote(discovery_config(&idp.issuer))
-        .await
-        .expect("verifier");
+    let verifier = Verifier::remote(discovery_config(&idp.issuer)).await.expect("verifier");
     let err = verifier.readiness().await.expect_err("no jwks_uri");
     assert!(err.to_string().contains("jwks_uri"), "{err}");
 }

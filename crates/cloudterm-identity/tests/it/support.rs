@@ -32,10 +32,7 @@ pub fn b64(bytes: impl AsRef<[u8]>) -> String {
 }
 
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64
 }
 
 /// A private key that can sign tokens, with its public JWK.
@@ -114,11 +111,7 @@ impl TestKey {
 }
 
 fn pem_body(pem: &str) -> Vec<u8> {
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .concat();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect::<Vec<_>>().concat();
     STANDARD.decode(body).expect("pem base64")
 }
 
@@ -190,9 +183,7 @@ impl Drop for Idp {
 
 impl Idp {
     pub async fn start(prefix: &str, keys: Vec<Value>) -> Idp {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let issuer = format!("http://{addr}{prefix}");
         let state = Arc::new(IdpState {
@@ -206,21 +197,13 @@ impl Idp {
             base: issuer.clone(),
         });
         let app = Router::new()
-            .route(
-                &format!("{prefix}/.well-known/openid-configuration"),
-                get(discovery),
-            )
+            .route(&format!("{prefix}/.well-known/openid-configuration"), get(discovery))
             .route(&format!("{prefix}/jwks.json"), get(jwks))
             .with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Idp {
-            state,
-            jwks_url: format!("{issuer}/jwks.json"),
-            issuer,
-            task,
-        }
+        Idp { state, jwks_url: format!("{issuer}/jwks.json"), issuer, task }
     }
 
     pub fn set_keys(&self, keys: Vec<Value>) {
@@ -251,9 +234,7 @@ impl Idp {
 
     /// A verifier with `jwks_config`.
     pub async fn verifier(&self) -> Verifier {
-        Verifier::remote(self.jwks_config())
-            .await
-            .expect("verifier")
+        Verifier::remote(self.jwks_config()).await.expect("verifier")
     }
 }
 

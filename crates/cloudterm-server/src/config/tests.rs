@@ -6,10 +6,7 @@ use std::io::Write;
 use super::*;
 
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     move |name| map.get(name).cloned()
 }
 
@@ -21,40 +18,23 @@ fn write_file(text: &str) -> tempfile::NamedTempFile {
 
 #[test]
 fn defaults_are_the_embedded_setup() {
-    let config = Config::load(
-        None,
-        env_of(&[("CLOUDTERM_DATA_DIR", "/tmp/ct")]),
-        &Overrides::default(),
-    )
-    .expect("load");
+    let config = Config::load(None, env_of(&[("CLOUDTERM_DATA_DIR", "/tmp/ct")]), &Overrides::default()).expect("load");
     assert_eq!(config.listen, "127.0.0.1:8000");
     assert_eq!(config.store_url(), "sqlite:///tmp/ct/cloudterm.db");
-    assert_eq!(
-        config.local_storage_path(),
-        PathBuf::from("/tmp/ct/snapshots")
-    );
+    assert_eq!(config.local_storage_path(), PathBuf::from("/tmp/ct/snapshots"));
     assert!(!config.uses_external_idp());
     assert_eq!(config.runtime.kind, "auto");
 }
 
 #[test]
 fn file_then_env_then_flags() {
-    let file = write_file("listen = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\n[auth]\nprincipal_claim = \"email\"\n");
-    let env = env_of(&[
-        ("CLOUDTERM_LISTEN", "127.0.0.1:9001"),
-        ("CLOUDTERM_AUTH_AUDIENCE", "a, b,,c"),
-    ]);
-    let flags = Overrides {
-        data_dir: Some("/from/flag".into()),
-        listen: None,
-    };
+    let file =
+        write_file("listen = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\n[auth]\nprincipal_claim = \"email\"\n");
+    let env = env_of(&[("CLOUDTERM_LISTEN", "127.0.0.1:9001"), ("CLOUDTERM_AUTH_AUDIENCE", "a, b,,c")]);
+    let flags = Overrides { data_dir: Some("/from/flag".into()), listen: None };
     let config = Config::load(Some(file.path()), env, &flags).expect("load");
     assert_eq!(config.listen, "127.0.0.1:9001", "env beats file");
-    assert_eq!(
-        config.data_dir,
-        PathBuf::from("/from/flag"),
-        "flag beats file"
-    );
+    assert_eq!(config.data_dir, PathBuf::from("/from/flag"), "flag beats file");
     assert_eq!(config.auth.principal_claim, "email", "file beats default");
     assert_eq!(config.auth.audience, vec!["a", "b", "c"]);
 }
@@ -63,11 +43,9 @@ fn file_then_env_then_flags() {
 fn every_setting_has_a_working_override() {
     for setting in SETTINGS {
         let value = match setting.key {
-            "listen"
-            | "listeners.sandbox"
-            | "listeners.snapshot"
-            | "listeners.workspace"
-            | "listeners.preview" => "127.0.0.1:1234",
+            "listen" | "listeners.sandbox" | "listeners.snapshot" | "listeners.workspace" | "listeners.preview" => {
+                "127.0.0.1:1234"
+            }
             "log.format" => "json",
             "log.level" => "debug",
             "metrics.require_auth" => "true",
@@ -79,12 +57,7 @@ fn every_setting_has_a_working_override() {
             "sandboxes.mount_allow" => "/srv/data:/mnt/shared",
             "sandboxes.default_memory_mb" => "1024",
             "sandboxes.default_pids" => "64",
-            key if key.ends_with("seconds")
-                || key.ends_with("bytes")
-                || key.starts_with("quotas.") =>
-            {
-                "7"
-            }
+            key if key.ends_with("seconds") || key.ends_with("bytes") || key.starts_with("quotas.") => "7",
             _ => "something",
         };
         let before = Config::load(None, env_of(&[]), &Overrides::default()).expect("defaults");
@@ -101,32 +74,23 @@ fn every_setting_has_a_working_override() {
 #[test]
 fn unknown_keys_in_the_file_are_named() {
     let file = write_file("[http]\nmax_body_byte = 5\n");
-    let err = Config::load(Some(file.path()), env_of(&[]), &Overrides::default())
-        .expect_err("typo must fail");
+    let err = Config::load(Some(file.path()), env_of(&[]), &Overrides::default()).expect_err("typo must fail");
     assert!(err.to_string().contains("max_body_byte"), "{err}");
 }
 
 #[test]
 fn wrong_types_in_the_file_are_named() {
     let file = write_file("[http]\nrequest_timeout_seconds = \"soon\"\n");
-    let err =
-        Config::load(Some(file.path()), env_of(&[]), &Overrides::default()).expect_err("must fail");
+    let err = Config::load(Some(file.path()), env_of(&[]), &Overrides::default()).expect_err("must fail");
     assert!(err.to_string().contains("request_timeout_seconds"), "{err}");
 }
 
 #[test]
 fn bad_env_values_name_the_variable_and_key() {
-    let err = Config::load(
-        None,
-        env_of(&[("CLOUDTERM_HTTP_MAX_BODY_BYTES", "lots")]),
-        &Overrides::default(),
-    )
-    .expect_err("must fail");
+    let err = Config::load(None, env_of(&[("CLOUDTERM_HTTP_MAX_BODY_BYTES", "lots")]), &Overrides::default())
+        .expect_err("must fail");
     let text = err.to_string();
-    assert!(
-        text.contains("CLOUDTERM_HTTP_MAX_BODY_BYTES") && text.contains("http.max_body_bytes"),
-        "{text}"
-    );
+    assert!(text.contains("CLOUDTERM_HTTP_MAX_BODY_BYTES") && text.contains("http.max_body_bytes"), "{text}");
 }
 
 #[test]
@@ -139,32 +103,20 @@ fn validation_names_the_bad_key() {
         ("CLOUDTERM_STORAGE", "floppy", "storage.backend"),
         ("CLOUDTERM_STORE_URL", "mysql://x", "store.url"),
         ("CLOUDTERM_AUTH_ISSUER", "idp.example.com", "auth.issuer"),
-        (
-            "CLOUDTERM_AUTH_LEEWAY_SECONDS",
-            "86400",
-            "auth.leeway_seconds",
-        ),
-        (
-            "CLOUDTERM_HTTP_REQUEST_TIMEOUT_SECONDS",
-            "0",
-            "http.request_timeout_seconds",
-        ),
+        ("CLOUDTERM_AUTH_LEEWAY_SECONDS", "86400", "auth.leeway_seconds"),
+        ("CLOUDTERM_HTTP_REQUEST_TIMEOUT_SECONDS", "0", "http.request_timeout_seconds"),
     ];
     for (var, value, key) in cases {
-        let err =
-            Config::load(None, env_of(&[(var, value)]), &Overrides::default()).expect_err(var);
+        let err = Config::load(None, env_of(&[(var, value)]), &Overrides::default()).expect_err(var);
         assert!(err.to_string().contains(key), "{var}={value}: {err}");
     }
 }
 
 #[test]
 fn an_idp_turns_the_dev_issuer_off() {
-    let config = Config::load(
-        None,
-        env_of(&[("CLOUDTERM_AUTH_JWKS_URL", "http://127.0.0.1:9/jwks")]),
-        &Overrides::default(),
-    )
-    .expect("load");
+    let config =
+        Config::load(None, env_of(&[("CLOUDTERM_AUTH_JWKS_URL", "http://127.0.0.1:9/jwks")]), &Overrides::default())
+            .expect("load");
     assert!(config.uses_external_idp());
 }
 
@@ -172,10 +124,6 @@ fn an_idp_turns_the_dev_issuer_off() {
 fn help_lists_every_setting() {
     let help = settings_help();
     for setting in SETTINGS {
-        assert!(
-            help.contains(setting.env) && help.contains(setting.key),
-            "{} missing",
-            setting.key
-        );
+        assert!(help.contains(setting.env) && help.contains(setting.key), "{} missing", setting.key);
     }
 }

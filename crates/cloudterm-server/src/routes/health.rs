@@ -16,10 +16,7 @@ use crate::state::AppState;
 /// Liveness: answers whenever the process serves HTTP.
 #[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = HealthResponse)))]
 pub async fn health() -> Json<HealthResponse> {
-    Json(HealthResponse {
-        status: "ok".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    })
+    Json(HealthResponse { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
 /// Readiness: the store, snapshot storage, the runtime and identity all answer.
@@ -35,65 +32,37 @@ pub async fn health() -> Json<HealthResponse> {
 pub async fn ready(State(state): State<AppState>) -> Response {
     let runtime_kind = state.runtime.kind;
     let checks = vec![
-        timed("store", state.store.backend_name(), async {
-            state.store.ping().await.map_err(|err| err.to_string())
-        })
-        .await,
+        timed("store", state.store.backend_name(), async { state.store.ping().await.map_err(|err| err.to_string()) })
+            .await,
         timed("storage", state.blobs.backend_name(), async {
             state.blobs.check().await.map_err(|err| err.to_string())
         })
         .await,
         timed("runtime", runtime_kind.as_str(), async move {
-            match tokio::task::spawn_blocking(move || cloudterm_runtime::probe(runtime_kind)).await
-            {
+            match tokio::task::spawn_blocking(move || cloudterm_runtime::probe(runtime_kind)).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(err)) => Err(err.to_string()),
                 Err(err) => Err(format!("runtime probe failed: {err}")),
             }
         })
         .await,
-        timed(
-            "identity",
-            if state.dev_issuer.is_some() {
-                "dev"
-            } else {
-                "jwks"
-            },
-            async {
-                state
-                    .verifier
-                    .readiness()
-                    .await
-                    .map_err(|err| err.to_string())
-            },
-        )
+        timed("identity", if state.dev_issuer.is_some() { "dev" } else { "jwks" }, async {
+            state.verifier.readiness().await.map_err(|err| err.to_string())
+        })
         .await,
     ];
     let all_ok = checks.iter().all(|check| check.ok);
-    let status = if all_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = ReadinessResponse {
-        status: if all_ok { "ready" } else { "not_ready" }.into(),
-        checks,
-    };
+    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = ReadinessResponse { status: if all_ok { "ready" } else { "not_ready" }.into(), checks };
     let mut response = (status, Json(body)).into_response();
     if !all_ok {
         // The body already explains; mark it so the envelope middleware keeps it.
-        response
-            .extensions_mut()
-            .insert(crate::error::ErrorDetail("readiness check failed".into()));
+        response.extensions_mut().insert(crate::error::ErrorDetail("readiness check failed".into()));
     }
     response
 }
 
-async fn timed(
-    name: &str,
-    backend: &str,
-    check: impl Future<Output = Result<(), String>>,
-) -> CheckResult {
+async fn timed(name: &str, backend: &str, check: impl Future<Output = Result<(), String>>) -> CheckResult {
     let started = Instant::now();
     let outcome = check.await;
     CheckResult {
@@ -115,23 +84,10 @@ async fn timed(
         (status = 401, description = "metrics.require_auth is on and no valid token was sent", body = ErrorEnvelope),
     )
 )]
-pub async fn metrics(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if state.config.metrics.require_auth {
         authenticate(&state, &headers).await?;
     }
-    let text = state
-        .metrics
-        .encode()
-        .map_err(|err| ApiError::Internal(format!("cannot encode metrics: {err}")))?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+    let text = state.metrics.encode().map_err(|err| ApiError::Internal(format!("cannot encode metrics: {err}")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }

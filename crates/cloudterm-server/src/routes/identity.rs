@@ -19,10 +19,7 @@ use crate::state::AppState;
         (status = 401, description = "no valid token", body = ErrorEnvelope),
     )
 )]
-pub async fn get_me(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Json<MeResponse>, ApiError> {
+pub async fn get_me(State(state): State<AppState>, caller: Caller) -> Result<Json<MeResponse>, ApiError> {
     let view = state.principals.whoami(&caller.principal).await?;
     let running = state.sandboxes.running_count(caller.principal.id());
     Ok(Json(MeResponse {
@@ -51,8 +48,8 @@ pub async fn get_me(
 pub async fn get_jwks(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match &state.dev_issuer {
         Some(issuer) => Ok(Json(issuer.jwks())),
-        None => Err(ApiError::NotFound(
-            "the dev issuer is off: keys come from the configured identity provider".into(),
-        )),
+        None => {
+            Err(ApiError::NotFound("the dev issuer is off: keys come from the configured identity provider".into()))
+        }
     }
 }

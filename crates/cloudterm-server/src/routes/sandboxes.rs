@@ -134,9 +134,9 @@ pub async fn write_file(
 ) -> Result<(StatusCode, Json<FileWritten>), ApiError> {
     let data = match (body.content, body.content_base64) {
         (Some(text), None) => Bytes::from(text),
-        (None, Some(encoded)) => {
-            Bytes::from(B64.decode(encoded.trim()).map_err(|err| ApiError::Unprocessable(format!("content_base64: {err}")))?)
-        }
+        (None, Some(encoded)) => Bytes::from(
+            B64.decode(encoded.trim()).map_err(|err| ApiError::Unprocessable(format!("content_base64: {err}")))?,
+        ),
         _ => return Err(ApiError::Unprocessable("give exactly one of content and content_base64".into())),
     };
     let written = state.sandboxes.write_file(&caller.principal, &id, &body.path, body.mode, data).await?;
@@ -197,7 +197,9 @@ pub async fn upload_file(
     body: Body,
 ) -> Result<(StatusCode, Json<FileWritten>), ApiError> {
     let mode = match query.mode {
-        Some(text) => Some(u32::from_str_radix(&text, 8).map_err(|_| ApiError::BadRequest(format!("mode {text:?} is not octal")))?),
+        Some(text) => Some(
+            u32::from_str_radix(&text, 8).map_err(|_| ApiError::BadRequest(format!("mode {text:?} is not octal")))?,
+        ),
         None => None,
     };
     let written = state.sandboxes.write_file_stream(&caller.principal, &id, &path, mode, SyncBody::new(body)).await?;
@@ -234,8 +236,8 @@ pub async fn keepalive_sandbox(
     let timeout = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let request: KeepaliveRequest =
-            serde_json::from_slice(&body).map_err(|err| ApiError::Unprocessable(format!("invalid keepalive body: {err}")))?;
+        let request: KeepaliveRequest = serde_json::from_slice(&body)
+            .map_err(|err| ApiError::Unprocessable(format!("invalid keepalive body: {err}")))?;
         request.timeout_seconds
     };
     let expires_at = state.sandboxes.keepalive(&caller.principal, &id, timeout).await?;
@@ -322,7 +324,14 @@ pub async fn background_logs(
     let offset = busy.value.offset;
     let Busy { guard, value } = busy;
     let body = Body::from_stream(byte_stream(Busy { guard, value: value.stream }));
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()), (header::HeaderName::from_static("x-log-offset"), offset.to_string())], body).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+            (header::HeaderName::from_static("x-log-offset"), offset.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Stops a job: SIGTERM, then SIGKILL after a grace period.
@@ -502,7 +511,10 @@ impl http_body::Body for SyncBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         Pin::new(self.0.get_mut()).poll_frame(cx)
     }
 }

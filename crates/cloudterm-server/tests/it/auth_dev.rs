@@ -26,16 +26,10 @@ async fn a_dev_token_names_the_principal() {
 #[tokio::test]
 async fn every_forgery_is_refused() {
     let server = TestServer::start().await;
-    let jwks = server
-        .state()
-        .dev_issuer
-        .as_ref()
-        .expect("dev issuer")
-        .jwks();
+    let jwks = server.state().dev_issuer.as_ref().expect("dev issuer").jwks();
     let kid = jwks["keys"][0]["kid"].as_str().expect("kid").to_string();
     let x = jwks["keys"][0]["x"].as_str().expect("x").to_string();
-    let public_key = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &x)
-        .expect("x decodes");
+    let public_key = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &x).expect("x decodes");
     let good = server.token("alice");
     let claims = dev_claims("alice");
 
@@ -44,69 +38,20 @@ async fn every_forgery_is_refused() {
         ("empty bearer", Some(String::new())),
         ("garbage", Some("not-a-jwt".into())),
         ("three garbage parts", Some("a.b.c".into())),
-        (
-            "alg none",
-            Some(raw_jwt(&json!({"alg": "none", "typ": "JWT"}), &claims, b"")),
-        ),
-        (
-            "alg none with kid",
-            Some(raw_jwt(&json!({"alg": "none", "kid": kid}), &claims, b"")),
-        ),
-        (
-            "HS256 keyed with the raw public key",
-            Some(hs256_jwt(&kid, &claims, &public_key)),
-        ),
-        (
-            "HS256 keyed with the JWK x text",
-            Some(hs256_jwt(&kid, &claims, x.as_bytes())),
-        ),
-        (
-            "HS256 keyed with the JWKS document",
-            Some(hs256_jwt(&kid, &claims, jwks.to_string().as_bytes())),
-        ),
-        (
-            "a foreign key claiming the dev kid",
-            Some(foreign_ed25519_jwt(&kid, &claims)),
-        ),
-        (
-            "a foreign key with its own kid",
-            Some(foreign_ed25519_jwt("attacker", &claims)),
-        ),
+        ("alg none", Some(raw_jwt(&json!({"alg": "none", "typ": "JWT"}), &claims, b""))),
+        ("alg none with kid", Some(raw_jwt(&json!({"alg": "none", "kid": kid}), &claims, b""))),
+        ("HS256 keyed with the raw public key", Some(hs256_jwt(&kid, &claims, &public_key))),
+        ("HS256 keyed with the JWK x text", Some(hs256_jwt(&kid, &claims, x.as_bytes()))),
+        ("HS256 keyed with the JWKS document", Some(hs256_jwt(&kid, &claims, jwks.to_string().as_bytes()))),
+        ("a foreign key claiming the dev kid", Some(foreign_ed25519_jwt(&kid, &claims))),
+        ("a foreign key with its own kid", Some(foreign_ed25519_jwt("attacker", &claims))),
         ("tampered payload", Some(tamper(&good, &dev_claims("root")))),
-        (
-            "signature stripped",
-            Some(
-                good.rsplit_once('.')
-                    .map(|(head, _)| format!("{head}."))
-                    .expect("three parts"),
-            ),
-        ),
-        (
-            "expired",
-            Some(server_mint(
-                &server,
-                json!({"exp": now() - 3600, "iat": now() - 7200, "nbf": now() - 7200}),
-            )),
-        ),
-        (
-            "not yet valid",
-            Some(server_mint(&server, json!({"nbf": now() + 3600}))),
-        ),
-        (
-            "wrong audience",
-            Some(server_mint(&server, json!({"aud": "someone-else"}))),
-        ),
-        (
-            "wrong issuer",
-            Some(server_mint(
-                &server,
-                json!({"iss": "https://evil.example.com"}),
-            )),
-        ),
-        (
-            "no subject",
-            Some(server_mint(&server, json!({"sub": null}))),
-        ),
+        ("signature stripped", Some(good.rsplit_once('.').map(|(head, _)| format!("{head}.")).expect("three parts"))),
+        ("expired", Some(server_mint(&server, json!({"exp": now() - 3600, "iat": now() - 7200, "nbf": now() - 7200})))),
+        ("not yet valid", Some(server_mint(&server, json!({"nbf": now() + 3600})))),
+        ("wrong audience", Some(server_mint(&server, json!({"aud": "someone-else"})))),
+        ("wrong issuer", Some(server_mint(&server, json!({"iss": "https://evil.example.com"})))),
+        ("no subject", Some(server_mint(&server, json!({"sub": null})))),
     ];
     for (case, token) in cases {
         let (status, body) = get(&server.url("/me"), token.as_deref()).await;
@@ -122,12 +67,7 @@ async fn every_forgery_is_refused() {
 fn server_mint(server: &TestServer, changes: serde_json::Value) -> String {
     let key_path = server.data_dir().join("identity/dev-ed25519.pk8");
     let pkcs8 = std::fs::read(&key_path).expect("dev key file");
-    let jwks = server
-        .state()
-        .dev_issuer
-        .as_ref()
-        .expect("dev issuer")
-        .jwks();
+    let jwks = server.state().dev_issuer.as_ref().expect("dev issuer").jwks();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = jwks["keys"][0]["kid"].as_str().map(str::to_string);
     let mut claims = dev_claims("alice");
@@ -138,12 +78,7 @@ fn server_mint(server: &TestServer, changes: serde_json::Value) -> String {
             claims[name] = value.clone();
         }
     }
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ed_der(&pkcs8),
-    )
-    .expect("sign")
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ed_der(&pkcs8)).expect("sign")
 }
 
 #[tokio::test]
@@ -153,11 +88,7 @@ async fn a_token_signed_with_the_server_key_but_clean_claims_passes() {
     let (status, body) = get(&server.url("/me"), Some(&server_mint(&server, json!({})))).await;
     assert_eq!(status, 200, "{body}");
     // An expiry within the 30 s leeway is still accepted.
-    let (status, body) = get(
-        &server.url("/me"),
-        Some(&server_mint(&server, json!({"exp": now() - 5}))),
-    )
-    .await;
+    let (status, body) = get(&server.url("/me"), Some(&server_mint(&server, json!({"exp": now() - 5})))).await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -169,16 +100,11 @@ async fn hostile_subjects_never_become_paths() {
         let token = server_mint(&server, json!({"sub": sub}));
         let (status, body) = get(&server.url("/me"), Some(&token)).await;
         assert_eq!(status, 200, "{sub}: {body}");
-        assert_eq!(
-            body["principal"], sub,
-            "the principal is reported as the token names it"
-        );
+        assert_eq!(body["principal"], sub, "the principal is reported as the token names it");
     }
-    for (case, sub) in [
-        ("NUL byte", "al\0ice".to_string()),
-        ("5,000 characters", "a".repeat(5000)),
-        ("empty", String::new()),
-    ] {
+    for (case, sub) in
+        [("NUL byte", "al\0ice".to_string()), ("5,000 characters", "a".repeat(5000)), ("empty", String::new())]
+    {
         let token = server_mint(&server, json!({"sub": sub}));
         let (status, body) = get(&server.url("/me"), Some(&token)).await;
         assert_unauthorized(case, status, &body);
@@ -187,17 +113,9 @@ async fn hostile_subjects_never_become_paths() {
     let after = list_tree(server.data_dir());
     for path in after.difference(&before) {
         let text = path.to_string_lossy();
-        assert!(
-            !text.contains("etc") && !text.contains(".."),
-            "unexpected path {text}"
-        );
+        assert!(!text.contains("etc") && !text.contains(".."), "unexpected path {text}");
     }
-    assert!(!server
-        .data_dir()
-        .parent()
-        .expect("parent")
-        .join("x")
-        .exists());
+    assert!(!server.data_dir().parent().expect("parent").join("x").exists());
 }
 
 fn list_tree(root: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
@@ -224,10 +142,7 @@ async fn the_dev_jwks_is_public_and_verifies_minted_tokens() {
     assert_eq!(key["kty"], "OKP");
     assert_eq!(key["crv"], "Ed25519");
     assert_eq!(key["alg"], "EdDSA");
-    assert!(
-        key.get("d").is_none(),
-        "the private key must never be published"
-    );
+    assert!(key.get("d").is_none(), "the private key must never be published");
     // An outside verifier can check a minted token with only the published key.
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.clone()).expect("jwk");
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);

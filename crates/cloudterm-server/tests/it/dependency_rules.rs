@@ -13,19 +13,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cloudterm-identity", &[]),
     ("cloudterm-agent", &["cloudterm-agent-protocol"]),
     ("cloudterm-runtime", &["cloudterm-agent-protocol"]),
-    (
-        "cloudterm-runtime-linux",
-        &["cloudterm-runtime", "cloudterm-agent-protocol"],
-    ),
-    (
-        "cloudterm-domain",
-        &[
-            "cloudterm-runtime",
-            "cloudterm-store",
-            "cloudterm-blobstore",
-            "cloudterm-agent-protocol",
-        ],
-    ),
+    ("cloudterm-runtime-linux", &["cloudterm-runtime", "cloudterm-agent-protocol"]),
+    ("cloudterm-domain", &["cloudterm-runtime", "cloudterm-store", "cloudterm-blobstore", "cloudterm-agent-protocol"]),
     (
         "cloudterm-server",
         &[
@@ -40,51 +29,26 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("cloudterm-bench", &[]),
-    (
-        "cloudterm",
-        &[
-            "cloudterm-server",
-            "cloudterm-api-types",
-            "cloudterm-identity",
-            "cloudterm-runtime-linux",
-        ],
-    ),
+    ("cloudterm", &["cloudterm-server", "cloudterm-api-types", "cloudterm-identity", "cloudterm-runtime-linux"]),
     (
         "cloudterm-test-support",
-        &[
-            "cloudterm-server",
-            "cloudterm-identity",
-            "cloudterm-runtime",
-            "cloudterm-store",
-            "cloudterm-api-types",
-        ],
+        &["cloudterm-server", "cloudterm-identity", "cloudterm-runtime", "cloudterm-store", "cloudterm-api-types"],
     ),
 ];
 
 /// Crates that must never see HTTP-framework types.
-const NO_AXUM: &[&str] = &[
-    "cloudterm-domain",
-    "cloudterm-store",
-    "cloudterm-blobstore",
-    "cloudterm-runtime",
-    "cloudterm-api-types",
-];
+const NO_AXUM: &[&str] =
+    &["cloudterm-domain", "cloudterm-store", "cloudterm-blobstore", "cloudterm-runtime", "cloudterm-api-types"];
 
 fn manifests() -> BTreeMap<String, toml::Table> {
-    let crates = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crates dir");
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crates dir");
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(crates).expect("read crates").flatten() {
         let manifest = entry.path().join("Cargo.toml");
         if let Ok(text) = std::fs::read_to_string(&manifest) {
             let table: toml::Table = toml::from_str(&text).expect("manifest parses");
             let name = table["package"]["name"].as_str().expect("name").to_string();
-            assert_eq!(
-                entry.file_name().to_string_lossy(),
-                name,
-                "folder name must equal package name"
-            );
+            assert_eq!(entry.file_name().to_string_lossy(), name, "folder name must equal package name");
             out.insert(name, table);
         }
     }
@@ -95,26 +59,20 @@ fn manifests() -> BTreeMap<String, toml::Table> {
 fn crates_depend_only_along_the_documented_edges() {
     let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
     for (name, manifest) in manifests() {
-        let rule = allowed.get(name.as_str()).unwrap_or_else(|| {
-            panic!("{name} has no row in ARCHITECTURE.md's table (and ALLOWED)")
-        });
+        let rule = allowed
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("{name} has no row in ARCHITECTURE.md's table (and ALLOWED)"));
         let Some(deps) = manifest.get("dependencies").and_then(|d| d.as_table()) else {
             continue;
         };
         for dep in deps.keys().filter(|dep| dep.starts_with("cloudterm")) {
-            assert!(
-                rule.contains(&dep.as_str()),
-                "{name} must not depend on {dep}"
-            );
+            assert!(rule.contains(&dep.as_str()), "{name} must not depend on {dep}");
         }
         if NO_AXUM.contains(&name.as_str()) {
             for banned in ["axum", "tower", "tower-http", "hyper", "sqlx"] {
                 let allowed_here = (banned == "sqlx" && name == "cloudterm-store")
                     || (banned == "hyper" && name == "cloudterm-runtime");
-                assert!(
-                    allowed_here || !deps.contains_key(banned),
-                    "{name} must not depend on {banned}"
-                );
+                assert!(allowed_here || !deps.contains_key(banned), "{name} must not depend on {banned}");
             }
         }
     }

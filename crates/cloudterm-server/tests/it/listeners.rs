@@ -13,12 +13,8 @@ async fn dedicated_listeners_serve_their_service_and_the_common_routes() {
     })
     .await;
     let token = server.token("alice");
-    let snapshot = server
-        .service_addr(Service::Snapshot)
-        .expect("snapshot listener");
-    let preview = server
-        .service_addr(Service::Preview)
-        .expect("preview listener");
+    let snapshot = server.service_addr(Service::Snapshot).expect("snapshot listener");
+    let preview = server.service_addr(Service::Preview).expect("preview listener");
     assert!(server.service_addr(Service::Sandbox).is_none());
     let mut ports = vec![server.addr().port(), snapshot.port(), preview.port()];
     ports.dedup();
@@ -27,11 +23,7 @@ async fn dedicated_listeners_serve_their_service_and_the_common_routes() {
         let (status, _) = get(&format!("http://{addr}/health"), None).await;
         assert_eq!(status, 200, "{addr}");
         let (status, body) = get(&format!("http://{addr}/me"), Some(&token)).await;
-        assert_eq!(
-            (status, body["principal"].as_str()),
-            (200, Some("alice")),
-            "{addr}"
-        );
+        assert_eq!((status, body["principal"].as_str()), (200, Some("alice")), "{addr}");
         let (status, _) = get(&format!("http://{addr}/me"), None).await;
         assert_eq!(status, 401, "{addr}: auth holds on every listener");
         let (status, spec) = get(&format!("http://{addr}/openapi.json"), None).await;

@@ -47,9 +47,7 @@ async fn plumbed(server: &TestServer) -> String {
         .route("/slow", routing::get(slow))
         .route("/panic", routing::get(panics));
     let app = cloudterm_server::middleware::wrap(routes, server.state());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -70,12 +68,7 @@ async fn post_raw(url: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16,
 fn assert_envelope(case: &str, status: u16, body: &Value, expected_status: u16, code: &str) {
     assert_eq!(status, expected_status, "{case}: {body}");
     assert_eq!(body["error"]["code"], code, "{case}: {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{case}: {body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{case}: {body}");
 }
 
 #[tokio::test]
@@ -88,41 +81,11 @@ async fn bad_bodies_get_the_envelope_with_a_fitting_status() {
     assert_eq!(status, 200, "{body}");
 
     let cases = [
-        (
-            "malformed JSON",
-            json,
-            b"{\"name\":".to_vec(),
-            400,
-            "bad_request",
-        ),
-        (
-            "wrong shape",
-            json,
-            br#"{"name": 5}"#.to_vec(),
-            422,
-            "validation_failed",
-        ),
-        (
-            "missing field",
-            json,
-            b"{}".to_vec(),
-            422,
-            "validation_failed",
-        ),
-        (
-            "not JSON at all",
-            json,
-            b"\xff\xfe\x00".to_vec(),
-            400,
-            "bad_request",
-        ),
-        (
-            "no content type",
-            None,
-            br#"{"name":"x"}"#.to_vec(),
-            415,
-            "unsupported_media_type",
-        ),
+        ("malformed JSON", json, b"{\"name\":".to_vec(), 400, "bad_request"),
+        ("wrong shape", json, br#"{"name": 5}"#.to_vec(), 422, "validation_failed"),
+        ("missing field", json, b"{}".to_vec(), 422, "validation_failed"),
+        ("not JSON at all", json, b"\xff\xfe\x00".to_vec(), 400, "bad_request"),
+        ("no content type", None, br#"{"name":"x"}"#.to_vec(), 415, "unsupported_media_type"),
         (
             "over the body limit",
             json,
@@ -130,13 +93,7 @@ async fn bad_bodies_get_the_envelope_with_a_fitting_status() {
             413,
             "payload_too_large",
         ),
-        (
-            "domain validation",
-            json,
-            br#"{"name":""}"#.to_vec(),
-            422,
-            "validation_failed",
-        ),
+        ("domain validation", json, br#"{"name":""}"#.to_vec(), 422, "validation_failed"),
     ];
     for (case, content_type, bytes, expected, code) in cases {
         let (status, body) = post_raw(&url, content_type, bytes).await;
@@ -152,24 +109,11 @@ async fn timeouts_panics_and_unknown_routes_get_the_envelope() {
     assert_envelope("timeout", status, &body, 408, "timeout");
     let (status, body) = get(&format!("{base}/panic"), None).await;
     assert_envelope("panic", status, &body, 500, "internal");
-    assert!(
-        !body.to_string().contains("shadow"),
-        "panic details leaked: {body}"
-    );
+    assert!(!body.to_string().contains("shadow"), "panic details leaked: {body}");
     let (status, body) = get(&format!("{base}/nowhere"), None).await;
     assert_envelope("unknown route", status, &body, 404, "not_found");
-    let response = reqwest::Client::new()
-        .delete(format!("{base}/items"))
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(
-        response
-            .headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok()),
-        Some("POST")
-    );
+    let response = reqwest::Client::new().delete(format!("{base}/items")).send().await.expect("delete");
+    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("json");
     assert_envelope("wrong method", status, &body, 405, "method_not_allowed");
@@ -182,37 +126,16 @@ async fn request_ids_are_made_or_kept_and_routes_are_labelled_by_template() {
     let server = TestServer::start().await;
     let base = plumbed(&server).await;
     let client = reqwest::Client::new();
-    let made = client
-        .get(format!("{base}/items/41"))
-        .send()
-        .await
-        .expect("request");
-    let id = made.headers()["x-request-id"]
-        .to_str()
-        .expect("ascii")
-        .to_string();
+    let made = client.get(format!("{base}/items/41")).send().await.expect("request");
+    let id = made.headers()["x-request-id"].to_str().expect("ascii").to_string();
     assert_eq!(id.len(), 36, "a UUID: {id}");
-    let kept = client
-        .get(format!("{base}/items/42"))
-        .header("x-request-id", "trace-me-123")
-        .send()
-        .await
-        .expect("request");
+    let kept =
+        client.get(format!("{base}/items/42")).header("x-request-id", "trace-me-123").send().await.expect("request");
     assert_eq!(kept.headers()["x-request-id"], "trace-me-123");
-    let errored = client
-        .get(format!("{base}/nowhere"))
-        .send()
-        .await
-        .expect("request");
-    assert!(
-        errored.headers().contains_key("x-request-id"),
-        "errors carry the id too"
-    );
+    let errored = client.get(format!("{base}/nowhere")).send().await.expect("request");
+    assert!(errored.headers().contains_key("x-request-id"), "errors carry the id too");
 
     let metrics = server.state().metrics.encode().expect("encode");
     assert!(metrics.contains(r#"route="/items/{id}""#), "{metrics}");
-    assert!(
-        !metrics.contains("/items/41") && !metrics.contains("/items/42"),
-        "raw paths leaked into labels"
-    );
+    assert!(!metrics.contains("/items/41") && !metrics.contains("/items/42"), "raw paths leaked into labels");
 }

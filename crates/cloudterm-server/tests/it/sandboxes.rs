@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use cloudterm_test_support::{sandbox_leftovers, sandbox_processes, TestServer};
 use serde_json::{json, Value};
 
-
 /// A client for one principal.
 pub struct Api {
     pub base: String,
@@ -79,7 +78,10 @@ async fn create_exec_list_delete_and_nothing_is_left(runtime: &str) {
     let id = id_of(&sandbox);
 
     let result = alice.sh(&id, "echo hello; echo oops >&2; exit 3").await;
-    assert_eq!((result["exit_code"].as_i64(), result["stdout"].as_str(), result["stderr"].as_str()), (Some(3), Some("hello\n"), Some("oops\n")));
+    assert_eq!(
+        (result["exit_code"].as_i64(), result["stdout"].as_str(), result["stderr"].as_str()),
+        (Some(3), Some("hello\n"), Some("oops\n"))
+    );
 
     let (status, listed) = alice.call("GET", "/sandboxes", None).await;
     assert_eq!(status, 200);
@@ -198,21 +200,51 @@ async fn files_round_trip_streamed_and_paths_stay_inside(runtime: &str) {
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({})).await);
 
-    let (status, written) = api.call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "notes/a.txt", "content": "hello"}))).await;
+    let (status, written) = api
+        .call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "notes/a.txt", "content": "hello"})))
+        .await;
     assert_eq!(status, 201, "{written}");
     assert_eq!(written["size"], 5);
-    let text = api.raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/notes/a.txt")).send().await.expect("get").text().await.expect("text");
+    let text = api
+        .raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/notes/a.txt"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
     assert_eq!(text, "hello");
-    let (status, _) = api.call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "bin.dat", "content_base64": "AAEC/w=="}))).await;
+    let (status, _) = api
+        .call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "bin.dat", "content_base64": "AAEC/w=="})))
+        .await;
     assert_eq!(status, 201);
-    let bytes = api.raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/bin.dat")).send().await.expect("get").bytes().await.expect("bytes");
+    let bytes = api
+        .raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/bin.dat"))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
     assert_eq!(bytes.as_ref(), &[0u8, 1, 2, 255]);
 
     // 24 MiB up and down, streamed, byte-identical.
     let big: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    let response = api.raw(reqwest::Method::PUT, &format!("/sandboxes/{id}/files/big/blob.bin")).body(big.clone()).send().await.expect("put");
+    let response = api
+        .raw(reqwest::Method::PUT, &format!("/sandboxes/{id}/files/big/blob.bin"))
+        .body(big.clone())
+        .send()
+        .await
+        .expect("put");
     assert_eq!(response.status(), 201);
-    let back = api.raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/big/blob.bin")).send().await.expect("get").bytes().await.expect("bytes");
+    let back = api
+        .raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/big/blob.bin"))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
     assert!(back.as_ref() == big.as_slice(), "downloaded bytes differ");
 
     let (status, listing) = api.call("GET", &format!("/sandboxes/{id}/files?path=notes"), None).await;
@@ -222,9 +254,16 @@ async fn files_round_trip_streamed_and_paths_stay_inside(runtime: &str) {
 
     let (status, body) = api.call("GET", &format!("/sandboxes/{id}/files/missing.txt"), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let (status, _) = api.call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "x", "content": "a", "content_base64": "YQ=="}))).await;
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/sandboxes/{id}/files"),
+            Some(json!({"path": "x", "content": "a", "content_base64": "YQ=="})),
+        )
+        .await;
     assert_eq!(status, 422);
-    let (status, _) = api.call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "x", "content_base64": "%%%"}))).await;
+    let (status, _) =
+        api.call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "x", "content_base64": "%%%"}))).await;
     assert_eq!(status, 422);
 }
 
@@ -232,7 +271,13 @@ async fn background_jobs_outlive_their_request(runtime: &str) {
     let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({})).await);
-    let (status, job) = api.call("POST", &format!("/sandboxes/{id}/background"), Some(json!({"command": "for i in 1 2 3; do echo tick $i; sleep 0.2; done"}))).await;
+    let (status, job) = api
+        .call(
+            "POST",
+            &format!("/sandboxes/{id}/background"),
+            Some(json!({"command": "for i in 1 2 3; do echo tick $i; sleep 0.2; done"})),
+        )
+        .await;
     assert_eq!(status, 201, "{job}");
     assert_eq!(job["state"], "running");
     let job_id = job["job_id"].as_str().expect("job id").to_string();
@@ -249,12 +294,14 @@ async fn background_jobs_outlive_their_request(runtime: &str) {
     assert_eq!(jobs["jobs"][0]["state"], "exited");
     assert_eq!(jobs["jobs"][0]["exit_code"], 0);
 
-    let (_, sleeper) = api.call("POST", &format!("/sandboxes/{id}/background"), Some(json!({"argv": ["sleep", "300"]}))).await;
+    let (_, sleeper) =
+        api.call("POST", &format!("/sandboxes/{id}/background"), Some(json!({"argv": ["sleep", "300"]}))).await;
     let sleeper_id = sleeper["job_id"].as_str().expect("job id");
     let (status, _) = api.call("DELETE", &format!("/sandboxes/{id}/background/{sleeper_id}"), None).await;
     assert_eq!(status, 204);
     let (_, jobs) = api.call("GET", &format!("/sandboxes/{id}/background"), None).await;
-    let stopped = jobs["jobs"].as_array().expect("jobs").iter().find(|j| j["job_id"] == sleeper_id).cloned().expect("job");
+    let stopped =
+        jobs["jobs"].as_array().expect("jobs").iter().find(|j| j["job_id"] == sleeper_id).cloned().expect("job");
     assert_eq!(stopped["state"], "stopped");
     let (status, _) = api.call("GET", &format!("/sandboxes/{id}/background/job_nope/logs"), None).await;
     assert_eq!(status, 404);
@@ -266,9 +313,13 @@ async fn idle_sandboxes_stop_and_keepalive_holds_them(runtime: &str) {
     let idle = id_of(&api.create(json!({"timeout_seconds": 2})).await);
     let kept = id_of(&api.create(json!({"timeout_seconds": 2})).await);
     assert!(!sandbox_processes(&idle).is_empty());
-    let (status, keepalive) = api.call("POST", &format!("/sandboxes/{kept}/keepalive"), Some(json!({"timeout_seconds": 60}))).await;
+    let (status, keepalive) =
+        api.call("POST", &format!("/sandboxes/{kept}/keepalive"), Some(json!({"timeout_seconds": 60}))).await;
     assert_eq!(status, 200, "{keepalive}");
-    eventually("the idle stop", Duration::from_secs(15), async || api.call("GET", &format!("/sandboxes/{idle}"), None).await.1["state"] == "stopped").await;
+    eventually("the idle stop", Duration::from_secs(15), async || {
+        api.call("GET", &format!("/sandboxes/{idle}"), None).await.1["state"] == "stopped"
+    })
+    .await;
     assert_eq!(sandbox_leftovers(&idle), Vec::<String>::new(), "the idle stop left something behind");
     let (status, body) = api.call("POST", &format!("/sandboxes/{idle}/exec"), Some(json!({"command": "true"}))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
@@ -297,7 +348,13 @@ async fn bad_input_gets_4xx_with_the_envelope(runtime: &str) {
         assert_eq!(status, expected, "{case}: {answer}");
         assert!(answer["error"]["code"].is_string(), "{case}: {answer}");
     }
-    let response = api.raw(reqwest::Method::POST, "/sandboxes").header("content-type", "application/json").body("{not json").send().await.expect("post");
+    let response = api
+        .raw(reqwest::Method::POST, "/sandboxes")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(response.status(), 400);
     let id = id_of(&api.create(json!({})).await);
     for (case, body) in [
@@ -312,14 +369,18 @@ async fn bad_input_gets_4xx_with_the_envelope(runtime: &str) {
     }
     let (status, _) = api.call("POST", "/sandboxes/sbx_unknown/exec", Some(json!({"command": "ls"}))).await;
     assert_eq!(status, 404);
-    let (status, _) = api.call("POST", &format!("/sandboxes/{id}/mount"), Some(json!({"host_path": "/etc", "target": "/mnt/etc"}))).await;
+    let (status, _) = api
+        .call("POST", &format!("/sandboxes/{id}/mount"), Some(json!({"host_path": "/etc", "target": "/mnt/etc"})))
+        .await;
     assert_eq!(status, 403, "no host path is allowed by default");
     // The sandbox is still healthy after all of that.
     assert_eq!(api.sh(&id, "echo ok").await["stdout"], "ok\n");
 }
 
 async fn the_running_sandbox_quota_answers_429(runtime: &str) {
-    let Some(server) = TestServer::start_runtime(runtime, |config| config.quotas.max_sandboxes = 2).await else { return };
+    let Some(server) = TestServer::start_runtime(runtime, |config| config.quotas.max_sandboxes = 2).await else {
+        return;
+    };
     let api = Api::new(&server, "alice");
     let first = id_of(&api.create(json!({})).await);
     api.create(json!({})).await;
@@ -387,7 +448,10 @@ async fn sandboxes_survive_a_server_restart(runtime: &str) {
 }
 
 async fn long_execs_are_not_cut_by_the_request_timeout(runtime: &str) {
-    let Some(server) = TestServer::start_runtime(runtime, |config| config.http.request_timeout_seconds = 1).await else { return };
+    let Some(server) = TestServer::start_runtime(runtime, |config| config.http.request_timeout_seconds = 1).await
+    else {
+        return;
+    };
     let api = Api::new(&server, "alice");
     let id = id_of(&api.create(json!({})).await);
     let result = api.exec(&id, json!({"command": "sleep 2; echo done", "timeout_seconds": 10})).await;
@@ -409,4 +473,17 @@ macro_rules! on_every_runtime {
     };
 }
 
-on_every_runtime!(long_execs_are_not_cut_by_the_request_timeout, create_exec_list_delete_and_nothing_is_left, another_principal_gets_404_on_every_route, exec_runs_argv_cwd_env_stdin_and_kills_on_timeout, exec_streams_server_sent_events, files_round_trip_streamed_and_paths_stay_inside, background_jobs_outlive_their_request, idle_sandboxes_stop_and_keepalive_holds_them, bad_input_gets_4xx_with_the_envelope, the_running_sandbox_quota_answers_429, the_token_never_enters_the_sandbox, sandboxes_survive_a_server_restart);
+on_every_runtime!(
+    long_execs_are_not_cut_by_the_request_timeout,
+    create_exec_list_delete_and_nothing_is_left,
+    another_principal_gets_404_on_every_route,
+    exec_runs_argv_cwd_env_stdin_and_kills_on_timeout,
+    exec_streams_server_sent_events,
+    files_round_trip_streamed_and_paths_stay_inside,
+    background_jobs_outlive_their_request,
+    idle_sandboxes_stop_and_keepalive_holds_them,
+    bad_input_gets_4xx_with_the_envelope,
+    the_running_sandbox_quota_answers_429,
+    the_token_never_enters_the_sandbox,
+    sandboxes_survive_a_server_restart
+);

@@ -8,12 +8,8 @@ use serde_json::Value;
 use crate::support::*;
 
 /// Operations deliberately served without a token (API.md "Conventions").
-const PUBLIC: &[(&str, &str)] = &[
-    ("get", "/health"),
-    ("get", "/health/ready"),
-    ("get", "/metrics"),
-    ("get", "/.well-known/jwks.json"),
-];
+const PUBLIC: &[(&str, &str)] =
+    &[("get", "/health"), ("get", "/health/ready"), ("get", "/metrics"), ("get", "/.well-known/jwks.json")];
 
 fn operations(spec: &Value) -> Vec<(String, String, Value)> {
     let mut out = Vec::new();
@@ -27,13 +23,7 @@ fn operations(spec: &Value) -> Vec<(String, String, Value)> {
 
 fn concrete(path: &str) -> String {
     path.split('/')
-        .map(|segment| {
-            if segment.starts_with('{') {
-                "x_test"
-            } else {
-                segment
-            }
-        })
+        .map(|segment| if segment.starts_with('{') { "x_test" } else { segment })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -58,12 +48,8 @@ async fn every_documented_route_is_served() {
     let token = server.token("spec-tester");
     for (method, path, _) in ops {
         let (status, body) = call(&server, &method, &path, Some(&token)).await;
-        let fell_through =
-            status == 405 || (status == 404 && body["error"]["message"] == "no such route");
-        assert!(
-            !fell_through,
-            "{method} {path} is documented but not served ({status} {body})"
-        );
+        let fell_through = status == 405 || (status == 404 && body["error"]["message"] == "no such route");
+        assert!(!fell_through, "{method} {path} is documented but not served ({status} {body})");
     }
 }
 
@@ -73,20 +59,11 @@ async fn every_route_but_the_public_ones_needs_a_token() {
     let (_, spec) = get(&server.url("/openapi.json"), None).await;
     for (method, path, operation) in operations(&spec) {
         let public = PUBLIC.contains(&(method.as_str(), path.as_str()));
-        let declares_auth = operation["security"]
-            .as_array()
-            .is_some_and(|s| !s.is_empty());
-        assert_ne!(
-            public, declares_auth,
-            "{method} {path}: public={public} but security={}",
-            operation["security"]
-        );
+        let declares_auth = operation["security"].as_array().is_some_and(|s| !s.is_empty());
+        assert_ne!(public, declares_auth, "{method} {path}: public={public} but security={}", operation["security"]);
         let (status, body) = call(&server, &method, &path, None).await;
         if public {
-            assert_ne!(
-                status, 401,
-                "{method} {path} is public but asked for a token"
-            );
+            assert_ne!(status, 401, "{method} {path} is public but asked for a token");
         } else {
             assert_unauthorized(&format!("{method} {path} without a token"), status, &body);
             let (status, body) = call(&server, &method, &path, Some("garbage")).await;
@@ -112,34 +89,18 @@ fn routes_are_only_registered_through_the_openapi_router() {
             let text = std::fs::read_to_string(&path).expect("read file");
             for (number, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
-                for needle in [
-                    ".route(",
-                    ".route_service(",
-                    ".nest(",
-                    ".nest_service(",
-                    " Router::new()",
-                    "(Router::new()",
-                ] {
+                for needle in
+                    [".route(", ".route_service(", ".nest(", ".nest_service(", " Router::new()", "(Router::new()"]
+                {
                     // The ReDoc page is the one documentation UI route outside the spec.
-                    if code.contains(needle)
-                        && !code.contains(".route(\"/redoc\", get(redoc_page))")
-                    {
-                        offenders.push(format!(
-                            "{}:{}: {}",
-                            path.display(),
-                            number + 1,
-                            line.trim()
-                        ));
+                    if code.contains(needle) && !code.contains(".route(\"/redoc\", get(redoc_page))") {
+                        offenders.push(format!("{}:{}: {}", path.display(), number + 1, line.trim()));
                     }
                 }
             }
         }
     }
-    assert!(
-        offenders.is_empty(),
-        "routes registered outside the OpenAPI router:\n{}",
-        offenders.join("\n")
-    );
+    assert!(offenders.is_empty(), "routes registered outside the OpenAPI router:\n{}", offenders.join("\n"));
 }
 
 #[tokio::test]
@@ -149,37 +110,19 @@ async fn docs_are_served_without_any_third_party_host() {
         let response = reqwest::get(server.url(page)).await.expect("page");
         assert_eq!(response.status(), 200, "{page}");
         let html = response.text().await.expect("html");
-        for tag in [
-            "<script src=\"http",
-            "<script src='http",
-            "<link rel=\"stylesheet\" href=\"http",
-            "@import url(http",
-        ] {
-            assert!(
-                !html.contains(tag),
-                "{page} loads from a third-party host: {tag}"
-            );
+        for tag in
+            ["<script src=\"http", "<script src='http", "<link rel=\"stylesheet\" href=\"http", "@import url(http"]
+        {
+            assert!(!html.contains(tag), "{page} loads from a third-party host: {tag}");
         }
     }
     // ReDoc's script is inline and points at our own spec.
-    let redoc = reqwest::get(server.url("/redoc"))
-        .await
-        .expect("redoc")
-        .text()
-        .await
-        .expect("html");
-    assert!(
-        redoc.contains("Redoc.init(\"/openapi.json\"") && redoc.len() > 500_000,
-        "ReDoc is not self-contained"
-    );
+    let redoc = reqwest::get(server.url("/redoc")).await.expect("redoc").text().await.expect("html");
+    assert!(redoc.contains("Redoc.init(\"/openapi.json\"") && redoc.len() > 500_000, "ReDoc is not self-contained");
     // Swagger UI's assets come from the binary.
-    let css = reqwest::get(server.url("/docs/swagger-ui.css"))
-        .await
-        .expect("css");
+    let css = reqwest::get(server.url("/docs/swagger-ui.css")).await.expect("css");
     assert_eq!(css.status(), 200);
-    let js = reqwest::get(server.url("/docs/swagger-ui-bundle.js"))
-        .await
-        .expect("js");
+    let js = reqwest::get(server.url("/docs/swagger-ui-bundle.js")).await.expect("js");
     assert_eq!(js.status(), 200);
     assert!(js.bytes().await.expect("js body").len() > 100_000);
 }

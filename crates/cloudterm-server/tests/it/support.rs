@@ -21,22 +21,13 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// A JWT from raw parts, signed (or not) however the attack needs.
 pub fn raw_jwt(header: &Value, claims: &Value, signature: &[u8]) -> String {
-    format!(
-        "{}.{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes()),
-        b64(signature)
-    )
+    format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()), b64(signature))
 }
 
 /// HMAC-SHA256 over `header.claims` with `secret`: the key-confusion forgery.
 pub fn hs256_jwt(kid: &str, claims: &Value, secret: &[u8]) -> String {
     let header = json!({"alg": "HS256", "typ": "JWT", "kid": kid});
-    let signing_input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
+    let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&key, signing_input.as_bytes());
     format!("{signing_input}.{}", b64(tag.as_ref()))
@@ -55,12 +46,7 @@ pub fn foreign_ed25519_jwt(kid: &str, claims: &Value) -> String {
 /// Swaps a token's payload for `claims`, keeping its header and signature.
 pub fn tamper(token: &str, claims: &Value) -> String {
     let parts: Vec<&str> = token.split('.').collect();
-    format!(
-        "{}.{}.{}",
-        parts[0],
-        b64(claims.to_string().as_bytes()),
-        parts[2]
-    )
+    format!("{}.{}.{}", parts[0], b64(claims.to_string().as_bytes()), parts[2])
 }
 
 /// GET `url` with an optional bearer token; returns status and JSON body (or Null).
@@ -79,10 +65,5 @@ pub async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
 pub fn assert_unauthorized(case: &str, status: u16, body: &Value) {
     assert_eq!(status, 401, "{case}: expected 401, got {status} {body}");
     assert_eq!(body["error"]["code"], "unauthorized", "{case}: {body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{case}: {body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{case}: {body}");
 }

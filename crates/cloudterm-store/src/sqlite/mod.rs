@@ -21,14 +21,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::Row;
 
 use crate::{
-    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord,
-    SnapshotRecord, Store, StoreError, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
+    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotRecord, Store,
+    StoreError, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
 };
 
 /// Connections of a file-backed pool. SQLite serializes writers anyway; a few connections let
@@ -58,11 +57,7 @@ impl SqliteStore {
             // Every connection to a shared in-memory database would contend on table locks that
             // ignore the busy timeout, and the database vanishes with its last connection: keep
             // exactly one, forever.
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
+            SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None)
         } else {
             options = options
                 .create_if_missing(true)
@@ -71,10 +66,7 @@ impl SqliteStore {
                 .synchronous(SqliteSynchronous::Normal);
             SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
         };
-        let pool = pool_options
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await?;
+        let pool = pool_options.acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
@@ -97,8 +89,7 @@ pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {
 /// Reads a unix-milliseconds column.
 pub(crate) fn time_col(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>, StoreError> {
     let millis: i64 = row.try_get(col)?;
-    DateTime::from_timestamp_millis(millis)
-        .ok_or_else(|| StoreError::corrupt(format!("{col} out of range: {millis}")))
+    DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::corrupt(format!("{col} out of range: {millis}")))
 }
 
 /// A list of strings as stored: JSON text.
@@ -125,10 +116,7 @@ pub(crate) fn json_col(row: &SqliteRow, col: &str) -> Result<serde_json::Value, 
 
 /// `$first, $first+1, …` for `count` values, for an `IN (…)` list.
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
 /// `Ok(())` when a write touched a row, `NotFound` when it touched none.
@@ -183,10 +171,7 @@ impl Store for SqliteStore {
         workspaces::list_by_owner(&self.pool, owner, tag).await
     }
 
-    async fn list_workspaces_shared_with(
-        &self,
-        agent_id: &str,
-    ) -> Result<Vec<(WorkspaceRecord, String)>, StoreError> {
+    async fn list_workspaces_shared_with(&self, agent_id: &str) -> Result<Vec<(WorkspaceRecord, String)>, StoreError> {
         workspaces::list_shared_with(&self.pool, agent_id).await
     }
 
@@ -206,19 +191,11 @@ impl Store for SqliteStore {
         sandboxes::list_by_owner(&self.pool, owner).await
     }
 
-    async fn list_sandboxes_in_states(
-        &self,
-        states: &[&str],
-    ) -> Result<Vec<SandboxRecord>, StoreError> {
+    async fn list_sandboxes_in_states(&self, states: &[&str]) -> Result<Vec<SandboxRecord>, StoreError> {
         sandboxes::list_in_states(&self.pool, states).await
     }
 
-    async fn update_sandbox_state(
-        &self,
-        id: &str,
-        state: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn update_sandbox_state(&self, id: &str, state: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         sandboxes::update_state(&self.pool, id, state, now).await
     }
 
@@ -284,11 +261,7 @@ impl Store for SqliteStore {
         shares::put(&self.pool, share).await
     }
 
-    async fn get_share(
-        &self,
-        workspace_id: &str,
-        agent_id: &str,
-    ) -> Result<ShareRecord, StoreError> {
+    async fn get_share(&self, workspace_id: &str, agent_id: &str) -> Result<ShareRecord, StoreError> {
         shares::get(&self.pool, workspace_id, agent_id).await
     }
 
@@ -324,10 +297,7 @@ impl Store for SqliteStore {
         workers::insert_version(&self.pool, version).await
     }
 
-    async fn list_worker_versions(
-        &self,
-        worker_id: &str,
-    ) -> Result<Vec<WorkerVersionRecord>, StoreError> {
+    async fn list_worker_versions(&self, worker_id: &str) -> Result<Vec<WorkerVersionRecord>, StoreError> {
         workers::list_versions(&self.pool, worker_id).await
     }
 
@@ -352,10 +322,7 @@ impl Store for SqliteStore {
         previews::list_by_owner(&self.pool, owner).await
     }
 
-    async fn list_previews_by_sandbox(
-        &self,
-        sandbox_id: &str,
-    ) -> Result<Vec<PreviewRecord>, StoreError> {
+    async fn list_previews_by_sandbox(&self, sandbox_id: &str) -> Result<Vec<PreviewRecord>, StoreError> {
         previews::list_by_sandbox(&self.pool, sandbox_id).await
     }
 

@@ -15,8 +15,7 @@ fn from_row(row: &SqliteRow) -> Result<PreviewRecord, StoreError> {
     let port: i64 = row.try_get("port")?;
     Ok(PreviewRecord {
         sandbox_id: row.try_get("sandbox_id")?,
-        port: u16::try_from(port)
-            .map_err(|_| StoreError::corrupt(format!("preview port out of range: {port}")))?,
+        port: u16::try_from(port).map_err(|_| StoreError::corrupt(format!("preview port out of range: {port}")))?,
         owner: row.try_get("owner")?,
         public: row.try_get("public")?,
         fallback_sandbox_id: row.try_get("fallback_sandbox_id")?,
@@ -25,10 +24,7 @@ fn from_row(row: &SqliteRow) -> Result<PreviewRecord, StoreError> {
 }
 
 /// Registers or updates a preview and returns the stored row.
-pub(super) async fn put(
-    pool: &SqlitePool,
-    preview: &PreviewRecord,
-) -> Result<PreviewRecord, StoreError> {
+pub(super) async fn put(pool: &SqlitePool, preview: &PreviewRecord) -> Result<PreviewRecord, StoreError> {
     let row = sqlx::query(&format!(
         "INSERT INTO previews ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (sandbox_id, port) DO UPDATE SET public = excluded.public, \
@@ -48,56 +44,37 @@ pub(super) async fn put(
 }
 
 /// One preview.
-pub(super) async fn get(
-    pool: &SqlitePool,
-    sandbox_id: &str,
-    port: u16,
-) -> Result<PreviewRecord, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM previews WHERE sandbox_id = $1 AND port = $2"
-    ))
-    .bind(sandbox_id)
-    .bind(i64::from(port))
-    .fetch_optional(pool)
-    .await?
-    .ok_or(StoreError::NotFound)?;
+pub(super) async fn get(pool: &SqlitePool, sandbox_id: &str, port: u16) -> Result<PreviewRecord, StoreError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM previews WHERE sandbox_id = $1 AND port = $2"))
+        .bind(sandbox_id)
+        .bind(i64::from(port))
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
     from_row(&row)
 }
 
 /// The owner's previews, oldest first.
-pub(super) async fn list_by_owner(
-    pool: &SqlitePool,
-    owner: &str,
-) -> Result<Vec<PreviewRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM previews WHERE owner = $1 ORDER BY created_at, sandbox_id, port"
-    ))
-    .bind(owner)
-    .fetch_all(pool)
-    .await?;
+pub(super) async fn list_by_owner(pool: &SqlitePool, owner: &str) -> Result<Vec<PreviewRecord>, StoreError> {
+    let rows =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM previews WHERE owner = $1 ORDER BY created_at, sandbox_id, port"))
+            .bind(owner)
+            .fetch_all(pool)
+            .await?;
     rows.iter().map(from_row).collect()
 }
 
 /// The sandbox's previews, by port.
-pub(super) async fn list_by_sandbox(
-    pool: &SqlitePool,
-    sandbox_id: &str,
-) -> Result<Vec<PreviewRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM previews WHERE sandbox_id = $1 ORDER BY port"
-    ))
-    .bind(sandbox_id)
-    .fetch_all(pool)
-    .await?;
+pub(super) async fn list_by_sandbox(pool: &SqlitePool, sandbox_id: &str) -> Result<Vec<PreviewRecord>, StoreError> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM previews WHERE sandbox_id = $1 ORDER BY port"))
+        .bind(sandbox_id)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
 /// Unregisters a preview.
-pub(super) async fn delete(
-    pool: &SqlitePool,
-    sandbox_id: &str,
-    port: u16,
-) -> Result<(), StoreError> {
+pub(super) async fn delete(pool: &SqlitePool, sandbox_id: &str, port: u16) -> Result<(), StoreError> {
     let done = sqlx::query("DELETE FROM previews WHERE sandbox_id = $1 AND port = $2")
         .bind(sandbox_id)
         .bind(i64::from(port))

@@ -31,23 +31,21 @@ fn from_row(row: &SqliteRow) -> Result<SandboxRecord, StoreError> {
 
 /// Inserts a sandbox; `Conflict` on a duplicate id.
 pub(super) async fn insert(pool: &SqlitePool, sandbox: &SandboxRecord) -> Result<(), StoreError> {
-    sqlx::query(&format!(
-        "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-    ))
-    .bind(&sandbox.id)
-    .bind(&sandbox.owner)
-    .bind(&sandbox.workspace_id)
-    .bind(&sandbox.state)
-    .bind(&sandbox.runtime)
-    .bind(&sandbox.image)
-    .bind(to_json_text(&sandbox.limits)?)
-    .bind(to_json_text(&sandbox.metadata)?)
-    .bind(to_millis(sandbox.created_at))
-    .bind(to_millis(sandbox.expires_at))
-    .bind(to_millis(sandbox.updated_at))
-    .execute(pool)
-    .await
-    .map_err(unique_as_conflict("sandbox id already exists"))?;
+    sqlx::query(&format!("INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
+        .bind(&sandbox.id)
+        .bind(&sandbox.owner)
+        .bind(&sandbox.workspace_id)
+        .bind(&sandbox.state)
+        .bind(&sandbox.runtime)
+        .bind(&sandbox.image)
+        .bind(to_json_text(&sandbox.limits)?)
+        .bind(to_json_text(&sandbox.metadata)?)
+        .bind(to_millis(sandbox.created_at))
+        .bind(to_millis(sandbox.expires_at))
+        .bind(to_millis(sandbox.updated_at))
+        .execute(pool)
+        .await
+        .map_err(unique_as_conflict("sandbox id already exists"))?;
     Ok(())
 }
 
@@ -62,24 +60,16 @@ pub(super) async fn get(pool: &SqlitePool, id: &str) -> Result<SandboxRecord, St
 }
 
 /// The owner's sandboxes, oldest first.
-pub(super) async fn list_by_owner(
-    pool: &SqlitePool,
-    owner: &str,
-) -> Result<Vec<SandboxRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM sandboxes WHERE owner = $1 ORDER BY created_at, id"
-    ))
-    .bind(owner)
-    .fetch_all(pool)
-    .await?;
+pub(super) async fn list_by_owner(pool: &SqlitePool, owner: &str) -> Result<Vec<SandboxRecord>, StoreError> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM sandboxes WHERE owner = $1 ORDER BY created_at, id"))
+        .bind(owner)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
 /// Every sandbox in one of `states`, oldest first.
-pub(super) async fn list_in_states(
-    pool: &SqlitePool,
-    states: &[&str],
-) -> Result<Vec<SandboxRecord>, StoreError> {
+pub(super) async fn list_in_states(pool: &SqlitePool, states: &[&str]) -> Result<Vec<SandboxRecord>, StoreError> {
     if states.is_empty() {
         return Ok(Vec::new());
     }
@@ -156,14 +146,8 @@ pub(super) async fn update_expiry(
 /// Deletes the sandbox and its previews.
 pub(super) async fn delete(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM previews WHERE sandbox_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    let done = sqlx::query("DELETE FROM sandboxes WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("DELETE FROM previews WHERE sandbox_id = $1").bind(id).execute(&mut *tx).await?;
+    let done = sqlx::query("DELETE FROM sandboxes WHERE id = $1").bind(id).execute(&mut *tx).await?;
     expect_one(done.rows_affected())?;
     tx.commit().await?;
     Ok(())

@@ -56,27 +56,18 @@ pub(super) async fn put(pool: &SqlitePool, share: &ShareRecord) -> Result<(), St
 }
 
 /// One grant.
-pub(super) async fn get(
-    pool: &SqlitePool,
-    workspace_id: &str,
-    agent_id: &str,
-) -> Result<ShareRecord, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {SHARE_COLUMNS} FROM shares WHERE workspace_id = $1 AND agent_id = $2"
-    ))
-    .bind(workspace_id)
-    .bind(agent_id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(StoreError::NotFound)?;
+pub(super) async fn get(pool: &SqlitePool, workspace_id: &str, agent_id: &str) -> Result<ShareRecord, StoreError> {
+    let row = sqlx::query(&format!("SELECT {SHARE_COLUMNS} FROM shares WHERE workspace_id = $1 AND agent_id = $2"))
+        .bind(workspace_id)
+        .bind(agent_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
     share_from_row(&row)
 }
 
 /// The workspace's grants, oldest first.
-pub(super) async fn list(
-    pool: &SqlitePool,
-    workspace_id: &str,
-) -> Result<Vec<ShareRecord>, StoreError> {
+pub(super) async fn list(pool: &SqlitePool, workspace_id: &str) -> Result<Vec<ShareRecord>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {SHARE_COLUMNS} FROM shares WHERE workspace_id = $1 ORDER BY granted_at, agent_id"
     ))
@@ -87,11 +78,7 @@ pub(super) async fn list(
 }
 
 /// Revokes a grant.
-pub(super) async fn delete(
-    pool: &SqlitePool,
-    workspace_id: &str,
-    agent_id: &str,
-) -> Result<(), StoreError> {
+pub(super) async fn delete(pool: &SqlitePool, workspace_id: &str, agent_id: &str) -> Result<(), StoreError> {
     let done = sqlx::query("DELETE FROM shares WHERE workspace_id = $1 AND agent_id = $2")
         .bind(workspace_id)
         .bind(agent_id)
@@ -101,10 +88,7 @@ pub(super) async fn delete(
 }
 
 /// Appends an audit entry and returns it numbered.
-pub(super) async fn append_audit(
-    pool: &SqlitePool,
-    entry: &NewAuditRecord,
-) -> Result<AuditRecord, StoreError> {
+pub(super) async fn append_audit(pool: &SqlitePool, entry: &NewAuditRecord) -> Result<AuditRecord, StoreError> {
     let row = sqlx::query(&format!(
         "INSERT INTO share_audit (workspace_id, actor, action, subject, permission, at) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {AUDIT_COLUMNS}"
@@ -121,15 +105,10 @@ pub(super) async fn append_audit(
 }
 
 /// The workspace's audit trail in append order.
-pub(super) async fn list_audit(
-    pool: &SqlitePool,
-    workspace_id: &str,
-) -> Result<Vec<AuditRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {AUDIT_COLUMNS} FROM share_audit WHERE workspace_id = $1 ORDER BY id"
-    ))
-    .bind(workspace_id)
-    .fetch_all(pool)
-    .await?;
+pub(super) async fn list_audit(pool: &SqlitePool, workspace_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+    let rows = sqlx::query(&format!("SELECT {AUDIT_COLUMNS} FROM share_audit WHERE workspace_id = $1 ORDER BY id"))
+        .bind(workspace_id)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(audit_from_row).collect()
 }

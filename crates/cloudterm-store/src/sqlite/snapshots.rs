@@ -93,10 +93,7 @@ pub(super) async fn get(pool: &SqlitePool, id: &str) -> Result<SnapshotRecord, S
 }
 
 /// The workspace's ready snapshots, newest first.
-pub(super) async fn list_ready(
-    pool: &SqlitePool,
-    workspace_id: &str,
-) -> Result<Vec<SnapshotRecord>, StoreError> {
+pub(super) async fn list_ready(pool: &SqlitePool, workspace_id: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM snapshots WHERE workspace_id = $1 AND state = $2 \
          ORDER BY created_at DESC, id DESC"
@@ -110,34 +107,22 @@ pub(super) async fn list_ready(
 
 /// Every pending snapshot, oldest first.
 pub(super) async fn list_pending(pool: &SqlitePool) -> Result<Vec<SnapshotRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM snapshots WHERE state = $1 ORDER BY created_at, id"
-    ))
-    .bind(SnapshotState::Pending.as_str())
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM snapshots WHERE state = $1 ORDER BY created_at, id"))
+        .bind(SnapshotState::Pending.as_str())
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
 /// Pins or unpins.
-pub(super) async fn set_pinned(
-    pool: &SqlitePool,
-    id: &str,
-    pinned: bool,
-) -> Result<(), StoreError> {
-    let done = sqlx::query("UPDATE snapshots SET pinned = $1 WHERE id = $2")
-        .bind(pinned)
-        .bind(id)
-        .execute(pool)
-        .await?;
+pub(super) async fn set_pinned(pool: &SqlitePool, id: &str, pinned: bool) -> Result<(), StoreError> {
+    let done =
+        sqlx::query("UPDATE snapshots SET pinned = $1 WHERE id = $2").bind(pinned).bind(id).execute(pool).await?;
     expect_one(done.rows_affected())
 }
 
 /// Deletes the record.
 pub(super) async fn delete(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
-    let done = sqlx::query("DELETE FROM snapshots WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    let done = sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(id).execute(pool).await?;
     expect_one(done.rows_affected())
 }

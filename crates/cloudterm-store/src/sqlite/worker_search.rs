@@ -21,19 +21,14 @@ pub(super) async fn reindex(
     worker: &WorkerRecord,
     latest: &WorkerVersionRecord,
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM worker_search WHERE worker_id = $1")
+    sqlx::query("DELETE FROM worker_search WHERE worker_id = $1").bind(&worker.id).execute(&mut *conn).await?;
+    sqlx::query("INSERT INTO worker_search (worker_id, name, description, tags) VALUES ($1, $2, $3, $4)")
         .bind(&worker.id)
+        .bind(&worker.name)
+        .bind(&latest.description)
+        .bind(latest.tags.join(" "))
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
-        "INSERT INTO worker_search (worker_id, name, description, tags) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(&worker.id)
-    .bind(&worker.name)
-    .bind(&latest.description)
-    .bind(latest.tags.join(" "))
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 
@@ -62,11 +57,8 @@ pub(crate) async fn search(
     tag: Option<&str>,
     limit: u32,
 ) -> Result<Vec<(WorkerRecord, WorkerVersionRecord, f64)>, StoreError> {
-    let tag_filter = |n: usize| {
-        format!(
-            " AND EXISTS (SELECT 1 FROM worker_tags t WHERE t.worker_id = w.id AND t.tag = ${n})"
-        )
-    };
+    let tag_filter =
+        |n: usize| format!(" AND EXISTS (SELECT 1 FROM worker_tags t WHERE t.worker_id = w.id AND t.tag = ${n})");
     let joins = "JOIN worker_versions v ON v.worker_id = w.id AND v.version = w.latest_version";
     let rows = match q.and_then(fts_query) {
         Some(fts) => {
@@ -96,13 +88,7 @@ pub(crate) async fn search(
         }
     };
     rows.iter()
-        .map(|row| {
-            Ok((
-                worker_from_row(row)?,
-                version_from_row(row)?,
-                row.try_get::<f64, _>("score")?,
-            ))
-        })
+        .map(|row| Ok((worker_from_row(row)?, version_from_row(row)?, row.try_get::<f64, _>("score")?)))
         .collect()
 }
 
@@ -113,20 +99,14 @@ mod tests {
     #[test]
     fn words_become_quoted_prefix_terms() {
         assert_eq!(fts_query("quoting").as_deref(), Some("\"quoting\"*"));
-        assert_eq!(
-            fts_query("  shell  Quote ").as_deref(),
-            Some("\"shell\"* OR \"Quote\"*")
-        );
+        assert_eq!(fts_query("  shell  Quote ").as_deref(), Some("\"shell\"* OR \"Quote\"*"));
     }
 
     #[test]
     fn syntax_is_stripped_not_passed_through() {
         assert_eq!(fts_query("\"foo").as_deref(), Some("\"foo\"*"));
         assert_eq!(fts_query("a OR").as_deref(), Some("\"a\"* OR \"OR\"*"));
-        assert_eq!(
-            fts_query("name:x NEAR(y)").as_deref(),
-            Some("\"name\"* OR \"x\"* OR \"NEAR\"* OR \"y\"*")
-        );
+        assert_eq!(fts_query("name:x NEAR(y)").as_deref(), Some("\"name\"* OR \"x\"* OR \"NEAR\"* OR \"y\"*"));
         assert_eq!(fts_query("émoji🦀").as_deref(), Some("\"émoji\"*"));
     }
 

@@ -54,13 +54,11 @@ pub(super) async fn insert(pool: &SqlitePool, worker: &WorkerRecord) -> Result<(
 
 /// One worker by a unique column.
 async fn get_by(pool: &SqlitePool, column: &str, value: &str) -> Result<WorkerRecord, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {WORKER_COLUMNS} FROM workers w WHERE w.{column} = $1"
-    ))
-    .bind(value)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(StoreError::NotFound)?;
+    let row = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM workers w WHERE w.{column} = $1"))
+        .bind(value)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
     worker_from_row(&row)
 }
 
@@ -76,10 +74,7 @@ pub(super) async fn get_by_name(pool: &SqlitePool, name: &str) -> Result<WorkerR
 
 /// Publishes an immutable version, then points the worker at its newest version and refreshes
 /// the tag rows and the search index to match, all in one transaction.
-pub(super) async fn insert_version(
-    pool: &SqlitePool,
-    version: &WorkerVersionRecord,
-) -> Result<(), StoreError> {
+pub(super) async fn insert_version(pool: &SqlitePool, version: &WorkerVersionRecord) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO worker_versions \
@@ -95,9 +90,7 @@ pub(super) async fn insert_version(
     .bind(to_millis(version.created_at))
     .execute(&mut *tx)
     .await
-    .map_err(insert_child_error(
-        "this version of the worker already exists; versions are immutable",
-    ))?;
+    .map_err(insert_child_error("this version of the worker already exists; versions are immutable"))?;
     // A version published with an older time than the current latest does not replace it.
     sqlx::query(
         "UPDATE workers SET latest_version = (SELECT version FROM worker_versions \
@@ -115,10 +108,7 @@ pub(super) async fn insert_version(
     .fetch_one(&mut *tx)
     .await?;
     let (worker, latest) = (worker_from_row(&row)?, version_from_row(&row)?);
-    sqlx::query("DELETE FROM worker_tags WHERE worker_id = $1")
-        .bind(&worker.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("DELETE FROM worker_tags WHERE worker_id = $1").bind(&worker.id).execute(&mut *tx).await?;
     for tag in &latest.tags {
         sqlx::query(
             "INSERT INTO worker_tags (worker_id, tag) VALUES ($1, $2) \
@@ -135,10 +125,7 @@ pub(super) async fn insert_version(
 }
 
 /// The worker's versions, newest first.
-pub(super) async fn list_versions(
-    pool: &SqlitePool,
-    worker_id: &str,
-) -> Result<Vec<WorkerVersionRecord>, StoreError> {
+pub(super) async fn list_versions(pool: &SqlitePool, worker_id: &str) -> Result<Vec<WorkerVersionRecord>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {VERSION_COLUMNS} FROM worker_versions v WHERE v.worker_id = $1 \
          ORDER BY v.created_at DESC, v.version DESC"

@@ -25,10 +25,7 @@ pub(super) fn from_row(row: &SqliteRow) -> Result<WorkspaceRecord, StoreError> {
 }
 
 /// Inserts the workspace and its tag rows on `conn` (the caller owns the transaction).
-pub(super) async fn insert(
-    conn: &mut SqliteConnection,
-    workspace: &WorkspaceRecord,
-) -> Result<(), StoreError> {
+pub(super) async fn insert(conn: &mut SqliteConnection, workspace: &WorkspaceRecord) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO workspaces (id, owner, name, description, tags, is_home, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -42,9 +39,7 @@ pub(super) async fn insert(
     .bind(to_millis(workspace.created_at))
     .execute(&mut *conn)
     .await
-    .map_err(unique_as_conflict(
-        "workspace already exists (same id, same name for this owner, or a second home)",
-    ))?;
+    .map_err(unique_as_conflict("workspace already exists (same id, same name for this owner, or a second home)"))?;
     for tag in &workspace.tags {
         sqlx::query(
             "INSERT INTO workspace_tags (workspace_id, tag) VALUES ($1, $2) \
@@ -60,13 +55,11 @@ pub(super) async fn insert(
 
 /// One workspace by id.
 pub(super) async fn get(pool: &SqlitePool, id: &str) -> Result<WorkspaceRecord, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM workspaces w WHERE w.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(StoreError::NotFound)?;
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM workspaces w WHERE w.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
     from_row(&row)
 }
 
@@ -113,31 +106,19 @@ pub(super) async fn list_shared_with(
     .bind(agent_id)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| Ok((from_row(row)?, row.try_get("permission")?)))
-        .collect()
+    rows.iter().map(|row| Ok((from_row(row)?, row.try_get("permission")?))).collect()
 }
 
 /// Deletes the workspace with its tags and shares; refuses a home workspace.
 pub(super) async fn delete(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
-    let home_refused =
-        || StoreError::Conflict("cannot delete a principal's home workspace".to_owned());
+    let home_refused = || StoreError::Conflict("cannot delete a principal's home workspace".to_owned());
     let mut tx = pool.begin().await?;
     // Children first, explicitly: the schema also cascades, but the PostgreSQL twin and a
     // connection without `foreign_keys` must behave the same.
-    sqlx::query("DELETE FROM shares WHERE workspace_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM workspace_tags WHERE workspace_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    let deleted = sqlx::query("DELETE FROM workspaces WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
+    sqlx::query("DELETE FROM shares WHERE workspace_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM workspace_tags WHERE workspace_id = $1").bind(id).execute(&mut *tx).await?;
+    let deleted =
+        sqlx::query("DELETE FROM workspaces WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(|e| {
             if is_foreign_key_violation(&e) {
                 home_refused()
             } else {
@@ -146,11 +127,5 @@ pub(super) async fn delete(pool: &SqlitePool, id: &str) -> Result<(), StoreError
         })?;
     expect_one(deleted.rows_affected())?;
     // `principals.home_workspace_id` is a deferred foreign key: a home workspace is refused here.
-    tx.commit().await.map_err(|e| {
-        if is_foreign_key_violation(&e) {
-            home_refused()
-        } else {
-            StoreError::from(e)
-        }
-    })
+    tx.commit().await.map_err(|e| if is_foreign_key_violation(&e) { home_refused() } else { StoreError::from(e) })
 }

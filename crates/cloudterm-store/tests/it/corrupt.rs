@@ -15,14 +15,8 @@ async fn tamper(url: &str, sql: &str) {
 #[tokio::test]
 async fn undecodable_rows_are_corrupt() {
     let db = file_store().await;
-    db.store
-        .insert_sandbox(&sandbox("sbx_1", "alice", 0))
-        .await
-        .expect("sandbox");
-    db.store
-        .insert_workspace(&workspace("ws_1", "alice", "w", &[], 0))
-        .await
-        .expect("ws");
+    db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("sandbox");
+    db.store.insert_workspace(&workspace("ws_1", "alice", "w", &[], 0)).await.expect("ws");
     db.store
         .put_preview(&PreviewRecord {
             sandbox_id: "sbx_1".to_owned(),
@@ -35,21 +29,9 @@ async fn undecodable_rows_are_corrupt() {
         .await
         .expect("preview");
 
-    tamper(
-        &db.url,
-        "UPDATE sandboxes SET limits = 'not json' WHERE id = 'sbx_1'",
-    )
-    .await;
-    tamper(
-        &db.url,
-        "UPDATE workspaces SET tags = '{\"a\":1}' WHERE id = 'ws_1'",
-    )
-    .await;
-    tamper(
-        &db.url,
-        "UPDATE previews SET port = 70000 WHERE sandbox_id = 'sbx_1'",
-    )
-    .await;
+    tamper(&db.url, "UPDATE sandboxes SET limits = 'not json' WHERE id = 'sbx_1'").await;
+    tamper(&db.url, "UPDATE workspaces SET tags = '{\"a\":1}' WHERE id = 'ws_1'").await;
+    tamper(&db.url, "UPDATE previews SET port = 70000 WHERE sandbox_id = 'sbx_1'").await;
 
     for got in [
         db.store.get_sandbox("sbx_1").await.map(|_| ()),

@@ -42,13 +42,7 @@ pub fn at(secs: i64) -> DateTime<Utc> {
 }
 
 /// A workspace record with the given id, owner and name.
-pub fn workspace(
-    id: &str,
-    owner: &str,
-    name: &str,
-    tags: &[&str],
-    created: i64,
-) -> WorkspaceRecord {
+pub fn workspace(id: &str, owner: &str, name: &str, tags: &[&str], created: i64) -> WorkspaceRecord {
     WorkspaceRecord {
         id: id.to_owned(),
         owner: owner.to_owned(),

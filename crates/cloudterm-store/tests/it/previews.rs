@@ -18,16 +18,10 @@ fn preview(sandbox_id: &str, port: u16, owner: &str, t: i64) -> PreviewRecord {
 #[tokio::test]
 async fn put_is_an_upsert_on_sandbox_and_port() {
     let db = file_store().await;
-    db.store
-        .insert_sandbox(&sandbox("sbx_1", "alice", 0))
-        .await
-        .expect("sandbox");
+    db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("sandbox");
     let first = preview("sbx_1", 65535, "alice", 1);
     assert_eq!(db.store.put_preview(&first).await.expect("put"), first);
-    assert_eq!(
-        db.store.get_preview("sbx_1", 65535).await.expect("get"),
-        first
-    );
+    assert_eq!(db.store.get_preview("sbx_1", 65535).await.expect("get"), first);
 
     let update = PreviewRecord {
         public: true,
@@ -37,94 +31,36 @@ async fn put_is_an_upsert_on_sandbox_and_port() {
     };
     let stored = db.store.put_preview(&update).await.expect("update");
     // public and fallback change; owner and creation time stay.
-    assert_eq!(
-        stored,
-        PreviewRecord {
-            created_at: at(1),
-            ..update
-        }
-    );
-    assert_eq!(
-        db.store.get_preview("sbx_1", 65535).await.expect("get"),
-        stored
-    );
-    assert_eq!(
-        db.store
-            .list_previews_by_sandbox("sbx_1")
-            .await
-            .expect("list")
-            .len(),
-        1
-    );
+    assert_eq!(stored, PreviewRecord { created_at: at(1), ..update });
+    assert_eq!(db.store.get_preview("sbx_1", 65535).await.expect("get"), stored);
+    assert_eq!(db.store.list_previews_by_sandbox("sbx_1").await.expect("list").len(), 1);
 }
 
 #[tokio::test]
 async fn listings_and_delete() {
     let db = file_store().await;
-    db.store
-        .insert_sandbox(&sandbox("sbx_1", "alice", 0))
-        .await
-        .expect("1");
-    db.store
-        .insert_sandbox(&sandbox("sbx_2", "bob", 0))
-        .await
-        .expect("2");
-    db.store
-        .put_preview(&preview("sbx_1", 8080, "alice", 2))
-        .await
-        .expect("a");
-    db.store
-        .put_preview(&preview("sbx_1", 3000, "alice", 3))
-        .await
-        .expect("b");
-    db.store
-        .put_preview(&preview("sbx_2", 80, "bob", 1))
-        .await
-        .expect("c");
+    db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("1");
+    db.store.insert_sandbox(&sandbox("sbx_2", "bob", 0)).await.expect("2");
+    db.store.put_preview(&preview("sbx_1", 8080, "alice", 2)).await.expect("a");
+    db.store.put_preview(&preview("sbx_1", 3000, "alice", 3)).await.expect("b");
+    db.store.put_preview(&preview("sbx_2", 80, "bob", 1)).await.expect("c");
 
-    let mine = db
-        .store
-        .list_previews_by_owner("alice")
-        .await
-        .expect("mine");
+    let mine = db.store.list_previews_by_owner("alice").await.expect("mine");
     let ports: Vec<u16> = mine.iter().map(|p| p.port).collect();
     assert_eq!(ports, [8080, 3000], "oldest first");
-    let by_sandbox = db
-        .store
-        .list_previews_by_sandbox("sbx_1")
-        .await
-        .expect("sbx");
+    let by_sandbox = db.store.list_previews_by_sandbox("sbx_1").await.expect("sbx");
     let ports: Vec<u16> = by_sandbox.iter().map(|p| p.port).collect();
     assert_eq!(ports, [3000, 8080], "by port");
 
-    db.store
-        .delete_preview("sbx_1", 8080)
-        .await
-        .expect("delete");
-    assert!(matches!(
-        db.store.get_preview("sbx_1", 8080).await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        db.store.delete_preview("sbx_1", 8080).await,
-        Err(StoreError::NotFound)
-    ));
-    assert_eq!(
-        db.store
-            .list_previews_by_owner("alice")
-            .await
-            .expect("left")
-            .len(),
-        1
-    );
+    db.store.delete_preview("sbx_1", 8080).await.expect("delete");
+    assert!(matches!(db.store.get_preview("sbx_1", 8080).await, Err(StoreError::NotFound)));
+    assert!(matches!(db.store.delete_preview("sbx_1", 8080).await, Err(StoreError::NotFound)));
+    assert_eq!(db.store.list_previews_by_owner("alice").await.expect("left").len(), 1);
 }
 
 #[tokio::test]
 async fn preview_of_missing_sandbox_is_not_found() {
     let db = file_store().await;
-    let got = db
-        .store
-        .put_preview(&preview("sbx_ghost", 8080, "alice", 0))
-        .await;
+    let got = db.store.put_preview(&preview("sbx_ghost", 8080, "alice", 0)).await;
     assert!(matches!(got, Err(StoreError::NotFound)), "{got:?}");
 }

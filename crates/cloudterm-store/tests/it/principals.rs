@@ -8,44 +8,26 @@ use crate::{at, file_store, workspace};
 #[tokio::test]
 async fn ensure_creates_principal_and_home_once() {
     let db = file_store().await;
-    assert!(matches!(
-        db.store.get_principal("alice").await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.get_principal("alice").await, Err(StoreError::NotFound)));
 
     // The caller's owner/is_home are overridden: the home belongs to the principal.
     let home = workspace("ws_home", "someone-else", "home", &["home"], 5);
-    let created = db
-        .store
-        .ensure_principal("alice", home, at(5))
-        .await
-        .expect("ensure");
+    let created = db.store.ensure_principal("alice", home, at(5)).await.expect("ensure");
     assert_eq!(created.id, "alice");
     assert_eq!(created.home_workspace_id, "ws_home");
     assert_eq!(created.created_at, at(5));
-    let ws = db
-        .store
-        .get_workspace("ws_home")
-        .await
-        .expect("home workspace");
+    let ws = db.store.get_workspace("ws_home").await.expect("home workspace");
     assert_eq!(ws.owner, "alice");
     assert!(ws.is_home);
 
     // A later call with another home returns the original and creates nothing.
     let again = db
         .store
-        .ensure_principal(
-            "alice",
-            workspace("ws_other", "alice", "home2", &[], 9),
-            at(9),
-        )
+        .ensure_principal("alice", workspace("ws_other", "alice", "home2", &[], 9), at(9))
         .await
         .expect("ensure again");
     assert_eq!(again, created);
-    assert!(matches!(
-        db.store.get_workspace("ws_other").await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.get_workspace("ws_other").await, Err(StoreError::NotFound)));
     assert_eq!(db.store.get_principal("alice").await.expect("get"), created);
 }
 
@@ -65,20 +47,9 @@ async fn racing_first_requests_yield_one_home() {
         results.push(task.await.expect("join").expect("ensure_principal"));
     }
     let first = results[0].clone();
-    assert!(
-        results.iter().all(|r| *r == first),
-        "all callers see one record: {results:?}"
-    );
-    let workspaces = db
-        .store
-        .list_workspaces_by_owner("bob", None)
-        .await
-        .expect("list");
-    assert_eq!(
-        workspaces.len(),
-        1,
-        "exactly one home workspace: {workspaces:?}"
-    );
+    assert!(results.iter().all(|r| *r == first), "all callers see one record: {results:?}");
+    let workspaces = db.store.list_workspaces_by_owner("bob", None).await.expect("list");
+    assert_eq!(workspaces.len(), 1, "exactly one home workspace: {workspaces:?}");
     assert_eq!(workspaces[0].id, first.home_workspace_id);
     assert!(workspaces[0].is_home);
 }
@@ -86,11 +57,8 @@ async fn racing_first_requests_yield_one_home() {
 #[tokio::test]
 async fn home_workspace_cannot_be_deleted_or_duplicated() {
     let db = file_store().await;
-    let p = db
-        .store
-        .ensure_principal("carol", workspace("ws_h", "carol", "home", &[], 0), at(0))
-        .await
-        .expect("ensure");
+    let p =
+        db.store.ensure_principal("carol", workspace("ws_h", "carol", "home", &[], 0), at(0)).await.expect("ensure");
     match db.store.delete_workspace(&p.home_workspace_id).await {
         Err(StoreError::Conflict(msg)) => assert!(msg.contains("home"), "{msg}"),
         other => panic!("expected Conflict, got {other:?}"),
@@ -101,8 +69,5 @@ async fn home_workspace_cannot_be_deleted_or_duplicated() {
     // A second home for the same owner is refused by the one-home index.
     let mut second = workspace("ws_h2", "carol", "other-home", &[], 1);
     second.is_home = true;
-    assert!(matches!(
-        db.store.insert_workspace(&second).await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert!(matches!(db.store.insert_workspace(&second).await, Err(StoreError::Conflict(_))));
 }

@@ -15,110 +15,48 @@ async fn round_trip_conflict_and_not_found() {
     let full = sandbox("sbx_2", "alice", 1);
     db.store.insert_sandbox(&full).await.expect("insert full");
     assert_eq!(db.store.get_sandbox("sbx_2").await.expect("get full"), full);
-    assert!(matches!(
-        db.store.insert_sandbox(&sandbox("sbx_1", "bob", 2)).await,
-        Err(StoreError::Conflict(_))
-    ));
-    assert!(matches!(
-        db.store.get_sandbox("sbx_nope").await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.insert_sandbox(&sandbox("sbx_1", "bob", 2)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(db.store.get_sandbox("sbx_nope").await, Err(StoreError::NotFound)));
 }
 
 #[tokio::test]
 async fn listings_by_owner_and_state() {
     let db = file_store().await;
-    db.store
-        .insert_sandbox(&sandbox("sbx_b", "alice", 2))
-        .await
-        .expect("b");
-    db.store
-        .insert_sandbox(&sandbox("sbx_a", "alice", 1))
-        .await
-        .expect("a");
-    db.store
-        .insert_sandbox(&sandbox("sbx_c", "bob", 3))
-        .await
-        .expect("c");
-    db.store
-        .update_sandbox_state("sbx_b", "stopped", at(4))
-        .await
-        .expect("stop b");
+    db.store.insert_sandbox(&sandbox("sbx_b", "alice", 2)).await.expect("b");
+    db.store.insert_sandbox(&sandbox("sbx_a", "alice", 1)).await.expect("a");
+    db.store.insert_sandbox(&sandbox("sbx_c", "bob", 3)).await.expect("c");
+    db.store.update_sandbox_state("sbx_b", "stopped", at(4)).await.expect("stop b");
 
-    let mine: Vec<String> = db
-        .store
-        .list_sandboxes_by_owner("alice")
-        .await
-        .expect("mine")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let mine: Vec<String> =
+        db.store.list_sandboxes_by_owner("alice").await.expect("mine").into_iter().map(|s| s.id).collect();
     assert_eq!(mine, ["sbx_a", "sbx_b"]);
 
-    let ids =
-        |v: Vec<cloudterm_store::SandboxRecord>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
-    let running = db
-        .store
-        .list_sandboxes_in_states(&["running"])
-        .await
-        .expect("running");
+    let ids = |v: Vec<cloudterm_store::SandboxRecord>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let running = db.store.list_sandboxes_in_states(&["running"]).await.expect("running");
     assert_eq!(ids(running), ["sbx_a", "sbx_c"]);
-    let both = db
-        .store
-        .list_sandboxes_in_states(&["stopped", "running"])
-        .await
-        .expect("both");
+    let both = db.store.list_sandboxes_in_states(&["stopped", "running"]).await.expect("both");
     assert_eq!(ids(both), ["sbx_a", "sbx_b", "sbx_c"]);
-    assert!(db
-        .store
-        .list_sandboxes_in_states(&[])
-        .await
-        .expect("empty")
-        .is_empty());
-    assert!(db
-        .store
-        .list_sandboxes_in_states(&["lost"])
-        .await
-        .expect("lost")
-        .is_empty());
+    assert!(db.store.list_sandboxes_in_states(&[]).await.expect("empty").is_empty());
+    assert!(db.store.list_sandboxes_in_states(&["lost"]).await.expect("lost").is_empty());
 }
 
 #[tokio::test]
 async fn state_and_expiry_updates() {
     let db = file_store().await;
-    db.store
-        .insert_sandbox(&sandbox("sbx_1", "alice", 0))
-        .await
-        .expect("insert");
-    db.store
-        .update_sandbox_state("sbx_1", "paused", at(10))
-        .await
-        .expect("pause");
-    db.store
-        .update_sandbox_expiry("sbx_1", at(5000), at(11))
-        .await
-        .expect("keepalive");
+    db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("insert");
+    db.store.update_sandbox_state("sbx_1", "paused", at(10)).await.expect("pause");
+    db.store.update_sandbox_expiry("sbx_1", at(5000), at(11)).await.expect("keepalive");
     let got = db.store.get_sandbox("sbx_1").await.expect("get");
     assert_eq!(got.state, "paused");
     assert_eq!(got.expires_at, at(5000));
     assert_eq!(got.updated_at, at(11));
     assert_eq!(got.created_at, at(0));
 
-    assert!(matches!(
-        db.store.update_sandbox_state("nope", "x", at(1)).await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        db.store.update_sandbox_expiry("nope", at(1), at(1)).await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.update_sandbox_state("nope", "x", at(1)).await, Err(StoreError::NotFound)));
+    assert!(matches!(db.store.update_sandbox_expiry("nope", at(1), at(1)).await, Err(StoreError::NotFound)));
 
     // Compare-and-set: only one of two identical transitions wins.
-    assert!(db
-        .store
-        .transition_sandbox_state("sbx_1", &["paused", "running"], "stopping", at(12))
-        .await
-        .expect("cas"));
+    assert!(db.store.transition_sandbox_state("sbx_1", &["paused", "running"], "stopping", at(12)).await.expect("cas"));
     assert!(!db
         .store
         .transition_sandbox_state("sbx_1", &["paused", "running"], "stopping", at(13))
@@ -127,9 +65,7 @@ async fn state_and_expiry_updates() {
     let got = db.store.get_sandbox("sbx_1").await.expect("get");
     assert_eq!((got.state.as_str(), got.updated_at), ("stopping", at(12)));
     assert!(matches!(
-        db.store
-            .transition_sandbox_state("nope", &["running"], "x", at(1))
-            .await,
+        db.store.transition_sandbox_state("nope", &["running"], "x", at(1)).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -137,10 +73,7 @@ async fn state_and_expiry_updates() {
 #[tokio::test]
 async fn delete_removes_sandbox_and_its_previews() {
     let db = file_store().await;
-    db.store
-        .insert_sandbox(&sandbox("sbx_1", "alice", 0))
-        .await
-        .expect("insert");
+    db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("insert");
     db.store
         .put_preview(&PreviewRecord {
             sandbox_id: "sbx_1".to_owned(),
@@ -153,16 +86,7 @@ async fn delete_removes_sandbox_and_its_previews() {
         .await
         .expect("preview");
     db.store.delete_sandbox("sbx_1").await.expect("delete");
-    assert!(matches!(
-        db.store.get_sandbox("sbx_1").await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        db.store.get_preview("sbx_1", 8080).await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        db.store.delete_sandbox("sbx_1").await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.get_sandbox("sbx_1").await, Err(StoreError::NotFound)));
+    assert!(matches!(db.store.get_preview("sbx_1", 8080).await, Err(StoreError::NotFound)));
+    assert!(matches!(db.store.delete_sandbox("sbx_1").await, Err(StoreError::NotFound)));
 }

@@ -28,89 +28,38 @@ fn audit(action: &str, subject: &str, permission: Option<&str>, t: i64) -> NewAu
 #[tokio::test]
 async fn put_share_upserts_and_delete_revokes() {
     let db = file_store().await;
-    db.store
-        .insert_workspace(&workspace("ws_1", "alice", "team", &[], 0))
-        .await
-        .expect("ws");
-    db.store
-        .put_share(&share("agent-b", "read", "alice", 1))
-        .await
-        .expect("share b");
-    db.store
-        .put_share(&share("agent-a", "write", "alice", 2))
-        .await
-        .expect("share a");
-    assert_eq!(
-        db.store.get_share("ws_1", "agent-b").await.expect("get"),
-        share("agent-b", "read", "alice", 1)
-    );
+    db.store.insert_workspace(&workspace("ws_1", "alice", "team", &[], 0)).await.expect("ws");
+    db.store.put_share(&share("agent-b", "read", "alice", 1)).await.expect("share b");
+    db.store.put_share(&share("agent-a", "write", "alice", 2)).await.expect("share a");
+    assert_eq!(db.store.get_share("ws_1", "agent-b").await.expect("get"), share("agent-b", "read", "alice", 1));
 
     // A second put replaces permission, grantor and time; it is not a second row.
-    db.store
-        .put_share(&share("agent-b", "admin", "agent-a", 3))
-        .await
-        .expect("upgrade");
-    assert_eq!(
-        db.store.get_share("ws_1", "agent-b").await.expect("get"),
-        share("agent-b", "admin", "agent-a", 3)
-    );
+    db.store.put_share(&share("agent-b", "admin", "agent-a", 3)).await.expect("upgrade");
+    assert_eq!(db.store.get_share("ws_1", "agent-b").await.expect("get"), share("agent-b", "admin", "agent-a", 3));
     let list = db.store.list_shares("ws_1").await.expect("list");
-    assert_eq!(
-        list,
-        [
-            share("agent-a", "write", "alice", 2),
-            share("agent-b", "admin", "agent-a", 3)
-        ]
-    );
+    assert_eq!(list, [share("agent-a", "write", "alice", 2), share("agent-b", "admin", "agent-a", 3)]);
 
-    db.store
-        .delete_share("ws_1", "agent-a")
-        .await
-        .expect("revoke");
-    assert!(matches!(
-        db.store.get_share("ws_1", "agent-a").await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        db.store.delete_share("ws_1", "agent-a").await,
-        Err(StoreError::NotFound)
-    ));
+    db.store.delete_share("ws_1", "agent-a").await.expect("revoke");
+    assert!(matches!(db.store.get_share("ws_1", "agent-a").await, Err(StoreError::NotFound)));
+    assert!(matches!(db.store.delete_share("ws_1", "agent-a").await, Err(StoreError::NotFound)));
     assert_eq!(db.store.list_shares("ws_1").await.expect("list").len(), 1);
 }
 
 #[tokio::test]
 async fn share_on_missing_workspace_is_not_found() {
     let db = file_store().await;
-    let got = db
-        .store
-        .put_share(&share("agent-b", "read", "alice", 1))
-        .await;
+    let got = db.store.put_share(&share("agent-b", "read", "alice", 1)).await;
     assert!(matches!(got, Err(StoreError::NotFound)), "{got:?}");
 }
 
 #[tokio::test]
 async fn audit_is_append_ordered_and_outlives_the_workspace() {
     let db = file_store().await;
-    db.store
-        .insert_workspace(&workspace("ws_1", "alice", "team", &[], 0))
-        .await
-        .expect("ws");
+    db.store.insert_workspace(&workspace("ws_1", "alice", "team", &[], 0)).await.expect("ws");
     // Appended out of time order on purpose: the trail keeps append order.
-    let first = db
-        .store
-        .append_audit(&audit("share", "agent-b", Some("read"), 5))
-        .await
-        .expect("1");
-    let second = db
-        .store
-        .append_audit(&audit("share", "agent-b", Some("admin"), 4))
-        .await
-        .expect("2");
-    let third = db
-        .store
-        .append_audit(&audit("revoke", "agent-b", None, 6))
-        .await
-        .expect("3");
+    let first = db.store.append_audit(&audit("share", "agent-b", Some("read"), 5)).await.expect("1");
+    let second = db.store.append_audit(&audit("share", "agent-b", Some("admin"), 4)).await.expect("2");
+    let third = db.store.append_audit(&audit("revoke", "agent-b", None, 6)).await.expect("3");
     assert!(first.id < second.id && second.id < third.id);
     assert_eq!(third.permission, None);
     assert_eq!(second.at, at(4));
@@ -118,12 +67,7 @@ async fn audit_is_append_ordered_and_outlives_the_workspace() {
     let trail = db.store.list_audit("ws_1").await.expect("trail");
     assert_eq!(trail, [first.clone(), second, third]);
     assert_eq!(first.action, "share");
-    assert!(db
-        .store
-        .list_audit("ws_other")
-        .await
-        .expect("other")
-        .is_empty());
+    assert!(db.store.list_audit("ws_other").await.expect("other").is_empty());
 
     db.store.delete_workspace("ws_1").await.expect("delete");
     assert_eq!(db.store.list_audit("ws_1").await.expect("kept").len(), 3);

@@ -30,26 +30,12 @@ async fn insert_is_pending_until_marked_ready() {
     snap.state = SnapshotState::Ready;
     db.store.insert_snapshot(&snap).await.expect("insert");
     let got = db.store.get_snapshot("snap_1").await.expect("get");
-    assert_eq!(
-        got,
-        SnapshotRecord {
-            state: SnapshotState::Pending,
-            ..snap.clone()
-        }
-    );
-    assert!(db
-        .store
-        .list_snapshots("ws_1")
-        .await
-        .expect("list")
-        .is_empty());
+    assert_eq!(got, SnapshotRecord { state: SnapshotState::Pending, ..snap.clone() });
+    assert!(db.store.list_snapshots("ws_1").await.expect("list").is_empty());
     let pending = db.store.list_pending_snapshots().await.expect("pending");
     assert_eq!(pending, [got]);
 
-    db.store
-        .mark_snapshot_ready("snap_1", 4096, 1200, 7, Some("ab12"))
-        .await
-        .expect("ready");
+    db.store.mark_snapshot_ready("snap_1", 4096, 1200, 7, Some("ab12")).await.expect("ready");
     let ready = db.store.get_snapshot("snap_1").await.expect("get ready");
     assert_eq!(
         ready,
@@ -62,107 +48,40 @@ async fn insert_is_pending_until_marked_ready() {
             ..snap.clone()
         }
     );
-    assert_eq!(
-        db.store.list_snapshots("ws_1").await.expect("list"),
-        [ready]
-    );
-    assert!(db
-        .store
-        .list_pending_snapshots()
-        .await
-        .expect("pending")
-        .is_empty());
+    assert_eq!(db.store.list_snapshots("ws_1").await.expect("list"), [ready]);
+    assert!(db.store.list_pending_snapshots().await.expect("pending").is_empty());
 
-    assert!(matches!(
-        db.store
-            .insert_snapshot(&snapshot("snap_1", "ws_1", 1))
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
-    assert!(matches!(
-        db.store.mark_snapshot_ready("nope", 1, 1, 1, None).await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        db.store.get_snapshot("nope").await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.insert_snapshot(&snapshot("snap_1", "ws_1", 1)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(db.store.mark_snapshot_ready("nope", 1, 1, 1, None).await, Err(StoreError::NotFound)));
+    assert!(matches!(db.store.get_snapshot("nope").await, Err(StoreError::NotFound)));
 }
 
 #[tokio::test]
 async fn list_is_newest_first_ready_only_per_workspace() {
     let db = file_store().await;
-    for (id, ws, t) in [
-        ("snap_a", "ws_1", 1),
-        ("snap_c", "ws_1", 3),
-        ("snap_b", "ws_1", 2),
-        ("snap_o", "ws_2", 4),
-    ] {
-        db.store
-            .insert_snapshot(&snapshot(id, ws, t))
-            .await
-            .expect("insert");
-        db.store
-            .mark_snapshot_ready(id, 1, 1, 1, None)
-            .await
-            .expect("ready");
+    for (id, ws, t) in [("snap_a", "ws_1", 1), ("snap_c", "ws_1", 3), ("snap_b", "ws_1", 2), ("snap_o", "ws_2", 4)] {
+        db.store.insert_snapshot(&snapshot(id, ws, t)).await.expect("insert");
+        db.store.mark_snapshot_ready(id, 1, 1, 1, None).await.expect("ready");
     }
-    db.store
-        .insert_snapshot(&snapshot("snap_pending", "ws_1", 9))
-        .await
-        .expect("pending");
-    let ids: Vec<String> = db
-        .store
-        .list_snapshots("ws_1")
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    db.store.insert_snapshot(&snapshot("snap_pending", "ws_1", 9)).await.expect("pending");
+    let ids: Vec<String> = db.store.list_snapshots("ws_1").await.expect("list").into_iter().map(|s| s.id).collect();
     assert_eq!(ids, ["snap_c", "snap_b", "snap_a"]);
-    let pending: Vec<String> = db
-        .store
-        .list_pending_snapshots()
-        .await
-        .expect("pending")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let pending: Vec<String> =
+        db.store.list_pending_snapshots().await.expect("pending").into_iter().map(|s| s.id).collect();
     assert_eq!(pending, ["snap_pending"]);
 }
 
 #[tokio::test]
 async fn pin_and_delete() {
     let db = file_store().await;
-    db.store
-        .insert_snapshot(&snapshot("snap_1", "ws_1", 0))
-        .await
-        .expect("insert");
-    db.store
-        .set_snapshot_pinned("snap_1", true)
-        .await
-        .expect("pin");
+    db.store.insert_snapshot(&snapshot("snap_1", "ws_1", 0)).await.expect("insert");
+    db.store.set_snapshot_pinned("snap_1", true).await.expect("pin");
     assert!(db.store.get_snapshot("snap_1").await.expect("get").pinned);
-    db.store
-        .set_snapshot_pinned("snap_1", true)
-        .await
-        .expect("pin twice is fine");
-    db.store
-        .set_snapshot_pinned("snap_1", false)
-        .await
-        .expect("unpin");
+    db.store.set_snapshot_pinned("snap_1", true).await.expect("pin twice is fine");
+    db.store.set_snapshot_pinned("snap_1", false).await.expect("unpin");
     assert!(!db.store.get_snapshot("snap_1").await.expect("get").pinned);
-    assert!(matches!(
-        db.store.set_snapshot_pinned("nope", true).await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.set_snapshot_pinned("nope", true).await, Err(StoreError::NotFound)));
     db.store.delete_snapshot("snap_1").await.expect("delete");
-    assert!(matches!(
-        db.store.get_snapshot("snap_1").await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        db.store.delete_snapshot("snap_1").await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.get_snapshot("snap_1").await, Err(StoreError::NotFound)));
+    assert!(matches!(db.store.delete_snapshot("snap_1").await, Err(StoreError::NotFound)));
 }

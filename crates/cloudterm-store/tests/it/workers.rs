@@ -8,21 +8,10 @@ use cloudterm_store::{Store, StoreError, WorkerRecord, WorkerVersionRecord};
 use crate::{at, file_store};
 
 fn worker(id: &str, name: &str, t: i64) -> WorkerRecord {
-    WorkerRecord {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        author: "alice".to_owned(),
-        created_at: at(t),
-    }
+    WorkerRecord { id: id.to_owned(), name: name.to_owned(), author: "alice".to_owned(), created_at: at(t) }
 }
 
-fn version(
-    worker_id: &str,
-    v: &str,
-    description: &str,
-    tags: &[&str],
-    t: i64,
-) -> WorkerVersionRecord {
+fn version(worker_id: &str, v: &str, description: &str, tags: &[&str], t: i64) -> WorkerVersionRecord {
     WorkerVersionRecord {
         worker_id: worker_id.to_owned(),
         version: v.to_owned(),
@@ -34,22 +23,9 @@ fn version(
     }
 }
 
-async fn publish(
-    store: &Arc<dyn Store>,
-    id: &str,
-    name: &str,
-    description: &str,
-    tags: &[&str],
-    t: i64,
-) {
-    store
-        .insert_worker(&worker(id, name, t))
-        .await
-        .expect("insert worker");
-    store
-        .insert_worker_version(&version(id, "1.0.0", description, tags, t))
-        .await
-        .expect("insert version");
+async fn publish(store: &Arc<dyn Store>, id: &str, name: &str, description: &str, tags: &[&str], t: i64) {
+    store.insert_worker(&worker(id, name, t)).await.expect("insert worker");
+    store.insert_worker_version(&version(id, "1.0.0", description, tags, t)).await.expect("insert version");
 }
 
 fn names(hits: &[(WorkerRecord, WorkerVersionRecord, f64)]) -> Vec<&str> {
@@ -62,187 +38,65 @@ async fn worker_round_trip_and_unique_name() {
     let w = worker("wkr_1", "shell-quote", 0);
     db.store.insert_worker(&w).await.expect("insert");
     assert_eq!(db.store.get_worker("wkr_1").await.expect("get"), w);
-    assert_eq!(
-        db.store
-            .get_worker_by_name("shell-quote")
-            .await
-            .expect("by name"),
-        w
-    );
-    let dup = db
-        .store
-        .insert_worker(&worker("wkr_2", "shell-quote", 1))
-        .await;
+    assert_eq!(db.store.get_worker_by_name("shell-quote").await.expect("by name"), w);
+    let dup = db.store.insert_worker(&worker("wkr_2", "shell-quote", 1)).await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
-    assert!(matches!(
-        db.store.get_worker("wkr_2").await,
-        Err(StoreError::NotFound)
-    ));
-    assert!(matches!(
-        db.store.get_worker_by_name("nope").await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.get_worker("wkr_2").await, Err(StoreError::NotFound)));
+    assert!(matches!(db.store.get_worker_by_name("nope").await, Err(StoreError::NotFound)));
 }
 
 #[tokio::test]
 async fn versions_are_immutable_and_listed_newest_first() {
     let db = file_store().await;
-    db.store
-        .insert_worker(&worker("wkr_1", "fmt", 0))
-        .await
-        .expect("worker");
+    db.store.insert_worker(&worker("wkr_1", "fmt", 0)).await.expect("worker");
     let v1 = version("wkr_1", "1.0.0", "first", &["a"], 1);
     let v2 = version("wkr_1", "1.1.0", "second", &["a", "b"], 2);
     db.store.insert_worker_version(&v1).await.expect("v1");
     db.store.insert_worker_version(&v2).await.expect("v2");
 
-    let again = db
-        .store
-        .insert_worker_version(&version("wkr_1", "1.0.0", "changed!", &[], 3))
-        .await;
+    let again = db.store.insert_worker_version(&version("wkr_1", "1.0.0", "changed!", &[], 3)).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
-    let missing = db
-        .store
-        .insert_worker_version(&version("wkr_ghost", "1.0.0", "x", &[], 3))
-        .await;
+    let missing = db.store.insert_worker_version(&version("wkr_ghost", "1.0.0", "x", &[], 3)).await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 
-    assert_eq!(
-        db.store.list_worker_versions("wkr_1").await.expect("list"),
-        [v2, v1]
-    );
-    assert!(db
-        .store
-        .list_worker_versions("wkr_ghost")
-        .await
-        .expect("none")
-        .is_empty());
+    assert_eq!(db.store.list_worker_versions("wkr_1").await.expect("list"), [v2, v1]);
+    assert!(db.store.list_worker_versions("wkr_ghost").await.expect("none").is_empty());
 }
 
 #[tokio::test]
 async fn search_finds_and_ranks_by_relevance() {
     let db = file_store().await;
-    publish(
-        &db.store,
-        "wkr_q",
-        "shell-escape",
-        "Safe quoting of shell arguments",
-        &["shell"],
-        1,
-    )
-    .await;
-    publish(
-        &db.store,
-        "wkr_j",
-        "json-fmt",
-        "Pretty prints JSON documents",
-        &["json", "fmt"],
-        2,
-    )
-    .await;
-    publish(
-        &db.store,
-        "wkr_c",
-        "csv-tool",
-        "Converts spreadsheets",
-        &["data"],
-        3,
-    )
-    .await;
-    publish(
-        &db.store,
-        "wkr_x",
-        "exporter",
-        "Writes csv and json files",
-        &["data"],
-        4,
-    )
-    .await;
+    publish(&db.store, "wkr_q", "shell-escape", "Safe quoting of shell arguments", &["shell"], 1).await;
+    publish(&db.store, "wkr_j", "json-fmt", "Pretty prints JSON documents", &["json", "fmt"], 2).await;
+    publish(&db.store, "wkr_c", "csv-tool", "Converts spreadsheets", &["data"], 3).await;
+    publish(&db.store, "wkr_x", "exporter", "Writes csv and json files", &["data"], 4).await;
 
-    let hits = db
-        .store
-        .search_workers(Some("quoting"), None, 10)
-        .await
-        .expect("search");
+    let hits = db.store.search_workers(Some("quoting"), None, 10).await.expect("search");
     assert_eq!(names(&hits), ["shell-escape"]);
     assert!(hits[0].2 > 0.0, "relevance is positive: {}", hits[0].2);
     assert_eq!(hits[0].1.version, "1.0.0");
     assert_eq!(hits[0].1.description, "Safe quoting of shell arguments");
 
     // Stemming and prefixes: "quote" and "quot" reach "quoting".
-    assert_eq!(
-        names(
-            &db.store
-                .search_workers(Some("quote"), None, 10)
-                .await
-                .expect("stem")
-        ),
-        ["shell-escape"]
-    );
-    assert_eq!(
-        names(
-            &db.store
-                .search_workers(Some("QUOT"), None, 10)
-                .await
-                .expect("prefix")
-        ),
-        ["shell-escape"]
-    );
+    assert_eq!(names(&db.store.search_workers(Some("quote"), None, 10).await.expect("stem")), ["shell-escape"]);
+    assert_eq!(names(&db.store.search_workers(Some("QUOT"), None, 10).await.expect("prefix")), ["shell-escape"]);
 
     // Any word suffices; the worker matching it in its name ranks above a description match.
-    let hits = db
-        .store
-        .search_workers(Some("csv"), None, 10)
-        .await
-        .expect("csv");
+    let hits = db.store.search_workers(Some("csv"), None, 10).await.expect("csv");
     assert_eq!(names(&hits), ["csv-tool", "exporter"]);
     assert!(hits[0].2 > hits[1].2);
-    let hits = db
-        .store
-        .search_workers(Some("quoting json"), None, 10)
-        .await
-        .expect("either");
+    let hits = db.store.search_workers(Some("quoting json"), None, 10).await.expect("either");
     let mut found = names(&hits);
     found.sort_unstable();
     assert_eq!(found, ["exporter", "json-fmt", "shell-escape"]);
 
     // Tags are searched too, and filter exactly.
-    assert_eq!(
-        names(
-            &db.store
-                .search_workers(Some("fmt"), None, 10)
-                .await
-                .expect("tag word")
-        ),
-        ["json-fmt"]
-    );
-    let data = db
-        .store
-        .search_workers(Some("csv"), Some("data"), 10)
-        .await
-        .expect("filter");
+    assert_eq!(names(&db.store.search_workers(Some("fmt"), None, 10).await.expect("tag word")), ["json-fmt"]);
+    let data = db.store.search_workers(Some("csv"), Some("data"), 10).await.expect("filter");
     assert_eq!(names(&data), ["csv-tool", "exporter"]);
-    assert!(db
-        .store
-        .search_workers(Some("csv"), Some("dat"), 10)
-        .await
-        .expect("exact")
-        .is_empty());
-    assert_eq!(
-        names(
-            &db.store
-                .search_workers(Some("csv"), None, 1)
-                .await
-                .expect("limit")
-        ),
-        ["csv-tool"]
-    );
-    assert!(db
-        .store
-        .search_workers(Some("nothing-like-this"), None, 10)
-        .await
-        .expect("miss")
-        .is_empty());
+    assert!(db.store.search_workers(Some("csv"), Some("dat"), 10).await.expect("exact").is_empty());
+    assert_eq!(names(&db.store.search_workers(Some("csv"), None, 1).await.expect("limit")), ["csv-tool"]);
+    assert!(db.store.search_workers(Some("nothing-like-this"), None, 10).await.expect("miss").is_empty());
 }
 
 #[tokio::test]
@@ -251,15 +105,9 @@ async fn empty_query_lists_by_recency_and_skips_unpublished() {
     publish(&db.store, "wkr_a", "alpha", "first", &["x"], 1).await;
     publish(&db.store, "wkr_b", "beta", "second", &["y"], 2).await;
     publish(&db.store, "wkr_c", "gamma", "third", &["x"], 3).await;
-    db.store
-        .insert_worker(&worker("wkr_n", "no-versions", 4))
-        .await
-        .expect("bare worker");
+    db.store.insert_worker(&worker("wkr_n", "no-versions", 4)).await.expect("bare worker");
     // A new version of alpha makes it the most recent.
-    db.store
-        .insert_worker_version(&version("wkr_a", "2.0.0", "first, again", &["x"], 5))
-        .await
-        .expect("v2");
+    db.store.insert_worker_version(&version("wkr_a", "2.0.0", "first, again", &["x"], 5)).await.expect("v2");
 
     for q in [None, Some(""), Some("   "), Some("*"), Some("\"")] {
         let hits = db.store.search_workers(q, None, 10).await.expect("list");
@@ -267,100 +115,34 @@ async fn empty_query_lists_by_recency_and_skips_unpublished() {
         assert!(hits.iter().all(|(_, _, rank)| *rank == 0.0));
         assert_eq!(hits[0].1.version, "2.0.0", "the latest version is returned");
     }
-    let x = db
-        .store
-        .search_workers(None, Some("x"), 10)
-        .await
-        .expect("tag");
+    let x = db.store.search_workers(None, Some("x"), 10).await.expect("tag");
     assert_eq!(names(&x), ["alpha", "gamma"]);
-    assert_eq!(
-        names(&db.store.search_workers(None, None, 2).await.expect("limit")),
-        ["alpha", "gamma"]
-    );
-    assert!(db
-        .store
-        .search_workers(None, None, 0)
-        .await
-        .expect("zero")
-        .is_empty());
+    assert_eq!(names(&db.store.search_workers(None, None, 2).await.expect("limit")), ["alpha", "gamma"]);
+    assert!(db.store.search_workers(None, None, 0).await.expect("zero").is_empty());
 }
 
 #[tokio::test]
 async fn latest_version_drives_search_and_tags() {
     let db = file_store().await;
     publish(&db.store, "wkr_1", "tool", "handles yaml", &["old-tag"], 1).await;
-    db.store
-        .insert_worker_version(&version("wkr_1", "2.0.0", "handles toml", &["new-tag"], 5))
-        .await
-        .expect("v2");
+    db.store.insert_worker_version(&version("wkr_1", "2.0.0", "handles toml", &["new-tag"], 5)).await.expect("v2");
     // Back-filling an older version does not replace the latest one.
-    db.store
-        .insert_worker_version(&version("wkr_1", "1.5.0", "handles xml", &["mid-tag"], 3))
-        .await
-        .expect("v1.5");
+    db.store.insert_worker_version(&version("wkr_1", "1.5.0", "handles xml", &["mid-tag"], 3)).await.expect("v1.5");
 
-    assert_eq!(
-        names(
-            &db.store
-                .search_workers(Some("toml"), None, 10)
-                .await
-                .expect("toml")
-        ),
-        ["tool"]
-    );
-    assert!(db
-        .store
-        .search_workers(Some("yaml"), None, 10)
-        .await
-        .expect("yaml")
-        .is_empty());
-    assert!(db
-        .store
-        .search_workers(Some("xml"), None, 10)
-        .await
-        .expect("xml")
-        .is_empty());
-    assert_eq!(
-        names(
-            &db.store
-                .search_workers(None, Some("new-tag"), 10)
-                .await
-                .expect("new")
-        ),
-        ["tool"]
-    );
-    assert!(db
-        .store
-        .search_workers(None, Some("old-tag"), 10)
-        .await
-        .expect("old")
-        .is_empty());
-    assert!(db
-        .store
-        .search_workers(None, Some("mid-tag"), 10)
-        .await
-        .expect("mid")
-        .is_empty());
-    let hit = &db
-        .store
-        .search_workers(Some("tool"), None, 10)
-        .await
-        .expect("name")[0];
+    assert_eq!(names(&db.store.search_workers(Some("toml"), None, 10).await.expect("toml")), ["tool"]);
+    assert!(db.store.search_workers(Some("yaml"), None, 10).await.expect("yaml").is_empty());
+    assert!(db.store.search_workers(Some("xml"), None, 10).await.expect("xml").is_empty());
+    assert_eq!(names(&db.store.search_workers(None, Some("new-tag"), 10).await.expect("new")), ["tool"]);
+    assert!(db.store.search_workers(None, Some("old-tag"), 10).await.expect("old").is_empty());
+    assert!(db.store.search_workers(None, Some("mid-tag"), 10).await.expect("mid").is_empty());
+    let hit = &db.store.search_workers(Some("tool"), None, 10).await.expect("name")[0];
     assert_eq!(hit.1.version, "2.0.0");
 }
 
 #[tokio::test]
 async fn hostile_queries_never_error() {
     let db = file_store().await;
-    publish(
-        &db.store,
-        "wkr_q",
-        "shell-escape",
-        "Safe quoting of shell arguments",
-        &["shell"],
-        1,
-    )
-    .await;
+    publish(&db.store, "wkr_q", "shell-escape", "Safe quoting of shell arguments", &["shell"], 1).await;
     let long = "a ".repeat(5000);
     let hostile = [
         "\"foo",
@@ -394,11 +176,7 @@ async fn hostile_queries_never_error() {
         assert!(got.is_ok(), "q={q:?}: {got:?}");
     }
     // Syntax characters around a real word are ignored, the word still matches.
-    let hits = db
-        .store
-        .search_workers(Some("\"shell*"), None, 5)
-        .await
-        .expect("quoted");
+    let hits = db.store.search_workers(Some("\"shell*"), None, 5).await.expect("quoted");
     assert_eq!(names(&hits), ["shell-escape"]);
     db.store.get_worker("wkr_q").await.expect("table intact");
 }

@@ -9,18 +9,12 @@ use std::time::{Duration, Instant};
 fn cloudterm() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cloudterm"));
     // A clean environment: no CLOUDTERM_* from the developer's shell leaks in.
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
     command
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// A `cloudterm serve` child, killed on drop.
@@ -49,15 +43,10 @@ fn serve(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
         command.env(name, value);
     }
     let child = command.spawn().expect("spawn serve");
-    let served = Served {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
+    let served = Served { child, base: format!("http://127.0.0.1:{port}") };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if reqwest::blocking::get(format!("{}/health", served.base))
-            .is_ok_and(|r| r.status() == 200)
-        {
+        if reqwest::blocking::get(format!("{}/health", served.base)).is_ok_and(|r| r.status() == 200) {
             return served;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -71,36 +60,15 @@ fn serve_with_no_configuration_then_token_then_me() {
     let served = serve(home.path(), &[], &[]);
     // The embedded default puts everything under ~/.local/share/cloudterm.
     let data_dir = home.path().join(".local/share/cloudterm");
-    assert!(
-        data_dir.join("cloudterm.db").is_file(),
-        "sqlite store in the data dir"
-    );
-    assert!(
-        data_dir.join("identity/dev-ed25519.pk8").is_file(),
-        "dev key in the data dir"
-    );
-    assert!(
-        data_dir.join("snapshots").is_dir(),
-        "local snapshot storage in the data dir"
-    );
+    assert!(data_dir.join("cloudterm.db").is_file(), "sqlite store in the data dir");
+    assert!(data_dir.join("identity/dev-ed25519.pk8").is_file(), "dev key in the data dir");
+    assert!(data_dir.join("snapshots").is_dir(), "local snapshot storage in the data dir");
 
-    let output = cloudterm()
-        .env("HOME", home.path())
-        .args(["token", "alice"])
-        .output()
-        .expect("token");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = cloudterm().env("HOME", home.path()).args(["token", "alice"]).output().expect("token");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).expect("utf8");
     let token = stdout.trim_end_matches('\n');
-    assert_eq!(
-        token.matches('.').count(),
-        2,
-        "stdout is the JWT and nothing else: {stdout:?}"
-    );
+    assert_eq!(token.matches('.').count(), 2, "stdout is the JWT and nothing else: {stdout:?}");
     assert!(!token.contains(char::is_whitespace));
 
     let me: serde_json::Value = reqwest::blocking::Client::new()
@@ -129,8 +97,7 @@ fn serve_logs_where_it_listens_which_runtime_and_how_to_get_a_token() {
     }
     let log = lines.join("\n");
     for line in &lines {
-        serde_json::from_str::<serde_json::Value>(line)
-            .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
     }
     assert!(log.contains(&served.base.replace("http://", "")), "{log}");
     assert!(log.contains("\"runtime\""), "{log}");
@@ -142,10 +109,7 @@ fn serve_logs_where_it_listens_which_runtime_and_how_to_get_a_token() {
 fn sigterm_shuts_down_cleanly() {
     let home = tempfile::tempdir().expect("home");
     let mut served = serve(home.path(), &[], &[]);
-    let sent = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .expect("kill");
+    let sent = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().expect("kill");
     assert!(sent.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -153,10 +117,7 @@ fn sigterm_shuts_down_cleanly() {
             assert!(status.success(), "exit status after SIGTERM: {status}");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "still running 10 s after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "still running 10 s after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -165,33 +126,17 @@ fn sigterm_shuts_down_cleanly() {
 fn a_bad_setting_stops_start_up_with_the_key_named() {
     let home = tempfile::tempdir().expect("home");
     let config = home.path().join("cloudterm.toml");
-    std::fs::write(
-        &config,
-        "[http]\nrequest_timeout_seconds = 30\nmax_body_bites = 1\n",
-    )
-    .expect("write");
-    let output = cloudterm()
-        .env("HOME", home.path())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .expect("serve");
+    std::fs::write(&config, "[http]\nrequest_timeout_seconds = 30\nmax_body_bites = 1\n").expect("write");
+    let output = cloudterm().env("HOME", home.path()).args(["serve", "--config"]).arg(&config).output().expect("serve");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_body_bites"), "{stderr}");
 
-    let output = cloudterm()
-        .env("HOME", home.path())
-        .env("CLOUDTERM_RUNTIME", "docker")
-        .arg("serve")
-        .output()
-        .expect("serve");
+    let output =
+        cloudterm().env("HOME", home.path()).env("CLOUDTERM_RUNTIME", "docker").arg("serve").output().expect("serve");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("CLOUDTERM_RUNTIME") && stderr.contains("runtime.kind"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("CLOUDTERM_RUNTIME") && stderr.contains("runtime.kind"), "{stderr}");
 }
 
 #[test]
@@ -201,10 +146,7 @@ fn a_config_file_and_environment_are_honoured() {
     let config = home.path().join("cloudterm.toml");
     std::fs::write(
         &config,
-        format!(
-            "data_dir = {:?}\n[auth]\nprincipal_claim = \"sub\"\n",
-            data_dir.display().to_string()
-        ),
+        format!("data_dir = {:?}\n[auth]\nprincipal_claim = \"sub\"\n", data_dir.display().to_string()),
     )
     .expect("write");
     let served = serve(
@@ -212,23 +154,12 @@ fn a_config_file_and_environment_are_honoured() {
         &["--config", config.to_str().expect("utf8")],
         &[("CLOUDTERM_METRICS_REQUIRE_AUTH", "true")],
     );
-    assert!(
-        data_dir.join("cloudterm.db").is_file(),
-        "data_dir from the file"
-    );
+    assert!(data_dir.join("cloudterm.db").is_file(), "data_dir from the file");
     let metrics = reqwest::blocking::get(format!("{}/metrics", served.base)).expect("metrics");
-    assert_eq!(
-        metrics.status(),
-        401,
-        "metrics.require_auth from the environment"
-    );
+    assert_eq!(metrics.status(), 401, "metrics.require_auth from the environment");
     // `token` finds the same data dir through the same config file.
-    let output = cloudterm()
-        .env("HOME", home.path())
-        .args(["token", "bob", "--config"])
-        .arg(&config)
-        .output()
-        .expect("token");
+    let output =
+        cloudterm().env("HOME", home.path()).args(["token", "bob", "--config"]).arg(&config).output().expect("token");
     let token = String::from_utf8(output.stdout).expect("utf8");
     let me = reqwest::blocking::Client::new()
         .get(format!("{}/me", served.base))
@@ -240,10 +171,7 @@ fn a_config_file_and_environment_are_honoured() {
 
 #[test]
 fn serve_help_documents_every_setting() {
-    let output = cloudterm()
-        .args(["serve", "--help"])
-        .output()
-        .expect("help");
+    let output = cloudterm().args(["serve", "--help"]).output().expect("help");
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).expect("utf8");
     for needle in [
@@ -268,18 +196,11 @@ fn serve_help_documents_every_setting() {
 #[test]
 fn token_refuses_bad_input_clearly() {
     let home = tempfile::tempdir().expect("home");
-    let output = cloudterm()
-        .env("HOME", home.path())
-        .args(["token", "alice", "--ttl", "forever"])
-        .output()
-        .expect("token");
+    let output =
+        cloudterm().env("HOME", home.path()).args(["token", "alice", "--ttl", "forever"]).output().expect("token");
     assert!(!output.status.success());
     assert!(output.stdout.is_empty(), "nothing on stdout when it fails");
-    let output = cloudterm()
-        .env("HOME", home.path())
-        .args(["token", "al\u{7}ice"])
-        .output()
-        .expect("token");
+    let output = cloudterm().env("HOME", home.path()).args(["token", "al\u{7}ice"]).output().expect("token");
     assert!(!output.status.success());
     assert!(output.stdout.is_empty());
 }
