@@ -36,6 +36,8 @@ pub struct App {
     pub principals: PrincipalService,
     /// Sandboxes.
     pub sandboxes: SandboxService,
+    /// Where the runtime keeps per-sandbox state.
+    pub runtime_state_root: std::path::PathBuf,
     /// Prometheus metrics.
     pub metrics: Metrics,
 }
@@ -49,6 +51,12 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// A new instance of the sandbox runtime over the same state, for tools that must act on
+    /// sandboxes from another async runtime (test clean-up, maintenance commands).
+    pub fn fresh_runtime(&self) -> anyhow::Result<Arc<dyn Runtime>> {
+        build_runtime(&self.config, &self.runtime, self.runtime_state_root.clone())
+    }
+
     /// Opens every port the config names: store (migrations run here), blob storage, the
     /// runtime choice and identity.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
@@ -78,6 +86,7 @@ impl AppState {
         let principals = PrincipalService::new(store.clone());
         let state_root = runtime_state_dir(&config, runtime.kind)?;
         let sandbox_runtime = build_runtime(&config, &runtime, state_root.clone())?;
+        let state_root_for_app = state_root.clone();
         let sandboxes = SandboxService::new(store.clone(), sandbox_runtime, sandbox_settings(&config, state_root)?);
         let recovered = sandboxes.recover().await.map_err(|err| anyhow::anyhow!("cannot recover sandboxes: {err}"))?;
         if recovered != Default::default() {
@@ -92,6 +101,7 @@ impl AppState {
             dev_issuer,
             principals,
             sandboxes,
+            runtime_state_root: state_root_for_app,
             metrics: Metrics::new(),
         })))
     }

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 /// the directory.
 pub struct TestServer {
     running: Option<RunningServer>,
-    data_dir: TempDir,
+    data_dir: Option<TempDir>,
 }
 
 impl TestServer {
@@ -60,7 +60,7 @@ impl TestServer {
         }
         let state = AppState::build(config).await.expect("server state builds");
         let running = cloudterm_server::start(state).await.expect("server starts");
-        TestServer { running: Some(running), data_dir }
+        TestServer { running: Some(running), data_dir: Some(data_dir) }
     }
 
     fn running(&self) -> &RunningServer {
@@ -89,7 +89,7 @@ impl TestServer {
 
     /// The data directory.
     pub fn data_dir(&self) -> &std::path::Path {
-        self.data_dir.path()
+        self.data_dir.as_ref().expect("data dir").path()
     }
 
     /// A dev-issuer token for `principal`, valid for an hour.
@@ -104,8 +104,7 @@ impl TestServer {
         if let Some(running) = self.running.take() {
             running.shutdown().await.expect("clean shutdown");
         }
-        let TestServer { data_dir, .. } = self;
-        data_dir
+        self.data_dir.take().expect("data dir")
     }
 
     /// Starts a new server on a data directory a previous server used.
@@ -115,5 +114,29 @@ impl TestServer {
         config.runtime.kind = "process".into();
         adjust(&mut config);
         TestServer::start_config(config, data_dir).await
+    }
+}
+
+impl Drop for TestServer {
+    /// Stops the server and every sandbox it started, so no test leaves processes, mounts or
+    /// cgroups behind (sandboxes otherwise outlive their server on purpose). The sandboxes are
+    /// stopped through a fresh runtime instance on a thread of its own, because the test's
+    /// async runtime is blocked in this drop.
+    fn drop(&mut self) {
+        let Some(running) = self.running.take() else { return };
+        let state = running.state.clone();
+        drop(running);
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                let Ok(sandbox_runtime) = state.fresh_runtime() else { return };
+                for id in sandbox_runtime.list().await.unwrap_or_default() {
+                    if let Err(err) = sandbox_runtime.stop(&id).await {
+                        eprintln!("test clean-up: cannot stop sandbox {id}: {err}");
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }

@@ -10,6 +10,8 @@ use cloudterm_identity::DevIssuer;
 use cloudterm_server::config::settings_help;
 use cloudterm_server::{Config, Overrides};
 
+mod image;
+
 /// Self-hosted cloud terminals: isolated sandboxes, workspaces and snapshots over HTTP.
 #[derive(Parser)]
 #[command(name = "cloudterm", version, propagate_version = true)]
@@ -48,6 +50,20 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// How to make a sandbox image (a root file system directory), and `check DIR`.
+    Image {
+        #[command(subcommand)]
+        action: Option<ImageAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Check that DIR can serve as a sandbox image.
+    Check {
+        /// The image directory.
+        dir: PathBuf,
+    },
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -74,6 +90,19 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve { config, data_dir, listen } => serve(config, Overrides { data_dir, listen }),
         Command::Token { principal, ttl, config, data_dir } => token(&principal, ttl, config, data_dir),
+        Command::Image { action: None } => {
+            print!("{}", image::GUIDE);
+            Ok(())
+        }
+        Command::Image { action: Some(ImageAction::Check { dir }) } => match image::check(&dir) {
+            Ok(seen) => {
+                println!("{} can serve as an image:\n  {}", dir.display(), seen.join("\n  "));
+                Ok(())
+            }
+            Err(problems) => {
+                Err(anyhow::anyhow!("{} is not a usable image:\n  {}", dir.display(), problems.join("\n  ")))
+            }
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ mod auth_dev;
 mod auth_idp;
 mod dependency_rules;
 mod health;
+mod isolation;
 mod listeners;
 mod plumbing;
 mod sandboxes;
