@@ -99,8 +99,10 @@ async fn wait_or_kill(
     tokio::select! {
         st = child.wait() => (st, false),
         () = sleep_opt(timeout) => {
-            let m = marker.to_owned();
-            let _ = tokio::task::spawn_blocking(move || procs::kill_tree(root, &m)).await;
+            // Inline, not `spawn_blocking`: at the sandbox's pids limit (a fork bomb is the
+            // usual reason for a timeout) no new thread can be made, and tokio would panic.
+            // The kill is a short /proc scan.
+            procs::kill_tree(root, marker);
             (child.wait().await, true)
         }
     }

@@ -320,8 +320,8 @@ pub async fn stop(state: Arc<State>, id: &str, q: Vec<(String, String)>) -> Resu
     let _ = killpg(pg, Signal::SIGCONT);
     let ended = tokio::time::timeout(Duration::from_millis(grace), rx.wait_for(|p| p.1)).await.is_ok();
     if !ended {
-        let (pid, marker) = (job.pid, job.marker.clone());
-        let _ = tokio::task::spawn_blocking(move || procs::kill_tree(pid, &marker)).await;
+        // Inline: no new thread may be possible at the pids limit (see exec.rs).
+        procs::kill_tree(job.pid, &job.marker);
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|p| p.1)).await;
     }
     Ok(json_response(StatusCode::OK, &job.info()))

@@ -254,11 +254,15 @@ impl Runtime for LinuxRuntime {
 
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxHandle, SandboxRuntimeError> {
         let request = self.start_request(spec)?;
+        let started = Instant::now();
         let (pid, socket) = match self.call(HelperRequest::Start(request)).await? {
             HelperResponse::Started { pid, socket, .. } => (pid, socket),
             other => return Err(Self::map_error(other, &spec.id)),
         };
-        if !wait_ready(&socket, Duration::from_millis(self.config.ready_timeout_ms)).await {
+        let helper_done = started.elapsed();
+        let ready = wait_ready(&socket, Duration::from_millis(self.config.ready_timeout_ms)).await;
+        tracing::debug!(sandbox = %spec.id, helper_ms = helper_done.as_millis() as u64, ready_ms = (started.elapsed() - helper_done).as_millis() as u64, "linux sandbox started");
+        if !ready {
             let log = log_tail(&spec.state_dir.join("agent.log"));
             let _ = self.stop(&spec.id).await;
             return Err(failed(format!(

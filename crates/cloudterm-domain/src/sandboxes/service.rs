@@ -134,9 +134,10 @@ impl SandboxService {
             Duration::from_secs(timeout_seconds),
             expires_at,
         );
-        let expires_at = live.touch();
+        // The stored deadline (creation + TTL) is within the start-up time of the live one;
+        // only keepalive rewrites it, which saves a synchronous write on every create.
+        live.touch();
         self.store.update_sandbox_state(&id, state::RUNNING, Utc::now()).await?;
-        self.store.update_sandbox_expiry(&id, expires_at, Utc::now()).await?;
         if let Ok(mut registry) = self.live.write() {
             registry.insert(id.clone(), live);
         }

@@ -330,7 +330,11 @@ impl Helper {
                 return Err(invalid(format!("image {} is not a directory", image.display())));
             }
         }
-        let rootfs = rootfs::assemble(req, &layout, image.as_deref(), agent, idmap.as_ref())?;
+        let phase = Instant::now();
+        let rootfs = rootfs::assemble(req, &layout, &self.options.root_dir, image.as_deref(), agent, idmap.as_ref())?;
+        if std::env::var_os("CLOUDTERM_HELPER_TIMING").is_some() {
+            eprintln!("helper timing: rootfs assembled in {:?}", phase.elapsed());
+        }
 
         let nofile_max = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(_, hard)| hard)
@@ -370,12 +374,23 @@ impl Helper {
             .as_init(layout.bundle())
             .with_systemd(false)
             .with_detach(!foreground);
+        let timing = std::env::var_os("CLOUDTERM_HELPER_TIMING").is_some();
+        let phase = Instant::now();
         let mut container = with_fd3(listener.as_raw_fd(), || builder.build())?
             .map_err(|err| lc_error("cannot create the container", err))?;
         drop(listener);
         let pid = container.pid().ok_or_else(|| anyhow!("the container has no pid"))?;
+        let created = phase.elapsed();
         bring_up_loopback(pid.as_raw())?;
+        let loopback = phase.elapsed();
         container.start().map_err(|err| lc_error("cannot start the container", err))?;
+        if timing {
+            eprintln!(
+                "helper timing: create {created:?}, loopback {:?}, start {:?}",
+                loopback - created,
+                phase.elapsed() - loopback
+            );
+        }
         Ok(pid.as_raw() as u32)
     }
 

@@ -98,9 +98,16 @@ fn write_identity(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyhow::Re
     Ok(())
 }
 
-/// The generated `/etc` of the default image: never the host's.
+/// The generated `/etc` of an image that has none: never the host's.
 fn write_generated_etc(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
     mkdir(etc, 0o755, idmap)?;
+    write_etc_base(etc, idmap)?;
+    write_identity(etc, id, idmap)
+}
+
+/// What every sandbox's generated `/etc` holds but its identity: users and groups, name
+/// service configuration, Debian's alternatives links and the loader cache.
+fn write_etc_base(etc: &Path, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
     let shell = if Path::new("/usr/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
     write_file(
         &etc.join("passwd"),
@@ -130,7 +137,6 @@ fn write_generated_etc(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyho
         0o644,
         idmap,
     )?;
-    write_identity(etc, id, idmap)?;
     // The os-release of the image the binaries come from, if it has one.
     if Path::new("/usr/lib/os-release").exists() {
         symlink("../usr/lib/os-release", etc.join("os-release"))?;
@@ -157,6 +163,48 @@ fn write_generated_etc(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyho
         chown_to(&path, idmap)?;
     }
     Ok(())
+}
+
+/// The shared, read-only base of the default image's `/etc`, built once under `template_root`
+/// and reused by every sandbox as the lower layer of its own `/etc` overlay. Writing the
+/// alternatives links and the loader cache for each sandbox cost tens of milliseconds of
+/// small-file I/O per start; an overlay costs one mount. The directory's name carries a
+/// digest of what it was built from, so a change on the host (new alternatives, a new loader
+/// cache) gets a new template.
+fn etc_template(template_root: &Path) -> anyhow::Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    if let Ok(entries) = fs::read_dir("/etc/alternatives") {
+        let mut links: Vec<(std::ffi::OsString, Option<PathBuf>)> =
+            entries.flatten().map(|e| (e.file_name(), fs::read_link(e.path()).ok())).collect();
+        links.sort();
+        links.hash(&mut hasher);
+    }
+    if let Ok(meta) = fs::metadata("/etc/ld.so.cache") {
+        meta.len().hash(&mut hasher);
+        meta.modified().ok().hash(&mut hasher);
+    }
+    Path::new("/usr/bin/bash").exists().hash(&mut hasher);
+    Path::new("/usr/lib/os-release").exists().hash(&mut hasher);
+    let dir = template_root.join(format!(".etc-template-{:016x}", hasher.finish()));
+    // Built in a staging directory and renamed into place, so it exists only when complete.
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    fs::create_dir_all(template_root)?;
+    let staging = template_root.join(format!(".etc-template-building-{}", std::process::id()));
+    let _ = remove_tree(&staging);
+    mkdir(&staging, 0o755, None)?;
+    write_etc_base(&staging, None)?;
+    match fs::rename(&staging, &dir) {
+        Ok(()) => Ok(dir),
+        // Another helper built it first.
+        Err(_) if dir.is_dir() => {
+            let _ = remove_tree(&staging);
+            Ok(dir)
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot install the /etc template at {}", dir.display())),
+    }
 }
 
 /// Makes `target` show `lower` read-only with a writable layer under `layer_dir`.
@@ -264,6 +312,7 @@ pub fn make_mountpoint(rootfs: &Path, rel: &Path, is_file: bool, idmap: Option<&
 pub fn assemble(
     req: &StartRequest,
     layout: &Layout,
+    template_root: &Path,
     image: Option<&Path>,
     agent_binary: &Path,
     idmap: Option<&IdMap<'_>>,
@@ -299,7 +348,10 @@ pub fn assemble(
                 mkdir(&rootfs.join(name), 0o755, idmap)?;
             }
             fs::set_permissions(rootfs.join("root"), fs::Permissions::from_mode(0o700))?;
-            write_generated_etc(&rootfs.join("etc"), &req.id, idmap)?;
+            let etc = rootfs.join("etc");
+            mkdir(&etc, 0o755, idmap)?;
+            overlay(&etc_template(template_root)?, &etc, &layout.layers().join("etc"), idmap)?;
+            write_identity(&etc, &req.id, idmap)?;
             for name in HOST_DIRS {
                 let host = Path::new("/").join(name);
                 let Ok(meta) = fs::symlink_metadata(&host) else { continue };
