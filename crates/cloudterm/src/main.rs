@@ -10,6 +10,7 @@ use cloudterm_identity::DevIssuer;
 use cloudterm_server::config::settings_help;
 use cloudterm_server::{Config, Overrides};
 
+mod client;
 mod image;
 
 /// Self-hosted cloud terminals: isolated sandboxes, workspaces and snapshots over HTTP.
@@ -50,10 +51,63 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Create, list and delete sandboxes on a running server (CLOUDTERM_URL, CLOUDTERM_TOKEN).
+    Sandbox {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: SandboxAction,
+    },
+    /// Run a command in a sandbox; prints its output and exits with its exit code.
+    Exec {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// The sandbox id.
+        sandbox: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
     /// How to make a sandbox image (a root file system directory), and `check DIR`.
     Image {
         #[command(subcommand)]
         action: Option<ImageAction>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Server URL.
+    #[arg(long, env = "CLOUDTERM_URL", default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// Bearer token (`cloudterm token NAME` mints one for a dev server).
+    #[arg(long, env = "CLOUDTERM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SandboxAction {
+    /// Create a sandbox and print its id.
+    Create {
+        /// Idle TTL in seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Memory limit in MiB.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Environment variable NAME=VALUE (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+    },
+    /// List your sandboxes.
+    Ls,
+    /// Delete a sandbox.
+    Rm {
+        /// The sandbox id.
+        sandbox: String,
     },
 }
 
@@ -90,6 +144,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve { config, data_dir, listen } => serve(config, Overrides { data_dir, listen }),
         Command::Token { principal, ttl, config, data_dir } => token(&principal, ttl, config, data_dir),
+        Command::Sandbox { server, action } => sandbox(server, action),
+        Command::Exec { server, timeout, sandbox, argv } => return exec(server, &sandbox, &argv, timeout),
         Command::Image { action: None } => {
             print!("{}", image::GUIDE);
             Ok(())
@@ -118,6 +174,65 @@ fn serve(config_file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<(
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(cloudterm_server::run(config))
+}
+
+fn sandbox(server: ServerArgs, action: SandboxAction) -> anyhow::Result<()> {
+    let client = client::Client::new(server.url, server.token)?;
+    match action {
+        SandboxAction::Create { timeout, memory, env } => {
+            let mut vars = serde_json::Map::new();
+            for pair in env {
+                let (name, value) =
+                    pair.split_once('=').with_context(|| format!("--env {pair:?} is not NAME=VALUE"))?;
+                vars.insert(name.to_string(), serde_json::Value::String(value.to_string()));
+            }
+            let mut body = serde_json::json!({ "env": vars });
+            if let Some(timeout) = timeout {
+                body["timeout_seconds"] = timeout.into();
+            }
+            if let Some(memory) = memory {
+                body["limits"] = serde_json::json!({ "memory_mb": memory });
+            }
+            let sandbox = client.create(body)?;
+            println!("{}", sandbox["id"].as_str().unwrap_or_default());
+        }
+        SandboxAction::Ls => {
+            println!("{:<26} {:<9} {:<8} {:<26} EXPIRES", "ID", "STATE", "RUNTIME", "WORKSPACE");
+            for sandbox in client.list()? {
+                println!(
+                    "{:<26} {:<9} {:<8} {:<26} {}",
+                    sandbox["id"].as_str().unwrap_or_default(),
+                    sandbox["state"].as_str().unwrap_or_default(),
+                    sandbox["runtime"].as_str().unwrap_or_default(),
+                    sandbox["workspace_id"].as_str().unwrap_or_default(),
+                    sandbox["expires_at"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        SandboxAction::Rm { sandbox } => client.delete(&sandbox)?,
+    }
+    Ok(())
+}
+
+/// Prints the command's output and returns its exit code as ours.
+fn exec(server: ServerArgs, sandbox: &str, argv: &[String], timeout: Option<f64>) -> ExitCode {
+    let outcome = client::Client::new(server.url, server.token).and_then(|client| client.exec(sandbox, argv, timeout));
+    match outcome {
+        Ok(result) => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(result["stdout"].as_str().unwrap_or_default().as_bytes());
+            let _ = std::io::stderr().write_all(result["stderr"].as_str().unwrap_or_default().as_bytes());
+            if result["timed_out"] == true {
+                eprintln!("cloudterm: the command timed out and was killed");
+            }
+            let code = result["exit_code"].as_i64().unwrap_or(1);
+            ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+        }
+        Err(err) => {
+            eprintln!("cloudterm: {err:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn token(

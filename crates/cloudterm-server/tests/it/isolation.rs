@@ -206,6 +206,36 @@ async fn host_mounts_come_only_from_the_allow_list_and_read_only(runtime: &str) 
     }
 }
 
+async fn the_agents_control_channel_is_unreachable_from_inside(runtime: &str) {
+    let Some((_server, api, id)) = start(runtime, |_| {}).await else { return };
+    // The agent's memory and file descriptors are closed to the sandbox's own root.
+    let result = api.sh(&id, "ls -l /proc/1/fd/ 2>&1 | head -3; cat /proc/1/environ 2>&1 | head -c 100").await;
+    let out = result["stdout"].as_str().unwrap_or_default();
+    assert!(!out.contains("socket:"), "the agent's fds are visible: {out}");
+    // No Unix socket the sandbox can see answers like the agent.
+    let probe = r#"python3 - <<'PY'
+import socket
+paths = set()
+for line in open('/proc/net/unix').read().splitlines()[1:]:
+    fields = line.split()
+    if len(fields) >= 8 and fields[7].startswith('/'):
+        paths.add(fields[7])
+for path in sorted(paths):
+    try:
+        s = socket.socket(socket.AF_UNIX); s.settimeout(1); s.connect(path)
+        s.sendall(b'GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n')
+        if b'protocol_version' in s.recv(4096):
+            print('AGENT-REACHED', path)
+    except OSError:
+        pass
+print('scanned', len(paths))
+PY"#;
+    let result = api.sh(&id, probe).await;
+    let out = result["stdout"].as_str().unwrap_or_default();
+    assert!(out.contains("scanned"), "{result}");
+    assert!(!out.contains("AGENT-REACHED"), "code inside reached the agent's control socket: {out}");
+}
+
 macro_rules! on_isolating_runtimes {
     ($($name:ident),* $(,)?) => {
         mod linux {
@@ -225,4 +255,5 @@ on_isolating_runtimes!(
     dot_dot_paths_resolve_inside_the_sandbox,
     the_cgroup_limits_cannot_be_raised_from_inside,
     host_mounts_come_only_from_the_allow_list_and_read_only,
+    the_agents_control_channel_is_unreachable_from_inside,
 );

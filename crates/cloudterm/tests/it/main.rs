@@ -204,3 +204,99 @@ fn token_refuses_bad_input_clearly() {
     assert!(!output.status.success());
     assert!(output.stdout.is_empty());
 }
+
+fn client(home: &Path, served: &Served, token: &str) -> Command {
+    let mut command = cloudterm();
+    command.env("HOME", home).env("CLOUDTERM_URL", &served.base).env("CLOUDTERM_TOKEN", token);
+    command
+}
+
+fn mint(home: &Path, principal: &str) -> String {
+    let output = cloudterm().env("HOME", home).args(["token", principal]).output().expect("token");
+    String::from_utf8(output.stdout).expect("utf8").trim().to_string()
+}
+
+#[test]
+fn sandbox_and_exec_commands_drive_a_server() {
+    let home = tempfile::tempdir().expect("home");
+    let served = serve(home.path(), &[], &[("CLOUDTERM_RUNTIME", "process")]);
+    let token = mint(home.path(), "alice");
+    let output =
+        client(home.path(), &served, &token).args(["sandbox", "create", "--env", "WHO=cli"]).output().expect("create");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let id = String::from_utf8(output.stdout).expect("utf8").trim().to_string();
+    assert!(id.starts_with("sbx_"), "{id:?}");
+
+    let output = client(home.path(), &served, &token)
+        .args(["exec", &id, "--", "sh", "-c", "echo hi $WHO; echo err >&2; exit 4"])
+        .output()
+        .expect("exec");
+    assert_eq!(output.status.code(), Some(4), "the command's exit code is ours");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi cli\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
+
+    let listed = client(home.path(), &served, &token).args(["sandbox", "ls"]).output().expect("ls");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&id));
+    let removed = client(home.path(), &served, &token).args(["sandbox", "rm", &id]).output().expect("rm");
+    assert!(removed.status.success());
+    let listed = client(home.path(), &served, &token).args(["sandbox", "ls"]).output().expect("ls");
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&id));
+
+    // Errors are clear and exit non-zero: unknown sandbox, no token.
+    let output = client(home.path(), &served, &token).args(["exec", "sbx_nope", "--", "true"]).output().expect("exec");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("404"));
+    let output = cloudterm()
+        .env("HOME", home.path())
+        .env("CLOUDTERM_URL", &served.base)
+        .args(["sandbox", "ls"])
+        .output()
+        .expect("ls");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("CLOUDTERM_TOKEN"));
+}
+
+#[test]
+fn sandboxes_survive_sigkill_of_serve_and_nothing_leaks() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    let runtime = if root { "linux" } else { "process" };
+    if !root && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true: this test must run as root to cover the linux runtime");
+    }
+    let home = tempfile::tempdir().expect("home");
+    let env = [("CLOUDTERM_RUNTIME", runtime)];
+    let mut served = serve(home.path(), &[], &env);
+    let token = mint(home.path(), "alice");
+    let output = client(home.path(), &served, &token).args(["sandbox", "create"]).output().expect("create");
+    let id = String::from_utf8(output.stdout).expect("utf8").trim().to_string();
+    assert!(id.starts_with("sbx_"), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = client(home.path(), &served, &token)
+        .args(["exec", &id, "--", "sh", "-c", "echo kept > /workspace/f"])
+        .output()
+        .expect("exec");
+    assert!(output.status.success());
+
+    // SIGKILL: no graceful anything.
+    served.child.kill().expect("kill -9");
+    served.child.wait().expect("reap");
+    let served = serve(home.path(), &[], &env);
+    let output =
+        client(home.path(), &served, &token).args(["exec", &id, "--", "cat", "/workspace/f"]).output().expect("exec");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "kept\n", "{}", String::from_utf8_lossy(&output.stderr));
+    let removed = client(home.path(), &served, &token).args(["sandbox", "rm", &id]).output().expect("rm");
+    assert!(removed.status.success());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(!mountinfo.contains(&id), "a mount of {id} was left");
+    let procs: Vec<String> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| {
+            std::fs::read_to_string(e.path().join("cgroup")).ok().zip(std::fs::read(e.path().join("cmdline")).ok())
+        })
+        .filter(|(cgroup, cmdline)| cgroup.contains(&id) || String::from_utf8_lossy(cmdline).contains(&id))
+        .map(|(cgroup, _)| cgroup)
+        .collect();
+    assert!(procs.is_empty(), "processes of {id} were left: {procs:?}");
+}
