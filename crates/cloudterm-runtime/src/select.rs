@@ -92,7 +92,7 @@ pub fn select(choice: RuntimeChoice) -> Result<Selection, RuntimeError> {
                     Ok(why) => {
                         let mut reason = format!("auto: {why}");
                         for skipped in &passed_over {
-                            reason.push_str(&format!("; not {skipped}"));
+                            reason.push_str(&format!("; passed over: {skipped}"));
                         }
                         return Ok(Selection { kind, reason });
                     }
