@@ -153,7 +153,12 @@ fn run(args: Args) -> Result<(), String> {
     let state_dir =
         args.state_dir.unwrap_or_else(|| std::env::temp_dir().join(format!(".cloudterm-agent-{}", std::process::id())));
     std::fs::create_dir_all(&state_dir).map_err(|e| format!("state dir {}: {e}", state_dir.display()))?;
-    let seccomp = if args.seccomp { Some(Arc::new(seccomp::build()?)) } else { None };
+    if args.seccomp {
+        let filters = seccomp::build()?;
+        // On the agent itself, before any thread exists, so every thread and every process it
+        // starts inherits the filter (and `no_new_privs`).
+        filters.apply().map_err(|e| format!("installing the seccomp filter: {e}"))?;
+    }
     let std_listener = match &args.listen {
         Listen::Fd(fd) => {
             // SAFETY: the runtime hands this fd over to us alone; nothing else owns it.
@@ -173,7 +178,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
     let state = Arc::new(State {
-        spawner: Arc::new(procs::Spawner::new(workspace, args.env, seccomp)),
+        spawner: Arc::new(procs::Spawner::new(workspace, args.env)),
         jobs: jobs::Jobs::default(),
         state_dir,
     });

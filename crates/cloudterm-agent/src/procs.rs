@@ -16,8 +16,6 @@ use std::sync::{Arc, Mutex};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use crate::seccomp::Filters;
-
 /// The marker variable set in every started process.
 pub const MARKER_VAR: &str = "CLOUDTERM_PROC";
 
@@ -31,8 +29,6 @@ pub struct Spawner {
     pub workspace: std::path::PathBuf,
     /// The sandbox's environment (`--env K=V`), over the base.
     pub sandbox_env: Vec<(String, String)>,
-    /// The seccomp filters, with `--seccomp`.
-    pub seccomp: Option<Arc<Filters>>,
     /// Process groups started and not yet ended: root pid → marker.
     pub live: Mutex<HashMap<i32, String>>,
     counter: AtomicU64,
@@ -41,13 +37,9 @@ pub struct Spawner {
 
 impl Spawner {
     /// A spawner.
-    pub fn new(
-        workspace: std::path::PathBuf,
-        sandbox_env: Vec<(String, String)>,
-        seccomp: Option<Arc<Filters>>,
-    ) -> Self {
+    pub fn new(workspace: std::path::PathBuf, sandbox_env: Vec<(String, String)>) -> Self {
         let user = user_name(nix::unistd::getuid().as_raw());
-        Self { workspace, sandbox_env, seccomp, live: Mutex::new(HashMap::new()), counter: AtomicU64::new(1), user }
+        Self { workspace, sandbox_env, live: Mutex::new(HashMap::new()), counter: AtomicU64::new(1), user }
     }
 
     /// A fresh marker value.
@@ -75,8 +67,15 @@ impl Spawner {
         env.into_iter().collect()
     }
 
-    /// A command for `argv` in `cwd`, in its own session, with the clean environment and,
-    /// with `--seccomp`, the filter. `ctty`: make stdin the controlling terminal.
+    /// A command for `argv` in `cwd` with the clean environment, in a process group of its
+    /// own; with `ctty` (a PTY) in a session of its own with stdin as controlling terminal.
+    ///
+    /// The seccomp filter is not installed here: the agent installs it on itself at start-up
+    /// (`--seccomp`), and every process it starts inherits it. That leaves plain commands
+    /// without a `pre_exec` closure, so std spawns them with `posix_spawn` (vfork) instead of
+    /// `fork`, which on this kind of VM halves the cost of a short exec. For the same reason
+    /// the program is looked up in the command's own `PATH` here: std falls back to `fork`
+    /// when it must search a `PATH` the child's environment overrides.
     pub fn command(
         &self,
         argv: &[String],
@@ -84,27 +83,28 @@ impl Spawner {
         env: &[(String, String)],
         ctty: bool,
     ) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..]).current_dir(cwd).env_clear();
+        let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
+        let mut cmd = tokio::process::Command::new(resolve_program(&argv[0], path));
+        cmd.arg0(&argv[0]).args(&argv[1..]).current_dir(cwd).env_clear();
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let seccomp = self.seccomp.clone();
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls: setsid, ioctl, prctl and seccomp (no allocation, no locks).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if ctty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(f) = &seccomp {
-                    f.apply()?;
-                }
-                Ok(())
-            });
+        if ctty {
+            // SAFETY: the closure runs in the forked child before exec and only makes
+            // async-signal-safe calls: setsid and ioctl (no allocation, no locks).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        } else {
+            cmd.process_group(0);
         }
         cmd
     }
@@ -213,6 +213,22 @@ pub fn signal_tree(root: i32, marker: &str, sig: Signal) -> u32 {
         let _ = kill(Pid::from_raw(*pid), sig);
     }
     pids.len() as u32
+}
+
+/// The executable `program` names: itself when it contains a `/`, else the first executable
+/// file of that name in `path`, else the bare name (so the spawn fails with "not found").
+pub fn resolve_program(program: &str, path: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return program.into();
+    }
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+            return candidate;
+        }
+    }
+    program.into()
 }
 
 /// Kills the whole tree with SIGKILL: stops it first (so nothing forks while it is scanned),
