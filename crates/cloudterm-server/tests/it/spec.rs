@@ -126,3 +126,19 @@ async fn docs_are_served_without_any_third_party_host() {
     assert_eq!(js.status(), 200);
     assert!(js.bytes().await.expect("js body").len() > 100_000);
 }
+
+#[test]
+fn the_checked_in_openapi_document_is_current() {
+    // docs/openapi.json is the contract SDKs are generated from; it must equal what the server
+    // serves. Regenerate with CLOUDTERM_UPDATE_OPENAPI=1 cargo test -p cloudterm-server --test it openapi
+    let generated = serde_json::to_string_pretty(&cloudterm_server::router::openapi()).expect("serialize") + "\n";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    if std::env::var_os("CLOUDTERM_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).expect("write docs/openapi.json");
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json is stale: regenerate it with CLOUDTERM_UPDATE_OPENAPI=1 cargo test -p cloudterm-server --test it openapi"
+    );
+}
