@@ -36,15 +36,22 @@ struct Prepared {
     cap: usize,
 }
 
-fn prepare(state: &State, req: &ExecRequest) -> Result<Prepared, ApiError> {
-    let argv = procs::argv_of(&req.argv, &req.command)?;
-    let cwd = match &req.cwd {
+/// The working directory a request names (absolute, or relative to the workspace), which must
+/// be an existing directory; the workspace when it names none.
+pub(crate) fn working_dir(state: &State, cwd: Option<&str>) -> Result<std::path::PathBuf, ApiError> {
+    let cwd = match cwd {
         Some(c) => crate::paths::resolve(&state.spawner.workspace, c)?,
         None => state.spawner.workspace.clone(),
     };
     if !cwd.is_dir() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_cwd", format!("{} is not a directory", cwd.display())));
     }
+    Ok(cwd)
+}
+
+fn prepare(state: &State, req: &ExecRequest) -> Result<Prepared, ApiError> {
+    let argv = procs::argv_of(&req.argv, &req.command)?;
+    let cwd = working_dir(state, req.cwd.as_deref())?;
     let stdin = match &req.stdin_base64 {
         Some(s) => Some(B64.decode(s).map_err(|e| ApiError::bad_request(format!("stdin_base64: {e}")))?),
         None => None,

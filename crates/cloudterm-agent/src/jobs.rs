@@ -147,13 +147,7 @@ impl Jobs {
 /// `POST /v1/jobs`.
 pub async fn start(state: Arc<State>, req: JobRequest) -> Result<Response<RespBody>, ApiError> {
     let argv = procs::argv_of(&req.argv, &req.command)?;
-    let cwd = match &req.cwd {
-        Some(c) => crate::paths::resolve(&state.spawner.workspace, c)?,
-        None => state.spawner.workspace.clone(),
-    };
-    if !cwd.is_dir() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_cwd", format!("{} is not a directory", cwd.display())));
-    }
+    let cwd = crate::exec::working_dir(&state, req.cwd.as_deref())?;
     let internal = |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
     let id = format!("job_{}", procs::random_hex(8));
     let dir = state.state_dir.join("jobs");

@@ -159,14 +159,7 @@ async fn dot_dot_paths_resolve_inside_the_sandbox(runtime: &str) {
         "x",
         "the write stays inside the sandbox's own /tmp"
     );
-    let body = api
-        .raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/..%2F..%2F..%2Fetc%2Fhostname"))
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("text");
+    let body = api.text(&format!("/sandboxes/{id}/files/..%2F..%2F..%2Fetc%2Fhostname")).await;
     assert!(body.contains(&id), "../etc/hostname is not the sandbox's own: {body}");
 }
 

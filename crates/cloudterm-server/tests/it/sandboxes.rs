@@ -46,6 +46,11 @@ impl Api {
         self.exec(id, json!({ "command": command })).await
     }
 
+    /// GET a raw (non-JSON) body as text.
+    pub async fn text(&self, path: &str) -> String {
+        self.raw(reqwest::Method::GET, path).send().await.expect("get").text().await.expect("text")
+    }
+
     pub fn raw(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }
@@ -205,14 +210,7 @@ async fn files_round_trip_streamed_and_paths_stay_inside(runtime: &str) {
         .await;
     assert_eq!(status, 201, "{written}");
     assert_eq!(written["size"], 5);
-    let text = api
-        .raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/notes/a.txt"))
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("text");
+    let text = api.text(&format!("/sandboxes/{id}/files/notes/a.txt")).await;
     assert_eq!(text, "hello");
     let (status, _) = api
         .call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "bin.dat", "content_base64": "AAEC/w=="})))
@@ -281,14 +279,7 @@ async fn background_jobs_outlive_their_request(runtime: &str) {
     assert_eq!(status, 201, "{job}");
     assert_eq!(job["state"], "running");
     let job_id = job["job_id"].as_str().expect("job id").to_string();
-    let followed = api
-        .raw(reqwest::Method::GET, &format!("/sandboxes/{id}/background/{job_id}/logs?follow=true"))
-        .send()
-        .await
-        .expect("logs")
-        .text()
-        .await
-        .expect("text");
+    let followed = api.text(&format!("/sandboxes/{id}/background/{job_id}/logs?follow=true")).await;
     assert_eq!(followed, "tick 1\ntick 2\ntick 3\n");
     let (_, jobs) = api.call("GET", &format!("/sandboxes/{id}/background"), None).await;
     assert_eq!(jobs["jobs"][0]["state"], "exited");
