@@ -46,6 +46,11 @@ impl Api {
         self.exec(id, json!({ "command": command })).await
     }
 
+    /// GET a raw body as bytes.
+    pub async fn bytes(&self, path: &str) -> Vec<u8> {
+        self.raw(reqwest::Method::GET, path).send().await.expect("get").bytes().await.expect("bytes").to_vec()
+    }
+
     /// GET a raw (non-JSON) body as text.
     pub async fn text(&self, path: &str) -> String {
         self.raw(reqwest::Method::GET, path).send().await.expect("get").text().await.expect("text")
@@ -216,15 +221,8 @@ async fn files_round_trip_streamed_and_paths_stay_inside(runtime: &str) {
         .call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "bin.dat", "content_base64": "AAEC/w=="})))
         .await;
     assert_eq!(status, 201);
-    let bytes = api
-        .raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/bin.dat"))
-        .send()
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes");
-    assert_eq!(bytes.as_ref(), &[0u8, 1, 2, 255]);
+    let bytes = api.bytes(&format!("/sandboxes/{id}/files/bin.dat")).await;
+    assert_eq!(bytes, [0u8, 1, 2, 255]);
 
     // 24 MiB up and down, streamed, byte-identical.
     let big: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
@@ -235,15 +233,8 @@ async fn files_round_trip_streamed_and_paths_stay_inside(runtime: &str) {
         .await
         .expect("put");
     assert_eq!(response.status(), 201);
-    let back = api
-        .raw(reqwest::Method::GET, &format!("/sandboxes/{id}/files/big/blob.bin"))
-        .send()
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("bytes");
-    assert!(back.as_ref() == big.as_slice(), "downloaded bytes differ");
+    let back = api.bytes(&format!("/sandboxes/{id}/files/big/blob.bin")).await;
+    assert!(back == big, "downloaded bytes differ");
 
     let (status, listing) = api.call("GET", &format!("/sandboxes/{id}/files?path=notes"), None).await;
     assert_eq!(status, 200);
