@@ -25,7 +25,9 @@ export CLOUDTERM_URL="http://127.0.0.1:$PORT"
 export CLOUDTERM_TOKEN=$("$BIN/cloudterm" token bench --data-dir "$DATA")
 
 echo "runtime: $RUNTIME, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-"$BIN/cloudterm-bench" create --n "$N"
+sleep 1 # let the warm pool fill
+"$BIN/cloudterm-bench" create --n "$N" --pace-ms 100 --label "cloudterm sandbox, one create every 100 ms (warm pool)"
+"$BIN/cloudterm-bench" create --n "$N" --no-peers --label "cloudterm sandbox, back to back (each deleted before the next create)"
 echo
 "$BIN/cloudterm-bench" exec-rtt --n 2000
 echo

@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod identity;
 mod sandbox;
+mod snapshot;
 
 pub use error::{ErrorBody, ErrorEnvelope};
 pub use health::{CheckResult, HealthResponse, ReadinessResponse};
@@ -16,4 +17,8 @@ pub use sandbox::{
     BackgroundRequest, CreateSandboxRequest, ExecRequestBody, ExecResponseBody, FileEntry, FileList, FileWritten,
     JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxLimits, SandboxList,
     SandboxResponse, WriteFileRequest,
+};
+pub use snapshot::{
+    CreateSnapshotRequest, PinSnapshotRequest, RestoreSnapshotRequest, RestoreSnapshotResponse, SnapshotList,
+    SnapshotResponse,
 };

@@ -28,6 +28,16 @@ enum Bench {
         /// Iterations.
         #[arg(long, default_value_t = 50)]
         n: usize,
+        /// Pause between iterations, milliseconds (0: back to back, which outruns a warm pool
+        /// that refills one sandbox at a time).
+        #[arg(long, default_value_t = 0)]
+        pace_ms: u64,
+        /// Name of the cloudterm row.
+        #[arg(long, default_value = "cloudterm sandbox")]
+        label: String,
+        /// Skip the `unshare` and `bwrap` rows.
+        #[arg(long)]
+        no_peers: bool,
     },
     /// Round trip of `POST /sandboxes/{id}/exec` running `true`, sequentially.
     ExecRtt {
@@ -130,17 +140,21 @@ async fn main() -> anyhow::Result<()> {
     let client =
         Client { url: cli.url.trim_end_matches('/').to_string(), token: cli.token, http: reqwest::Client::new() };
     match cli.command {
-        Bench::Create { n } => {
+        Bench::Create { n, pace_ms, label, no_peers } => {
             println!("| create → first exec | n | p50 | p99 |\n|---|---|---|---|");
             let mut samples = Vec::with_capacity(n);
             for _ in 0..n {
+                tokio::time::sleep(Duration::from_millis(pace_ms)).await;
                 let started = Instant::now();
                 let id = client.create().await?;
                 client.exec_true(&id).await?;
                 samples.push(started.elapsed());
                 client.delete(&id).await?;
             }
-            row("cloudterm sandbox", &mut samples);
+            row(&label, &mut samples);
+            if no_peers {
+                return Ok(());
+            }
             let mut unshare =
                 time_command("unshare", &["--mount", "--pid", "--net", "--uts", "--ipc", "--fork", "true"], n)?;
             row("unshare --mount --pid --net --uts --ipc --fork true", &mut unshare);

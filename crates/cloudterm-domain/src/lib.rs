@@ -9,8 +9,10 @@ pub mod ids;
 pub mod principal;
 pub mod principals;
 pub mod sandboxes;
+pub mod snapshots;
 
 pub use error::DomainError;
 pub use principal::{storage_name, Principal};
 pub use principals::{PrincipalService, PrincipalView};
 pub use sandboxes::{CreateSandbox, Sandbox, SandboxService, SandboxSettings};
+pub use snapshots::{SnapshotService, SnapshotSettings};

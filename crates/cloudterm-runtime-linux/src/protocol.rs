@@ -18,7 +18,8 @@ pub struct MountRequest {
 pub struct StartRequest {
     pub id: String,
     pub state_dir: PathBuf,
-    pub workspace_dir: PathBuf,
+    /// `None`: an empty placeholder inside the runtime's record directory (warm pool).
+    pub workspace_dir: Option<PathBuf>,
     pub image: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub memory_bytes: u64,
@@ -45,6 +46,9 @@ pub enum HelperRequest {
     Resume { id: String },
     /// Expose a host directory inside a running sandbox.
     Mount { id: String, mount: MountRequest },
+    /// Mount the caller's workspace over `/workspace` of a pre-started sandbox that has run
+    /// nothing but its agent (a warm-pool claim), without freezing it.
+    ClaimWorkspace { id: String, workspace_dir: PathBuf },
     /// Ids under the root directory, running or left over.
     List,
     /// Create, start and delete a trivial container.
@@ -59,6 +63,15 @@ pub enum FailureKind {
     InvalidSpec,
     NotSupported,
     Failed,
+}
+
+impl HelperRequest {
+    /// Whether the request may take long (container creation or teardown). The runtime sends
+    /// those to one helper and everything else to a second one, so a claim or a usage query
+    /// never waits behind a sandbox being created.
+    pub fn is_slow(&self) -> bool {
+        matches!(self, HelperRequest::Start(_) | HelperRequest::Stop { .. } | HelperRequest::Probe)
+    }
 }
 
 /// A response from the helper.

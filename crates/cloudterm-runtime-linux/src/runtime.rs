@@ -1,6 +1,7 @@
-//! [`LinuxRuntime`]: the `Runtime` implementation the server holds. It owns the helper process
-//! (spawned on first use, restarted when it dies), sends it one request at a time, and waits
-//! for each new sandbox's agent to answer HTTP before `start` returns.
+//! [`LinuxRuntime`]: the `Runtime` implementation the server holds. It owns two helper
+//! processes (spawned on first use, restarted when they die): one for the slow requests
+//! (create, tear down) and one for the quick ones (claims, mounts, state, usage, freezer), each
+//! sent one request at a time. `start` waits for the new sandbox's agent to answer HTTP.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -28,10 +29,16 @@ struct HelperProcess {
     stdout: BufReader<ChildStdout>,
 }
 
+/// One helper process, spawned on first use.
+type HelperLane = Arc<Mutex<Option<HelperProcess>>>;
+
 /// The linux namespaces runtime. Cheap to share behind an `Arc<dyn Runtime>`.
 pub struct LinuxRuntime {
     config: LinuxRuntimeConfig,
-    helper: Arc<Mutex<Option<HelperProcess>>>,
+    /// Creates and tears down sandboxes (tens of milliseconds each).
+    slow: HelperLane,
+    /// Everything else (sub-millisecond work), so it never queues behind a creation.
+    quick: HelperLane,
 }
 
 impl std::fmt::Debug for LinuxRuntime {
@@ -47,7 +54,7 @@ fn failed(message: impl Into<String>) -> SandboxRuntimeError {
 impl LinuxRuntime {
     /// A runtime with this configuration. Nothing is spawned until the first call.
     pub fn new(config: LinuxRuntimeConfig) -> Self {
-        LinuxRuntime { config, helper: Arc::new(Mutex::new(None)) }
+        LinuxRuntime { config, slow: Arc::new(Mutex::new(None)), quick: Arc::new(Mutex::new(None)) }
     }
 
     /// The configuration in use.
@@ -86,7 +93,7 @@ impl LinuxRuntime {
     /// Sends one request to the helper and reads its answer. Runs in its own task holding the
     /// helper lock, so a caller that gives up half-way cannot leave an unread answer behind.
     async fn call(&self, request: HelperRequest) -> Result<HelperResponse, SandboxRuntimeError> {
-        let helper = Arc::clone(&self.helper);
+        let helper = Arc::clone(if request.is_slow() { &self.slow } else { &self.quick });
         let config = self.config.clone();
         let task = tokio::spawn(async move {
             let mut guard = helper.lock().await;
@@ -305,6 +312,15 @@ impl Runtime for LinuxRuntime {
             read_only: mount.read_only,
         };
         self.expect_done(HelperRequest::Mount { id: id.to_owned(), mount }, id).await
+    }
+
+    async fn claim_workspace(&self, id: &str, workspace_dir: &Path) -> Result<(), SandboxRuntimeError> {
+        let request = HelperRequest::ClaimWorkspace { id: id.to_owned(), workspace_dir: workspace_dir.to_owned() };
+        self.expect_done(request, id).await
+    }
+
+    fn supports_claim(&self) -> bool {
+        true
     }
 
     async fn list(&self) -> Result<Vec<String>, SandboxRuntimeError> {

@@ -76,11 +76,12 @@ impl Runtime for ProcessRuntime {
         if !spec.mounts.is_empty() {
             return Err(SandboxRuntimeError::NotSupported { runtime: RuntimeKind::Process, operation: "mounts" });
         }
+        let Some(workspace_dir) = &spec.workspace_dir else {
+            return Err(SandboxRuntimeError::NotSupported { runtime: RuntimeKind::Process, operation: "warm pool" });
+        };
         let state_dir = self.state_dir(&spec.id)?;
         tokio::fs::create_dir_all(&state_dir).await.map_err(|err| failed("cannot create the state dir", err))?;
-        tokio::fs::create_dir_all(&spec.workspace_dir)
-            .await
-            .map_err(|err| failed("cannot create the workspace", err))?;
+        tokio::fs::create_dir_all(workspace_dir).await.map_err(|err| failed("cannot create the workspace", err))?;
         let socket = socket_path(&state_dir);
         let log = std::fs::File::create(state_dir.join("agent.log"))
             .map_err(|err| failed("cannot create the agent log", err))?;
@@ -91,12 +92,12 @@ impl Runtime for ProcessRuntime {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--workspace")
-            .arg(&spec.workspace_dir)
+            .arg(workspace_dir)
             .arg("--state-dir")
             .arg(state_dir.join("agent"))
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .current_dir(&spec.workspace_dir)
+            .current_dir(workspace_dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

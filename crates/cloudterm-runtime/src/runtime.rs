@@ -4,7 +4,7 @@
 //! agent; everything a sandbox *does* (exec, files, PTY, ports) goes through the agent, so a
 //! new backend is one implementation of this trait plus its tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
@@ -39,8 +39,10 @@ pub struct Mount {
 pub struct SandboxSpec {
     /// The sandbox id (`sbx_…`); also its hostname.
     pub id: String,
-    /// Host directory holding the workspace; appears at `/workspace` inside.
-    pub workspace_dir: PathBuf,
+    /// Host directory holding the workspace; appears at `/workspace` inside. `None` starts the
+    /// sandbox with an empty placeholder there, for a warm-pool entry whose workspace comes
+    /// with [`Runtime::claim_workspace`] (runtimes that cannot claim refuse `None`).
+    pub workspace_dir: Option<PathBuf>,
     /// Host directory the runtime owns for this sandbox (sockets, writable layer, config).
     /// Never visible inside the sandbox.
     pub state_dir: PathBuf,
@@ -133,6 +135,19 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Exposes a host directory inside a running sandbox.
     async fn mount(&self, id: &str, mount: &Mount) -> Result<(), SandboxRuntimeError>;
+
+    /// Puts `workspace_dir` at `/workspace` of a running sandbox that was started ahead of
+    /// demand (a warm-pool entry) and has run nothing but its agent. Only runtimes whose
+    /// [`supports_claim`](Runtime::supports_claim) is true implement it.
+    async fn claim_workspace(&self, _id: &str, _workspace_dir: &Path) -> Result<(), SandboxRuntimeError> {
+        Err(SandboxRuntimeError::NotSupported { runtime: self.kind(), operation: "claim_workspace" })
+    }
+
+    /// Whether sandboxes can be started before they are asked for and handed a workspace later
+    /// ([`claim_workspace`](Runtime::claim_workspace)): what a warm pool needs.
+    fn supports_claim(&self) -> bool {
+        false
+    }
 
     /// Ids of every sandbox this runtime holds on this host, running or left over, so the
     /// server can reconcile them with the store after a restart.

@@ -33,6 +33,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Snapshot storage.
     pub storage: StorageConfig,
+    /// Snapshot policy: retention, encryption, automatic snapshots.
+    pub snapshots: SnapshotConfig,
     /// The sandbox runtime.
     pub runtime: RuntimeConfig,
     /// Sandbox defaults and bounds.
@@ -121,6 +123,39 @@ pub struct StorageConfig {
     pub backend: String,
     /// Local backend root (default `DATA_DIR/snapshots`).
     pub local_path: Option<PathBuf>,
+    /// S3 endpoint URL (`https://s3.example.com`, `http://127.0.0.1:3900`); unset means AWS.
+    /// Credentials are never in this file: they come from `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (or the AWS machine's own role).
+    pub s3_endpoint: Option<String>,
+    /// S3 signing region (Garage's default is `garage`).
+    pub s3_region: String,
+    /// S3 bucket; required with `backend = "s3"`. cloudterm never creates it.
+    pub s3_bucket: Option<String>,
+    /// Every object goes under this prefix in the bucket, so one bucket can serve several
+    /// installations.
+    pub s3_prefix: String,
+    /// Path-style requests (`endpoint/bucket/key`), which need no wildcard DNS; `false` for
+    /// virtual-hosted (`bucket.endpoint/key`).
+    pub s3_path_style: bool,
+    /// S3 keys given by a program embedding the server (tests); never read from the file or
+    /// the environment's `CLOUDTERM_*` settings, so a config file never holds secrets.
+    #[serde(skip)]
+    pub s3_credentials: Option<S3Credentials>,
+}
+
+/// An S3 access key pair. `Debug` does not print the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
 }
 
 /// The sandbox runtime.
@@ -164,6 +199,9 @@ pub struct SandboxConfig {
     pub mount_allow: Vec<PathBuf>,
     /// How often idle sandboxes are looked for, seconds.
     pub reap_interval_seconds: u64,
+    /// Sandboxes kept started ahead of demand, so a create with the default image, limits and
+    /// environment is a claim instead of a start (runtimes that support it: linux).
+    pub warm_pool: usize,
 }
 
 impl Default for SandboxConfig {
@@ -179,7 +217,27 @@ impl Default for SandboxConfig {
             max_pids: 32_768,
             mount_allow: Vec::new(),
             reap_interval_seconds: 1,
+            warm_pool: 2,
         }
+    }
+}
+
+/// Snapshot policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Newest unpinned snapshots kept per workspace.
+    pub retention: usize,
+    /// A file holding the 32-byte snapshot key as 64 hex characters. Set, every new snapshot
+    /// is encrypted (XChaCha20-Poly1305 STREAM) and storage never sees plaintext.
+    pub key_file: Option<PathBuf>,
+    /// Snapshot a sandbox's workspace when its idle TTL stops it.
+    pub on_idle: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig { retention: 5, key_file: None, on_idle: true }
     }
 }
 
@@ -203,6 +261,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             store: StoreConfig::default(),
             storage: StorageConfig::default(),
+            snapshots: SnapshotConfig::default(),
             runtime: RuntimeConfig::default(),
             sandboxes: SandboxConfig::default(),
             quotas: QuotaConfig::default(),
@@ -238,7 +297,16 @@ impl Default for AuthConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { backend: "local".into(), local_path: None }
+        StorageConfig {
+            backend: "local".into(),
+            local_path: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_bucket: None,
+            s3_prefix: "cloudterm".into(),
+            s3_path_style: true,
+            s3_credentials: None,
+        }
     }
 }
 
@@ -537,11 +605,83 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "snapshots.retention",
+        env: "CLOUDTERM_SNAPSHOT_RETENTION",
+        help: "newest unpinned snapshots kept per workspace (default 5)",
+        apply: |c, v| {
+            c.snapshots.retention = usize::try_from(parse_u64(v)?).map_err(|_| "too large".to_string())?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "snapshots.key_file",
+        env: "CLOUDTERM_SNAPSHOT_KEY_FILE",
+        help: "file with a 32-byte key as 64 hex characters; set, every snapshot is stored encrypted",
+        apply: |c, v| {
+            c.snapshots.key_file = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "snapshots.on_idle",
+        env: "CLOUDTERM_SNAPSHOT_ON_IDLE",
+        help: "snapshot a sandbox's workspace when its idle TTL stops it (default true)",
+        apply: |c, v| {
+            c.snapshots.on_idle = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
         key: "storage.local_path",
         env: "CLOUDTERM_STORAGE_LOCAL_PATH",
         help: "local snapshot root (default DATA_DIR/snapshots)",
         apply: |c, v| {
             c.storage.local_path = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.s3_endpoint",
+        env: "CLOUDTERM_S3_ENDPOINT",
+        help: "S3 endpoint URL (default: AWS); keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        apply: |c, v| {
+            c.storage.s3_endpoint = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.s3_region",
+        env: "CLOUDTERM_S3_REGION",
+        help: "S3 signing region (default us-east-1; Garage: garage)",
+        apply: |c, v| {
+            c.storage.s3_region = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.s3_bucket",
+        env: "CLOUDTERM_S3_BUCKET",
+        help: "S3 bucket, required with storage.backend = s3",
+        apply: |c, v| {
+            c.storage.s3_bucket = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.s3_prefix",
+        env: "CLOUDTERM_S3_PREFIX",
+        help: "key prefix inside the bucket (default cloudterm)",
+        apply: |c, v| {
+            c.storage.s3_prefix = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.s3_path_style",
+        env: "CLOUDTERM_S3_PATH_STYLE",
+        help: "path-style S3 URLs (default true); false for virtual-hosted",
+        apply: |c, v| {
+            c.storage.s3_path_style = parse_bool(v)?;
             Ok(())
         },
     },
@@ -614,6 +754,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "process limit of a sandbox when the request names none (default 512)",
         apply: |c, v| {
             c.sandboxes.default_pids = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.warm_pool",
+        env: "CLOUDTERM_WARM_POOL",
+        help: "sandboxes kept started ahead of demand with the default image and limits (default 2; 0 turns it off)",
+        apply: |c, v| {
+            c.sandboxes.warm_pool = usize::try_from(parse_u64(v)?).map_err(|_| "too large".to_string())?;
             Ok(())
         },
     },
@@ -741,8 +890,23 @@ impl Config {
         }
         match self.storage.backend.as_str() {
             "local" => {}
-            "s3" => return Err(invalid("storage.backend", "s3 storage is not built yet; use local".into())),
+            "s3" => {
+                if self.storage.s3_bucket.as_deref().is_none_or(|bucket| bucket.trim().is_empty()) {
+                    return Err(invalid("storage.s3_bucket", "required when storage.backend is s3".into()));
+                }
+                if self.storage.s3_region.trim().is_empty() {
+                    return Err(invalid("storage.s3_region", "must not be empty".into()));
+                }
+            }
             other => return Err(invalid("storage.backend", format!("expected local or s3, got {other:?}"))),
+        }
+        if let Some(endpoint) = &self.storage.s3_endpoint {
+            if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                return Err(invalid("storage.s3_endpoint", format!("expected an http(s) URL, got {endpoint:?}")));
+            }
+        }
+        if self.storage.s3_prefix.split('/').any(|segment| segment == "..") {
+            return Err(invalid("storage.s3_prefix", format!("must not contain .., got {:?}", self.storage.s3_prefix)));
         }
         self.runtime
             .kind

@@ -40,6 +40,9 @@ pub struct Metrics {
     registry: Arc<Registry>,
     http_requests: Family<RequestLabels, Counter>,
     http_duration: HistogramFamily,
+    snapshots_created: Counter,
+    snapshots_restored: Counter,
+    snapshot_size: Histogram,
 }
 
 fn duration_histogram() -> Histogram {
@@ -63,7 +66,42 @@ impl Metrics {
             "Time to answer HTTP requests, by method and route template",
             http_duration.clone(),
         );
-        Metrics { registry: Arc::new(registry), http_requests, http_duration }
+        let snapshots_created = Counter::default();
+        let snapshots_restored = Counter::default();
+        // 4 KiB to about 64 GiB.
+        let snapshot_size = Histogram::new(exponential_buckets(4096.0, 4.0, 13));
+        registry.register(
+            "snapshot_created",
+            "Snapshots durably stored (created or imported)",
+            snapshots_created.clone(),
+        );
+        registry.register("snapshot_restored", "Snapshots restored into a workspace", snapshots_restored.clone());
+        registry.register("snapshot_size_bytes", "Stored size of new snapshots, bytes", snapshot_size.clone());
+        Metrics {
+            registry: Arc::new(registry),
+            http_requests,
+            http_duration,
+            snapshots_created,
+            snapshots_restored,
+            snapshot_size,
+        }
+    }
+
+    /// Counts a snapshot that was stored; passes the result through.
+    pub fn snapshot_created<E>(
+        &self,
+        result: Result<cloudterm_domain::snapshots::Snapshot, E>,
+    ) -> Result<cloudterm_domain::snapshots::Snapshot, E> {
+        if let Ok(snapshot) = &result {
+            self.snapshots_created.inc();
+            self.snapshot_size.observe(snapshot.stored_bytes as f64);
+        }
+        result
+    }
+
+    /// Counts a restore.
+    pub fn snapshot_restored(&self) {
+        self.snapshots_restored.inc();
     }
 
     /// The exposition text for `GET /metrics`.

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::middleware;
-use crate::routes::{health, identity, sandboxes};
+use crate::routes::{health, identity, sandboxes, snapshots};
 use crate::state::AppState;
 
 /// The services a listener can serve. Identity, health, metrics and docs come with every one.
@@ -74,8 +74,15 @@ impl Modify for BearerAuth {
 
 /// Routes exempt from `http.request_timeout_seconds`: they stream, or bound their own run
 /// time (an exec's `timeout_seconds`).
-pub const UNTIMED_ROUTES: &[&str] =
-    &["/sandboxes/{id}/exec", "/sandboxes/{id}/files/{*path}", "/sandboxes/{id}/background/{job_id}/logs"];
+pub const UNTIMED_ROUTES: &[&str] = &[
+    "/sandboxes/{id}/exec",
+    "/sandboxes/{id}/files/{*path}",
+    "/sandboxes/{id}/background/{job_id}/logs",
+    "/snapshot/create",
+    "/snapshot/restore",
+    "/snapshot/import",
+    "/snapshot/{snapshot_id}/download",
+];
 
 /// Routes every listener serves: health, metrics, identity.
 fn common_routes() -> OpenApiRouter<AppState> {
@@ -101,7 +108,15 @@ fn service_routes(service: Service) -> OpenApiRouter<AppState> {
             .routes(routes!(sandboxes::start_background, sandboxes::list_background))
             .routes(routes!(sandboxes::background_logs))
             .routes(routes!(sandboxes::stop_background)),
-        Service::Snapshot | Service::Workspace | Service::Preview => OpenApiRouter::new(),
+        Service::Snapshot => OpenApiRouter::new()
+            .routes(routes!(snapshots::create_snapshot))
+            .routes(routes!(snapshots::restore_snapshot))
+            .routes(routes!(snapshots::list_snapshots))
+            .routes(routes!(snapshots::get_snapshot, snapshots::delete_snapshot))
+            .routes(routes!(snapshots::pin_snapshot))
+            .routes(routes!(snapshots::download_snapshot))
+            .routes(routes!(snapshots::import_snapshot)),
+        Service::Workspace | Service::Preview => OpenApiRouter::new(),
     }
 }
 

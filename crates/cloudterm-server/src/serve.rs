@@ -83,7 +83,11 @@ fn spawn_reaper(tasks: &mut JoinSet<std::io::Result<()>>, state: AppState, mut s
                     }
                 }
             }
-            state.sandboxes.reap_idle().await;
+            for stopped in state.sandboxes.reap_idle().await {
+                if state.config.snapshots.on_idle {
+                    state.snapshots.after_idle_stop(&stopped).await;
+                }
+            }
         }
     });
 }
@@ -93,6 +97,9 @@ impl RunningServer {
     /// grace period; what is still running after that is cut off.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        // Pooled sandboxes have no owner and no record: stop them rather than leave them for
+        // the next start's recovery. Claimed sandboxes keep running and are re-attached.
+        self.state.sandboxes.close_pool().await;
         let drained = tokio::time::timeout(self.grace, async {
             while let Some(joined) = self.tasks.join_next().await {
                 joined.context("listener task panicked")?.context("listener failed")?;

@@ -4,8 +4,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cloudterm_blobstore::{BlobStore, BlobStoreConfig};
-use cloudterm_domain::{PrincipalService, SandboxService, SandboxSettings};
+use cloudterm_blobstore::{BlobStore, BlobStoreConfig, S3Config};
+use cloudterm_domain::{PrincipalService, SandboxService, SandboxSettings, SnapshotService, SnapshotSettings};
 use cloudterm_identity::{DevIssuer, Verifier, VerifierConfig};
 use cloudterm_runtime::{Limits, ProcessRuntime, ProcessRuntimeConfig, Runtime, RuntimeChoice, RuntimeKind, Selection};
 use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig};
@@ -35,7 +35,9 @@ pub struct App {
     /// Principals and their home workspaces.
     pub principals: PrincipalService,
     /// Sandboxes.
-    pub sandboxes: SandboxService,
+    pub sandboxes: Arc<SandboxService>,
+    /// Snapshots of workspaces.
+    pub snapshots: SnapshotService,
     /// Where the runtime keeps per-sandbox state.
     pub runtime_state_root: std::path::PathBuf,
     /// Prometheus metrics.
@@ -65,9 +67,7 @@ impl AppState {
         let store = cloudterm_store::open(&store_url)
             .await
             .with_context(|| format!("cannot open the metadata store (store.url = {store_url})"))?;
-        let blobs = BlobStore::open(BlobStoreConfig::Local { root: config.local_storage_path() })
-            .await
-            .context("cannot open snapshot storage (storage.local_path)")?;
+        let blobs = open_blob_store(&config).await?;
         let choice: RuntimeChoice = config.runtime.kind.parse().map_err(anyhow::Error::msg)?;
         let runtime = tokio::task::spawn_blocking(move || cloudterm_runtime::select(choice))
             .await
@@ -87,10 +87,18 @@ impl AppState {
         let state_root = runtime_state_dir(&config, runtime.kind)?;
         let sandbox_runtime = build_runtime(&config, &runtime, state_root.clone())?;
         let state_root_for_app = state_root.clone();
-        let sandboxes = SandboxService::new(store.clone(), sandbox_runtime, sandbox_settings(&config, state_root)?);
+        let sandboxes =
+            Arc::new(SandboxService::new(store.clone(), sandbox_runtime, sandbox_settings(&config, state_root)?));
         let recovered = sandboxes.recover().await.map_err(|err| anyhow::anyhow!("cannot recover sandboxes: {err}"))?;
         if recovered != Default::default() {
             tracing::info!(reattached = ?recovered.reattached, stopped = ?recovered.marked_stopped, cleaned_up = ?recovered.cleaned_up, "recovered sandboxes after a restart");
+        }
+        sandboxes.fill_pool();
+        let snapshots =
+            SnapshotService::new(store.clone(), blobs.clone(), Arc::clone(&sandboxes), snapshot_settings(&config)?);
+        let cleaned = snapshots.recover().await.map_err(|err| anyhow::anyhow!("cannot recover snapshots: {err}"))?;
+        if cleaned != Default::default() {
+            tracing::info!(pending = ?cleaned.removed_pending, strays = ?cleaned.removed_strays, aborted_uploads = cleaned.aborted_uploads, "cleaned up after interrupted snapshots");
         }
         Ok(AppState(Arc::new(App {
             config,
@@ -101,10 +109,73 @@ impl AppState {
             dev_issuer,
             principals,
             sandboxes,
+            snapshots,
             runtime_state_root: state_root_for_app,
             metrics: Metrics::new(),
         })))
     }
+}
+
+/// Snapshot policy, with the encryption key read from its file.
+fn snapshot_settings(config: &Config) -> anyhow::Result<SnapshotSettings> {
+    let key = match &config.snapshots.key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "invalid setting snapshots.key_file (CLOUDTERM_SNAPSHOT_KEY_FILE): cannot read {}",
+                    path.display()
+                )
+            })?;
+            let bytes: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "invalid setting snapshots.key_file (CLOUDTERM_SNAPSHOT_KEY_FILE): {} must hold 64 hex characters (e.g. `openssl rand -hex 32`)",
+                    path.display()
+                )
+            })?;
+            Some(cloudterm_domain::snapshots::Key::from_bytes(bytes))
+        }
+        None => None,
+    };
+    Ok(SnapshotSettings { retention: config.snapshots.retention, key, ..SnapshotSettings::default() })
+}
+
+/// Opens snapshot storage. S3 credentials come from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
+/// (`AWS_SESSION_TOKEN`), read here and not in the config file so secrets stay out of it; unset,
+/// an AWS machine's own role is used. (Uploads a crashed server left unfinished are aborted by
+/// the snapshot service's start-up recovery.) Credentials set in the config struct itself
+/// (embedding, tests) win over the environment.
+async fn open_blob_store(config: &Config) -> anyhow::Result<BlobStore> {
+    let storage = &config.storage;
+    let (blob_config, keys) = match storage.backend.as_str() {
+        "s3" => {
+            let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+            let endpoint = storage.s3_endpoint.clone();
+            let s3 = S3Config {
+                allow_http: endpoint.as_deref().is_some_and(|url| url.starts_with("http://")),
+                endpoint,
+                region: storage.s3_region.clone(),
+                bucket: storage.s3_bucket.clone().unwrap_or_default(),
+                prefix: storage.s3_prefix.clone(),
+                path_style: storage.s3_path_style,
+                access_key_id: storage
+                    .s3_credentials
+                    .as_ref()
+                    .map(|c| c.access_key_id.clone())
+                    .or_else(|| env("AWS_ACCESS_KEY_ID")),
+                secret_access_key: storage
+                    .s3_credentials
+                    .as_ref()
+                    .map(|c| c.secret_access_key.clone())
+                    .or_else(|| env("AWS_SECRET_ACCESS_KEY")),
+                session_token: env("AWS_SESSION_TOKEN"),
+                ..S3Config::default()
+            };
+            (BlobStoreConfig::S3(s3), "storage.s3_*, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY")
+        }
+        _ => (BlobStoreConfig::Local { root: config.local_storage_path() }, "storage.local_path"),
+    };
+    let blobs = BlobStore::open(blob_config).await.with_context(|| format!("cannot open snapshot storage ({keys})"))?;
+    Ok(blobs)
 }
 
 fn verifier_config(config: &Config) -> VerifierConfig {
@@ -203,6 +274,7 @@ fn sandbox_settings(config: &Config, state_dir: std::path::PathBuf) -> anyhow::R
         max_sandboxes_per_principal: config.quotas.max_sandboxes,
         mount_allow,
         images_dir: config.runtime.images_dir.clone(),
+        warm_pool: sandboxes.warm_pool,
     })
 }
 

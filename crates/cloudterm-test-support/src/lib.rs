@@ -1,10 +1,13 @@
 //! Test helpers: a real cloudterm server on `127.0.0.1:0`, a real identity provider serving
-//! a JWKS, and the one place that decides whether a missing service skips or fails a test.
+//! a JWKS, a real S3 service (Garage), and the one place that decides whether a missing service
+//! skips or fails a test.
 
+mod garage;
 mod host;
 mod idp;
 mod server;
 
+pub use garage::GarageServer;
 pub use host::{linux_runtime_available, sandbox_leftovers, sandbox_processes};
 pub use idp::{IdpKey, JwksServer};
 pub use server::TestServer;

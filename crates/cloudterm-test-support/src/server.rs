@@ -107,6 +107,13 @@ impl TestServer {
         self.data_dir.take().expect("data dir")
     }
 
+    /// Stops the server the way SIGKILL would for its sandboxes: the listeners and tasks are
+    /// dropped, nothing is shut down gracefully (no pool is closed, no sandbox stopped).
+    pub fn crash(mut self) -> TempDir {
+        drop(self.running.take());
+        self.data_dir.take().expect("data dir")
+    }
+
     /// Starts a new server on a data directory a previous server used.
     pub async fn restart_on(data_dir: TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let overrides = Overrides { data_dir: Some(data_dir.path().to_path_buf()), listen: Some("127.0.0.1:0".into()) };

@@ -3,6 +3,7 @@
 mod live;
 mod model;
 mod ops;
+mod pool;
 mod service;
 mod validate;
 

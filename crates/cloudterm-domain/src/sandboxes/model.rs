@@ -83,4 +83,7 @@ pub struct SandboxSettings {
     pub mount_allow: Vec<PathBuf>,
     /// Directories holding named images (`image: "name"` → `<dir>/name`).
     pub images_dir: Option<PathBuf>,
+    /// Sandboxes kept started ahead of demand (default image, limits and environment), where
+    /// the runtime supports it; 0 turns the warm pool off.
+    pub warm_pool: usize,
 }

@@ -15,6 +15,7 @@ use crate::ids::new_id;
 use crate::principal::{storage_name, Principal};
 use crate::sandboxes::live::{ActivityGuard, LiveSandbox};
 use crate::sandboxes::model::{state, CreateSandbox, Sandbox, SandboxSettings};
+use crate::sandboxes::pool::{PooledSandbox, WarmPool};
 use crate::sandboxes::validate;
 
 /// How long a new sandbox's agent gets to answer.
@@ -28,12 +29,16 @@ pub struct SandboxService {
     live: RwLock<HashMap<String, Arc<LiveSandbox>>>,
     /// Sandboxes being created, per owner: counted against the quota before they run.
     starting: Mutex<HashMap<String, u64>>,
+    pool: Arc<WarmPool>,
 }
 
 impl SandboxService {
     /// A service over `store` and `runtime`.
     pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>, settings: SandboxSettings) -> Self {
+        let pool_limits = validate::effective_limits(&Limits::default(), &settings).unwrap_or_default();
+        let pool = WarmPool::new(Arc::clone(&runtime), settings.state_dir.clone(), pool_limits, settings.warm_pool);
         SandboxService {
+            pool,
             store,
             runtime,
             settings,
@@ -45,6 +50,22 @@ impl SandboxService {
     /// The runtime in use.
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
+    }
+
+    /// Starts filling the warm pool in the background (after [`recover`](Self::recover), so
+    /// recovery does not mistake pooled sandboxes for leftovers).
+    pub fn fill_pool(&self) {
+        self.pool.refill();
+    }
+
+    /// Ids of the sandboxes waiting in the warm pool right now, next to be claimed first.
+    pub fn pool_ready(&self) -> Vec<String> {
+        self.pool.ready_ids()
+    }
+
+    /// Stops the warm pool's sandboxes (graceful shutdown); claimed sandboxes keep running.
+    pub async fn close_pool(&self) {
+        self.pool.close().await;
     }
 
     /// Running (or starting) sandboxes of `owner`: what the quota counts.
@@ -66,17 +87,18 @@ impl SandboxService {
         validate::environment(&request.env)?;
         validate::metadata(&request.metadata)?;
         let image = self.resolve_image(request.image.as_deref())?;
-        let workspace = match &request.workspace_id {
-            Some(id) => self.owned_workspace(caller, id).await?,
-            None => {
-                let principal = self.store.get_principal(caller.id()).await.map_err(|err| match err {
-                    StoreError::NotFound => DomainError::Internal("principal has no record".into()),
-                    other => other.into(),
-                })?;
-                principal.home_workspace_id
-            }
-        };
+        let workspace = self.resolve_workspace(caller, request.workspace_id.as_deref()).await?;
         let _reservation = self.reserve(caller.id())?;
+
+        let pooled =
+            (image.is_none() && request.env.is_empty() && self.pool.fits(&limits)).then(|| self.pool.take()).flatten();
+        if let Some(pooled) = pooled {
+            let claim = Claim { caller, workspace: &workspace, limits: &limits, timeout_seconds, request: &request };
+            match self.claim(pooled, claim).await {
+                Ok(sandbox) => return Ok(sandbox),
+                Err(err) => tracing::warn!(error = %err, "warm pool claim failed; starting a sandbox instead"),
+            }
+        }
 
         let id = new_id("sbx");
         let now = Utc::now();
@@ -96,9 +118,10 @@ impl SandboxService {
         };
         self.store.insert_sandbox(&record).await?;
 
+        let workspace_dir = self.workspace_dir(caller.id(), &workspace);
         let spec = SandboxSpec {
             id: id.clone(),
-            workspace_dir: self.workspace_dir(caller.id(), &workspace),
+            workspace_dir: Some(workspace_dir.clone()),
             state_dir: self.settings.state_dir.join(&id),
             image,
             env: request.env.into_iter().collect(),
@@ -106,7 +129,7 @@ impl SandboxService {
             mounts: Vec::new(),
         };
         let started = async {
-            tokio::fs::create_dir_all(&spec.workspace_dir)
+            tokio::fs::create_dir_all(&workspace_dir)
                 .await
                 .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
             let handle = self.runtime.start(&spec).await.map_err(runtime_error)?;
@@ -143,6 +166,57 @@ impl SandboxService {
         }
         tracing::info!(sandbox = %id, owner = %caller.id(), runtime = %self.runtime.kind(), "sandbox started");
         self.get(caller, &id).await
+    }
+
+    /// Hands a pooled sandbox to the caller: their workspace at `/workspace`, a record, the
+    /// registry. On failure the pooled sandbox is stopped and nothing is recorded.
+    async fn claim(&self, pooled: PooledSandbox, claim: Claim<'_>) -> Result<Sandbox, DomainError> {
+        let id = pooled.id.clone();
+        let workspace_dir = self.workspace_dir(claim.caller.id(), claim.workspace);
+        let claimed = async {
+            tokio::fs::create_dir_all(&workspace_dir)
+                .await
+                .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
+            self.runtime.claim_workspace(&id, &workspace_dir).await.map_err(runtime_error)?;
+            let now = Utc::now();
+            let expires_at = now + chrono::Duration::seconds(claim.timeout_seconds as i64);
+            let record = SandboxRecord {
+                id: id.clone(),
+                owner: claim.caller.id().to_string(),
+                workspace_id: Some(claim.workspace.to_string()),
+                state: state::RUNNING.to_string(),
+                runtime: self.runtime.kind().as_str().to_string(),
+                image: None,
+                limits: limits_json(claim.limits, claim.timeout_seconds),
+                metadata: serde_json::to_value(&claim.request.metadata).unwrap_or_default(),
+                created_at: now,
+                expires_at,
+                updated_at: now,
+            };
+            self.store.insert_sandbox(&record).await?;
+            Ok::<_, DomainError>(record)
+        }
+        .await;
+        let record = match claimed {
+            Ok(record) => record,
+            Err(err) => {
+                self.pool.discard(&id).await;
+                return Err(err);
+            }
+        };
+        let live = LiveSandbox::new(
+            id.clone(),
+            claim.caller.id().to_string(),
+            pooled.agent,
+            Duration::from_secs(claim.timeout_seconds),
+            record.expires_at,
+        );
+        live.touch();
+        if let Ok(mut registry) = self.live.write() {
+            registry.insert(id.clone(), live);
+        }
+        tracing::info!(sandbox = %id, owner = %claim.caller.id(), runtime = %self.runtime.kind(), "sandbox claimed from the warm pool");
+        Ok(self.view(record))
     }
 
     /// The caller's sandboxes, oldest first.
@@ -328,6 +402,37 @@ impl SandboxService {
         }
     }
 
+    /// The caller's workspace `id`, or their home workspace when `None`; another principal's
+    /// is "not found".
+    pub async fn resolve_workspace(&self, caller: &Principal, id: Option<&str>) -> Result<String, DomainError> {
+        match id {
+            Some(id) => self.owned_workspace(caller, id).await,
+            None => {
+                let principal = self.store.get_principal(caller.id()).await.map_err(|err| match err {
+                    StoreError::NotFound => DomainError::Internal("principal has no record".into()),
+                    other => other.into(),
+                })?;
+                Ok(principal.home_workspace_id)
+            }
+        }
+    }
+
+    /// The workspace of one of the caller's sandboxes.
+    pub async fn workspace_of(&self, caller: &Principal, sandbox_id: &str) -> Result<String, DomainError> {
+        let record = self.owned_record(caller, sandbox_id).await?;
+        record.workspace_id.ok_or_else(|| DomainError::Conflict(format!("sandbox {sandbox_id} has no workspace")))
+    }
+
+    /// Ids of the running sandboxes of `owner` that have `workspace_id` mounted.
+    pub async fn running_on_workspace(&self, owner: &str, workspace_id: &str) -> Result<Vec<String>, DomainError> {
+        let records = self.store.list_sandboxes_by_owner(owner).await?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.workspace_id.as_deref() == Some(workspace_id) && self.live_sandbox(&r.id).is_some())
+            .map(|r| r.id)
+            .collect())
+    }
+
     async fn owned_workspace(&self, caller: &Principal, id: &str) -> Result<String, DomainError> {
         match self.store.get_workspace(id).await {
             Ok(workspace) if workspace.owner == caller.id() => Ok(workspace.id),
@@ -411,6 +516,15 @@ pub struct RecoveryReport {
     pub marked_stopped: Vec<String>,
     /// Held by the runtime without a running record; removed.
     pub cleaned_up: Vec<String>,
+}
+
+/// What a warm-pool claim needs from the create request.
+struct Claim<'a> {
+    caller: &'a Principal,
+    workspace: &'a str,
+    limits: &'a Limits,
+    timeout_seconds: u64,
+    request: &'a CreateSandbox,
 }
 
 /// A quota slot held while a sandbox starts.

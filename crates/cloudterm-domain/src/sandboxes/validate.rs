@@ -140,6 +140,7 @@ mod tests {
             max_sandboxes_per_principal: 10,
             mount_allow: vec![],
             images_dir: None,
+            warm_pool: 0,
         }
     }
 

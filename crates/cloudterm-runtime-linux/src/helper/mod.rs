@@ -204,7 +204,12 @@ impl Helper {
             HelperRequest::Usage { id } => self.usage(&id),
             HelperRequest::Pause { id } => self.pause_resume(&id, true),
             HelperRequest::Resume { id } => self.pause_resume(&id, false),
-            HelperRequest::Mount { id, mount } => self.mount(&id, &mount),
+            HelperRequest::Mount { id, mount } => self.mount(&id, &mount, true),
+            HelperRequest::ClaimWorkspace { id, workspace_dir } => {
+                let mount =
+                    MountRequest { host_path: workspace_dir, target: PathBuf::from("/workspace"), read_only: false };
+                self.mount(&id, &mount, false)
+            }
             HelperRequest::List => self.list(),
             HelperRequest::Probe => self.probe(),
         };
@@ -255,11 +260,11 @@ impl Helper {
         if !valid_id(&req.id) {
             return Err(invalid(format!("invalid sandbox id {:?}", req.id)));
         }
-        if !req.state_dir.is_absolute() || !req.workspace_dir.is_absolute() {
+        if !req.state_dir.is_absolute() || req.workspace_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
             return Err(invalid("state_dir and workspace_dir must be absolute"));
         }
-        if !req.workspace_dir.is_dir() {
-            return Err(invalid(format!("workspace {} is not a directory", req.workspace_dir.display())));
+        if let Some(dir) = req.workspace_dir.as_ref().filter(|dir| !dir.is_dir()) {
+            return Err(invalid(format!("workspace {} is not a directory", dir.display())));
         }
         if !nix::unistd::geteuid().is_root() {
             return Err(Failure { kind: FailureKind::Failed, message: "the linux runtime needs root".into() });
@@ -281,6 +286,13 @@ impl Helper {
         fs::create_dir(&sandbox_dir).context("cannot create the sandbox record directory")?;
         fs::set_permissions(&sandbox_dir, fs::Permissions::from_mode(0o711))
             .context("cannot set the mode of the sandbox record directory")?;
+        let mut req = req;
+        if req.workspace_dir.is_none() {
+            // A warm-pool sandbox: an empty directory that stop removes with the record.
+            let placeholder = sandbox_dir.join("pool-workspace");
+            fs::create_dir(&placeholder).context("cannot create the placeholder workspace")?;
+            req.workspace_dir = Some(placeholder);
+        }
         let userns = self.userns();
         let record = Record { id: req.id.clone(), state_dir: req.state_dir.clone(), userns: userns.is_some() };
         fs::write(sandbox_dir.join("record.json"), serde_json::to_vec(&record).map_err(anyhow::Error::from)?)
@@ -495,9 +507,10 @@ impl Helper {
     }
 
     /// Mounts a host directory into a running sandbox: on the host under the sandbox's shared
-    /// rootfs mount, from where it propagates into the sandbox's slave copy. The sandbox is
-    /// frozen meanwhile, so it cannot swap a directory on the way for a symlink.
-    fn mount(&mut self, id: &str, mount: &MountRequest) -> Result<HelperResponse, Failure> {
+    /// rootfs mount, from where it propagates into the sandbox's slave copy. With `freeze` the
+    /// sandbox is frozen meanwhile, so it cannot swap a directory on the way for a symlink;
+    /// a warm-pool claim skips that, as nothing but the agent has run in the sandbox yet.
+    fn mount(&mut self, id: &str, mount: &MountRequest, freeze: bool) -> Result<HelperResponse, Failure> {
         let Some(mut container) = valid_id(id).then(|| self.load(id)).flatten() else {
             return Err(not_running(id));
         };
@@ -514,7 +527,7 @@ impl Helper {
             return Err(anyhow!("the sandbox uses a user namespace the helper cannot recreate").into());
         }
         let idmap = userns.as_ref().map(|ns| IdMap { userns: ns, root: self.options.userns_base });
-        let was_running = container.status() == ContainerStatus::Running;
+        let was_running = freeze && container.status() == ContainerStatus::Running;
         if was_running {
             container.pause().map_err(|err| lc_error("cannot freeze the sandbox", err))?;
         }
@@ -554,7 +567,7 @@ impl Helper {
         let req = StartRequest {
             id: id.clone(),
             state_dir: scratch.join("state"),
-            workspace_dir: scratch.join("workspace"),
+            workspace_dir: Some(scratch.join("workspace")),
             image: None,
             env: Vec::new(),
             memory_bytes: 64 << 20,

@@ -371,7 +371,8 @@ pub fn assemble(
         make_mountpoint(&rootfs, Path::new(name), false, idmap)?;
     }
     let workspace = make_mountpoint(&rootfs, Path::new("workspace"), false, idmap)?;
-    bind(&req.workspace_dir, &workspace, false, idmap).context("cannot mount the workspace")?;
+    let workspace_dir = req.workspace_dir.as_deref().ok_or_else(|| anyhow::anyhow!("no workspace directory"))?;
+    bind(workspace_dir, &workspace, false, idmap).context("cannot mount the workspace")?;
     let agent = make_mountpoint(&rootfs, Path::new(".cloudterm/agent"), true, idmap)?;
     bind(agent_binary, &agent, true, idmap).context("cannot mount the agent")?;
     for m in &req.mounts {

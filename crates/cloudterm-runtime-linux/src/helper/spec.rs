@@ -175,7 +175,7 @@ mod tests {
         StartRequest {
             id: "sbx_1".into(),
             state_dir: "/data/sandboxes/sbx_1".into(),
-            workspace_dir: "/data/workspaces/a".into(),
+            workspace_dir: Some("/data/workspaces/a".into()),
             image: None,
             env: vec![("A".into(), "b c".into())],
             memory_bytes: 256 << 20,

@@ -62,7 +62,7 @@ async fn host_files_and_data_dir_are_invisible() {
     for path in [
         t.root_dir(),
         spec.state_dir.clone(),
-        spec.workspace_dir.clone(),
+        spec.workspace_dir.clone().expect("workspace"),
         t.dir.path().to_path_buf(),
         std::env::current_dir().expect("cwd"),
     ] {
@@ -238,7 +238,8 @@ async fn hostname_workspace_and_overlay_layer() {
     }
     let t = TestRuntime::new();
     let spec = t.spec("fs");
-    std::fs::write(spec.workspace_dir.join("from-host.txt"), "hello from host").expect("write");
+    std::fs::write(spec.workspace_dir.as_deref().expect("workspace").join("from-host.txt"), "hello from host")
+        .expect("write");
     let h = t.runtime.start(&spec).await.expect("start");
 
     let out = sh(&h, "hostname; cat /etc/hostname; pwd; echo $HOME").await;
@@ -249,7 +250,7 @@ async fn hostname_workspace_and_overlay_layer() {
         sh(&h, "cat /workspace/from-host.txt && echo written > /workspace/from-sandbox.txt && mkdir -p /workspace/d/e")
             .await;
     assert!(out.ok() && out.stdout.contains("hello from host"), "{out:?}");
-    let written = spec.workspace_dir.join("from-sandbox.txt");
+    let written = spec.workspace_dir.as_deref().expect("workspace").join("from-sandbox.txt");
     assert_eq!(std::fs::read_to_string(&written).expect("file on host"), "written\n");
     use std::os::unix::fs::MetadataExt;
     let owner = std::fs::metadata(&written).expect("meta").uid();
@@ -268,7 +269,10 @@ async fn hostname_workspace_and_overlay_layer() {
 
     t.runtime.stop(&spec.id).await.expect("stop");
     assert!(!spec.state_dir.exists(), "state dir (with the upper layer) survived stop");
-    assert!(spec.workspace_dir.join("from-sandbox.txt").exists(), "stop must keep the workspace");
+    assert!(
+        spec.workspace_dir.as_deref().expect("workspace").join("from-sandbox.txt").exists(),
+        "stop must keep the workspace"
+    );
     // A new sandbox with the same id starts from a clean layer.
     let h = t.runtime.start(&spec).await.expect("restart");
     let out = sh(&h, "test -e /usr/local/lib/x && echo present || echo gone").await;
@@ -322,7 +326,14 @@ async fn two_sandboxes_cannot_see_each_other() {
     assert!(!out.stdout.contains("secret-a"), "b sees a's files: {out:?}");
     assert_eq!(sh(&a, "pgrep -x sleep | wc -l").await.stdout.trim(), "1", "a's sleep is not running");
     assert_eq!(sh(&b, "pgrep -x sleep | wc -l").await.stdout.trim(), "0", "b sees a's processes");
-    let out = sh(&b, &format!("test -e '{}' && echo visible || echo absent", spec_a.workspace_dir.display())).await;
+    let out = sh(
+        &b,
+        &format!(
+            "test -e '{}' && echo visible || echo absent",
+            spec_a.workspace_dir.as_deref().expect("workspace").display()
+        ),
+    )
+    .await;
     assert_eq!(out.stdout.trim(), "absent");
     t.runtime.stop(&spec_a.id).await.expect("stop a");
     t.runtime.stop(&spec_b.id).await.expect("stop b");
@@ -349,7 +360,7 @@ async fn stop_leaves_nothing_behind_and_is_idempotent() {
     assert!(!spec.state_dir.exists(), "state dir left");
     assert!(!t.root_dir().join(&spec.id).exists(), "runtime record left");
     assert!(!t.runtime.list().await.expect("list").contains(&spec.id));
-    assert!(spec.workspace_dir.join("keep").exists(), "the workspace must survive");
+    assert!(spec.workspace_dir.as_deref().expect("workspace").join("keep").exists(), "the workspace must survive");
     let leftover = std::process::Command::new("pgrep").args(["-f", "sleep 300"]).output().expect("pgrep");
     let _ = leftover; // other tests may run `sleep 300` too; the cgroup check above is exact.
 

@@ -93,7 +93,7 @@ impl TestRuntime {
         SandboxSpec {
             state_dir: self.root_dir().join(&id),
             id,
-            workspace_dir: workspace,
+            workspace_dir: Some(workspace),
             image: None,
             env: vec![("CLOUDTERM_TEST".into(), "1".into())],
             limits: Limits::default(),

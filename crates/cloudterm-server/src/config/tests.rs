@@ -52,18 +52,24 @@ fn every_setting_has_a_working_override() {
             "auth.issuer" | "auth.jwks_url" => "https://idp.example.com/",
             "store.url" => "sqlite:///tmp/x.db",
             "storage.backend" => "local",
+            "storage.s3_endpoint" => "https://s3.example.com",
+            "storage.s3_path_style" => "false",
             "runtime.kind" => "process",
             "runtime.agent_path" | "runtime.linux_helper_path" | "runtime.images_dir" | "runtime.state_dir" => "/opt/x",
             "sandboxes.mount_allow" => "/srv/data:/mnt/shared",
             "sandboxes.default_memory_mb" => "1024",
             "sandboxes.default_pids" => "64",
+            "sandboxes.warm_pool" => "5",
+            "snapshots.retention" => "3",
+            "snapshots.on_idle" => "false",
+            "snapshots.key_file" => "/etc/cloudterm/snapshot.key",
             key if key.ends_with("seconds") || key.ends_with("bytes") || key.starts_with("quotas.") => "7",
             _ => "something",
         };
         let before = Config::load(None, env_of(&[]), &Overrides::default()).expect("defaults");
         let after = Config::load(None, env_of(&[(setting.env, value)]), &Overrides::default())
             .unwrap_or_else(|err| panic!("{} rejected {value:?}: {err}", setting.env));
-        // `local` is the only storage backend this build has, so it cannot differ from the default.
+        // `local` is the default, and `s3` alone fails validation without a bucket.
         if setting.key != "storage.backend" {
             assert_ne!(before, after, "{} changed nothing", setting.env);
         }
@@ -101,6 +107,9 @@ fn validation_names_the_bad_key() {
         ("CLOUDTERM_LOG_FORMAT", "xml", "log.format"),
         ("CLOUDTERM_RUNTIME", "docker", "runtime.kind"),
         ("CLOUDTERM_STORAGE", "floppy", "storage.backend"),
+        ("CLOUDTERM_STORAGE", "s3", "storage.s3_bucket"),
+        ("CLOUDTERM_S3_ENDPOINT", "s3.example.com", "storage.s3_endpoint"),
+        ("CLOUDTERM_S3_PATH_STYLE", "sometimes", "storage.s3_path_style"),
         ("CLOUDTERM_STORE_URL", "mysql://x", "store.url"),
         ("CLOUDTERM_AUTH_ISSUER", "idp.example.com", "auth.issuer"),
         ("CLOUDTERM_AUTH_LEEWAY_SECONDS", "86400", "auth.leeway_seconds"),
@@ -126,4 +135,18 @@ fn help_lists_every_setting() {
     for setting in SETTINGS {
         assert!(help.contains(setting.env) && help.contains(setting.key), "{} missing", setting.key);
     }
+}
+
+#[test]
+fn s3_storage_needs_a_bucket_and_takes_the_rest_from_defaults() {
+    let env = env_of(&[
+        ("CLOUDTERM_STORAGE", "s3"),
+        ("CLOUDTERM_S3_BUCKET", "snapshots"),
+        ("CLOUDTERM_S3_ENDPOINT", "http://127.0.0.1:3900"),
+        ("CLOUDTERM_S3_REGION", "garage"),
+    ]);
+    let config = Config::load(None, env, &Overrides::default()).expect("load");
+    assert_eq!(config.storage.s3_bucket.as_deref(), Some("snapshots"));
+    assert_eq!(config.storage.s3_prefix, "cloudterm");
+    assert!(config.storage.s3_path_style);
 }

@@ -4,3 +4,4 @@
 pub mod health;
 pub mod identity;
 pub mod sandboxes;
+pub mod snapshots;

@@ -9,12 +9,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cloudterm-api-types", &[]),
     ("cloudterm-agent-protocol", &[]),
     ("cloudterm-blobstore", &[]),
+    ("cloudterm-archive", &[]),
     ("cloudterm-store", &[]),
     ("cloudterm-identity", &[]),
     ("cloudterm-agent", &["cloudterm-agent-protocol"]),
     ("cloudterm-runtime", &["cloudterm-agent-protocol"]),
     ("cloudterm-runtime-linux", &["cloudterm-runtime", "cloudterm-agent-protocol"]),
-    ("cloudterm-domain", &["cloudterm-runtime", "cloudterm-store", "cloudterm-blobstore", "cloudterm-agent-protocol"]),
+    (
+        "cloudterm-domain",
+        &[
+            "cloudterm-runtime",
+            "cloudterm-store",
+            "cloudterm-blobstore",
+            "cloudterm-agent-protocol",
+            "cloudterm-archive",
+        ],
+    ),
     (
         "cloudterm-server",
         &[
@@ -32,7 +42,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cloudterm", &["cloudterm-server", "cloudterm-api-types", "cloudterm-identity", "cloudterm-runtime-linux"]),
     (
         "cloudterm-test-support",
-        &["cloudterm-server", "cloudterm-identity", "cloudterm-runtime", "cloudterm-store", "cloudterm-api-types"],
+        &[
+            "cloudterm-server",
+            "cloudterm-identity",
+            "cloudterm-runtime",
+            "cloudterm-store",
+            "cloudterm-api-types",
+            "cloudterm-blobstore",
+        ],
     ),
 ];
 

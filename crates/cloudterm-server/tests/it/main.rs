@@ -10,3 +10,4 @@ mod plumbing;
 mod sandboxes;
 mod spec;
 mod support;
+mod warm_pool;
