@@ -265,8 +265,8 @@ impl SnapshotService {
             .await
             .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
         exchange(&fresh, &dir)?;
-        // `fresh` now holds the old files.
-        remove_in_background(fresh);
+        // `fresh` now holds the old files, still mounted in running sandboxes: switch them to
+        // the new directory first (a mount onto a deleted directory fails), then delete.
         let mut updated = Vec::new();
         for sandbox in self.sandboxes.running_on_workspace(caller.id(), &workspace).await? {
             let mount = Mount { host_path: dir.clone(), target: PathBuf::from("/workspace"), read_only: false };
@@ -279,6 +279,7 @@ impl SnapshotService {
                 }
             }
         }
+        remove_in_background(fresh);
         Ok(RestoredSnapshot {
             snapshot_id: record.id,
             workspace_id: workspace,

@@ -8,6 +8,7 @@ mod isolation;
 mod listeners;
 mod plumbing;
 mod sandboxes;
+mod snapshots;
 mod spec;
 mod support;
 mod warm_pool;
