@@ -15,26 +15,29 @@ use crate::ArchiveError;
 /// `sha256_hex` are those of the bytes the caller's writer received, whatever layers ran above.
 pub(crate) struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
+    /// `None` when the caller hashes the bytes itself (it saves the packing thread the work).
+    hasher: Option<Sha256>,
     count: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), count: 0 }
+    pub(crate) fn new(inner: W, hash: bool) -> Self {
+        Self { inner, hasher: hash.then(Sha256::new), count: 0 }
     }
 
-    /// Flushes the inner writer and returns (bytes written, hex SHA-256).
+    /// Flushes the inner writer and returns (bytes written, hex SHA-256 or "" when not hashing).
     pub(crate) fn finish(mut self) -> io::Result<(u64, String)> {
         self.inner.flush()?;
-        Ok((self.count, hex::encode(self.hasher.finalize())))
+        Ok((self.count, self.hasher.map(|h| hex::encode(h.finalize())).unwrap_or_default()))
     }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.inner.write(buf)?;
-        self.hasher.update(&buf[..written]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..written]);
+        }
         self.count += written as u64;
         Ok(written)
     }

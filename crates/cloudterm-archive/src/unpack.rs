@@ -107,7 +107,7 @@ pub struct UnpackStats {
 
 /// Unpacks `input` into `dest`, which must be an existing, empty directory (the caller swaps
 /// it into place afterwards, and deletes it on error: a failed unpack may leave entries).
-pub fn unpack(input: impl Read, dest: &Path, options: &UnpackOptions) -> Result<UnpackStats, ArchiveError> {
+pub fn unpack(input: impl Read + Send, dest: &Path, options: &UnpackOptions) -> Result<UnpackStats, ArchiveError> {
     let expected = options.expected_sha256.as_deref().map(parse_sha256).transpose()?;
     let root = open_empty_dir(dest)?;
     let mut hashed = HashingReader::new(input);
@@ -214,12 +214,12 @@ impl<'o> Extractor<'o> {
 
     /// Reads the whole (decrypted, decompressed) stream and extracts it. The raw input is only
     /// borrowed, so the caller can finish its hash afterwards.
-    fn run<R: Read>(mut self, input: &mut HashingReader<R>) -> Result<UnpackStats, ArchiveError> {
+    fn run<R: Read + Send>(self, input: &mut HashingReader<R>) -> Result<UnpackStats, ArchiveError> {
         let mut buffered = BufReader::with_capacity(128 * 1024, input);
         let head = buffered.fill_buf().map_err(classify_read_error)?;
         let encrypted = head.starts_with(MAGIC);
         let compressed = head.starts_with(&ZSTD_MAGIC);
-        let plain: Box<dyn Read + '_> = match &self.options.key {
+        let plain: Box<dyn Read + Send + '_> = match &self.options.key {
             None if encrypted => {
                 return Err(ArchiveError::Decrypt("the archive is encrypted and no key was given".into()))
             }
@@ -231,8 +231,17 @@ impl<'o> Extractor<'o> {
         };
         let mut decoder = zstd::Decoder::new(plain).map_err(classify_read_error)?;
         decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(classify_read_error)?;
+        std::thread::scope(|scope| {
+            let (chunks, receiver) = std::sync::mpsc::sync_channel(READ_AHEAD_CHUNKS);
+            scope.spawn(move || decompress_into(decoder, chunks));
+            self.extract(ChannelReader::new(receiver))
+        })
+    }
+
+    /// Extracts the decompressed stream `plain`, then reads it to its end (bounded).
+    fn extract(mut self, plain: ChannelReader) -> Result<UnpackStats, ArchiveError> {
         let position = Rc::new(Cell::new(0u64));
-        let mut archive = tar::Archive::new(CountingReader::new(decoder, Rc::clone(&position)));
+        let mut archive = tar::Archive::new(CountingReader::new(plain, Rc::clone(&position)));
 
         let mut end_of_last = 0u64;
         let mut pending = Pending::default();
@@ -252,15 +261,14 @@ impl<'o> Extractor<'o> {
         self.finish_dirs()?;
 
         // Read to the end of every layer: zstd checks its frame checksum and completeness, the
-        // decryptor its last segment, and the hash must cover every byte.
+        // decryptor its last segment, and the hash must cover every byte (the decompressing
+        // thread reads the raw input to its end before it reports the end of the stream).
         let decoder = archive.into_inner().into_inner();
         let mut rest = decoder.take(MAX_TRAILING + 1);
         let trailing = io::copy(&mut rest, &mut io::sink()).map_err(classify_read_error)?;
         if trailing > MAX_TRAILING {
             return Err(ArchiveError::Corrupt("too much data after the end of the archive".into()));
         }
-        let mut plain = rest.into_inner().finish();
-        io::copy(&mut plain, &mut io::sink()).map_err(classify_read_error)?;
         Ok(self.stats)
     }
 
@@ -633,6 +641,87 @@ fn parse_pax(records: Option<Vec<u8>>) -> Result<Pax, ArchiveError> {
         }
     }
     Ok(pax)
+}
+
+/// Decompressed chunks buffered between the decompressing thread and the extractor.
+const READ_AHEAD_CHUNKS: usize = 8;
+/// Bytes per chunk.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The decompressing side of an unpack, on its own thread: reads (and hashes, decrypts,
+/// decompresses) the input and hands the plain bytes over in chunks, so decompression overlaps
+/// with writing files as `zstd -d | tar -x` overlaps with two processes. At the end of the zstd
+/// stream it reads the raw input to its end too (so the hash covers every byte), then sends an
+/// empty chunk. It stops as soon as the extractor hangs up.
+fn decompress_into<R: BufRead>(
+    mut decoder: zstd::Decoder<'_, R>,
+    chunks: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+) {
+    loop {
+        let mut chunk = vec![0u8; CHUNK_BYTES];
+        match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                chunk.truncate(n);
+                if chunks.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                let _ = chunks.send(Err(err));
+                return;
+            }
+        }
+    }
+    let mut raw = decoder.finish();
+    let end = io::copy(&mut raw, &mut io::sink()).map(|_| Vec::new());
+    let _ = chunks.send(end);
+}
+
+/// The extractor's view of the decompressing thread's output.
+struct ChannelReader {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    offset: usize,
+    ended: bool,
+}
+
+impl ChannelReader {
+    fn new(chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        ChannelReader { chunks, current: Vec::new(), offset: 0, ended: false }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.offset < self.current.len() {
+                let n = buf.len().min(self.current.len() - self.offset);
+                buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+                self.offset += n;
+                return Ok(n);
+            }
+            if self.ended {
+                return Ok(0);
+            }
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.ended = true,
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.offset = 0;
+                }
+                Ok(Err(err)) => {
+                    self.ended = true;
+                    return Err(err);
+                }
+                Err(_) => {
+                    self.ended = true;
+                    return Err(io::Error::other("the decompressing thread stopped"));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The `cloudterm` command: `serve` runs the platform, `token` mints a dev token.
+//! The `cloudterm` command: `serve` runs the platform, `token` mints a dev token, and client
+//! commands (`sandbox`, `exec`, `snapshot`) drive a running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use cloudterm_server::{Config, Overrides};
 
 mod client;
 mod image;
+mod snapshot_cli;
 
 /// Self-hosted cloud terminals: isolated sandboxes, workspaces and snapshots over HTTP.
 #[derive(Parser)]
@@ -70,6 +72,14 @@ enum Command {
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         argv: Vec<String>,
+    },
+    /// Take, restore, list, pin, delete, download and import workspace snapshots on a running
+    /// server (CLOUDTERM_URL, CLOUDTERM_TOKEN).
+    Snapshot {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: snapshot_cli::SnapshotAction,
     },
     /// How to make a sandbox image (a root file system directory), and `check DIR`.
     Image {
@@ -146,6 +156,9 @@ fn main() -> ExitCode {
         Command::Token { principal, ttl, config, data_dir } => token(&principal, ttl, config, data_dir),
         Command::Sandbox { server, action } => sandbox(server, action),
         Command::Exec { server, timeout, sandbox, argv } => return exec(server, &sandbox, &argv, timeout),
+        Command::Snapshot { server, action } => {
+            client::Client::new(server.url, server.token).and_then(|client| snapshot_cli::run(&client, action))
+        }
         Command::Image { action: None } => {
             print!("{}", image::GUIDE);
             Ok(())

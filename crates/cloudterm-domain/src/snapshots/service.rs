@@ -134,6 +134,8 @@ impl SnapshotService {
             level: self.settings.zstd_level,
             threads: self.settings.zstd_threads,
             key: self.settings.key.clone(),
+            // The BlobStore hashes what it stores, off the packing thread.
+            checksum: false,
         };
         let packed = transfer::pack_to_store(&self.blobs, dir, &object_key, options).await;
         let (stats, outcome) = match packed {

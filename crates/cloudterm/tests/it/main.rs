@@ -300,3 +300,144 @@ fn sandboxes_survive_sigkill_of_serve_and_nothing_leaks() {
         .collect();
     assert!(procs.is_empty(), "processes of {id} were left: {procs:?}");
 }
+
+/// The first file named `name` below `dir`: where local storage keeps a snapshot's object.
+fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name().to_string_lossy() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[test]
+fn snapshot_commands_drive_a_server() {
+    let home = tempfile::tempdir().expect("home");
+    let served = serve(home.path(), &[], &[("CLOUDTERM_RUNTIME", "process")]);
+    let token = mint(home.path(), "alice");
+    let run = |args: &[&str]| {
+        let output = client(home.path(), &served, &token).current_dir(home.path()).args(args).output().expect("run");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "cloudterm {args:?} failed: {stderr}");
+        (stdout, stderr)
+    };
+    let (sandbox, _) = run(&["sandbox", "create"]);
+    let sandbox = sandbox.trim();
+    // The process runtime runs commands in the workspace directory, so paths are relative.
+    run(&[
+        "exec",
+        sandbox,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > notes.txt && mkdir -p src && echo 'fn main() {}' > src/main.rs",
+    ]);
+
+    let (snapshot, summary) = run(&["snapshot", "create", "--sandbox", sandbox, "--label", "first"]);
+    let snapshot = snapshot.trim().to_string();
+    assert!(snapshot.starts_with("snap_") && !snapshot.contains('\n'), "stdout is the id alone: {snapshot:?}");
+    assert!(summary.contains("2 files") && summary.contains("stored"), "{summary}");
+    let (json, _) = run(&["snapshot", "create", "--sandbox", sandbox, "--pin", "--json"]);
+    let second: serde_json::Value = serde_json::from_str(&json).expect("--json prints JSON");
+    assert_eq!(second["pinned"], true);
+    assert_eq!(second["file_count"], 2);
+
+    let (listed, _) = run(&["snapshot", "list"]);
+    let rows: Vec<&str> = listed.lines().collect();
+    assert!(rows[0].starts_with("ID"), "a table with a header: {listed}");
+    assert!(rows[1].contains(second["snapshot_id"].as_str().expect("id")), "newest first: {listed}");
+    assert!(rows[2].contains(&snapshot) && rows[2].contains("first"), "{listed}");
+
+    run(&["snapshot", "download", &snapshot, "-o", "x.tar.zst"]);
+    let archive = home.path().join("x.tar.zst");
+    let listing = Command::new("tar").arg("--zstd").arg("-tf").arg(&archive).output().expect("tar");
+    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(names.lines().any(|l| l == "notes.txt") && names.contains("src/main.rs"), "{names}");
+    let temps: Vec<_> = std::fs::read_dir(home.path())
+        .expect("home")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(temps.is_empty(), "the temp file was renamed, not left: {temps:?}");
+    // `-o -` streams the same bytes to stdout.
+    let piped = client(home.path(), &served, &token).args(["snapshot", "download", &snapshot, "-o", "-"]).output();
+    assert_eq!(piped.expect("download to stdout").stdout, std::fs::read(&archive).expect("archive"));
+
+    run(&["exec", sandbox, "--", "sh", "-c", "rm notes.txt && echo changed > src/main.rs && echo junk > junk"]);
+    let (restored, _) = run(&["snapshot", "restore", &snapshot, "--sandbox", sandbox]);
+    assert!(restored.contains("restored 2 files"), "{restored}");
+    let (files, _) = run(&["exec", sandbox, "--", "sh", "-c", "cat notes.txt src/main.rs; ls"]);
+    assert_eq!(files, "kept\nfn main() {}\nnotes.txt\nsrc\n", "the snapshot's files, and only those, are back");
+
+    let (imported, summary) = run(&["snapshot", "import", "x.tar.zst", "--label", "from disk"]);
+    let imported = imported.trim();
+    assert!(imported.starts_with("snap_") && imported != snapshot, "{imported}");
+    assert!(summary.contains("2 files"), "{summary}");
+    let (listed, _) = run(&["snapshot", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed["snapshots"][0]["snapshot_id"], imported);
+    assert_eq!(listed["snapshots"][0]["kind"], "import");
+    assert_eq!(listed["snapshots"][0]["label"], "from disk");
+
+    let (pinned, _) = run(&["snapshot", "pin", imported]);
+    assert_eq!(pinned.trim(), format!("{imported} pinned"));
+    let (unpinned, _) = run(&["snapshot", "pin", imported, "--off"]);
+    assert_eq!(unpinned.trim(), format!("{imported} unpinned"));
+    run(&["snapshot", "rm", imported]);
+    let (listed, _) = run(&["snapshot", "list"]);
+    assert!(!listed.contains(imported) && listed.contains(&snapshot), "{listed}");
+
+    // Errors: the server's message, a non-zero exit, nothing on stdout, no file left behind.
+    for args in [
+        vec!["snapshot", "rm", imported],
+        vec!["snapshot", "download", "snap_nope", "-o", "nope.tar.zst"],
+        vec!["snapshot", "restore", "snap_nope"],
+    ] {
+        let output = client(home.path(), &served, &token).current_dir(home.path()).args(&args).output().expect("run");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("404") && stderr.contains("not found"), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+    assert!(!home.path().join("nope.tar.zst").exists());
+    let garbage = home.path().join("garbage.tar.zst");
+    std::fs::write(&garbage, b"not an archive").expect("write");
+    let output = client(home.path(), &served, &token)
+        .args(["snapshot", "import"])
+        .arg(&garbage)
+        .output()
+        .expect("import garbage");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("422"), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Stored bytes that no longer match the recorded SHA-256 fail the download loudly, and the
+    // real name never appears.
+    let data_dir = home.path().join(".local/share/cloudterm/snapshots");
+    let object = find_file(&data_dir, &format!("{snapshot}.tar.zst")).expect("the stored object");
+    let mut bytes = std::fs::read(&object).expect("object");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&object, bytes).expect("corrupt the object");
+    let output = client(home.path(), &served, &token)
+        .current_dir(home.path())
+        .args(["snapshot", "download", &snapshot, "-o", "corrupt.tar.zst"])
+        .output()
+        .expect("download");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("SHA-256 mismatch"));
+    let left: Vec<_> = std::fs::read_dir(home.path())
+        .expect("home")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("corrupt"))
+        .collect();
+    assert!(left.is_empty(), "nothing kept of a corrupt download: {left:?}");
+}
