@@ -233,11 +233,14 @@ pub struct SnapshotConfig {
     pub key_file: Option<PathBuf>,
     /// Snapshot a sandbox's workspace when its idle TTL stops it.
     pub on_idle: bool,
+    /// Every this many seconds, snapshot each workspace that has a running sandbox (kind
+    /// `daily`); 0 turns it off.
+    pub periodic_seconds: u64,
 }
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
-        SnapshotConfig { retention: 5, key_file: None, on_idle: true }
+        SnapshotConfig { retention: 5, key_file: None, on_idle: true, periodic_seconds: 86_400 }
     }
 }
 
@@ -628,6 +631,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "snapshot a sandbox's workspace when its idle TTL stops it (default true)",
         apply: |c, v| {
             c.snapshots.on_idle = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "snapshots.periodic_seconds",
+        env: "CLOUDTERM_SNAPSHOT_PERIODIC_SECONDS",
+        help: "snapshot every workspace with a running sandbox this often (default 86400, daily; 0 off)",
+        apply: |c, v| {
+            c.snapshots.periodic_seconds = parse_u64(v)?;
             Ok(())
         },
     },

@@ -45,7 +45,8 @@ pub async fn start(state: AppState) -> anyhow::Result<RunningServer> {
     let main = bind("listen", &config.listen).await?;
     let main_addr = main.local_addr()?;
     spawn(&mut tasks, main, app(&state, &main_services), stopped.clone());
-    spawn_reaper(&mut tasks, state.clone(), stopped);
+    spawn_reaper(&mut tasks, state.clone(), stopped.clone());
+    spawn_periodic_snapshots(&mut tasks, state.clone(), stopped);
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     Ok(RunningServer { main_addr, service_addrs, state, stop, tasks, grace })
 }
@@ -88,6 +89,32 @@ fn spawn_reaper(tasks: &mut JoinSet<std::io::Result<()>>, state: AppState, mut s
                     state.snapshots.after_idle_stop(&stopped).await;
                 }
             }
+        }
+    });
+}
+
+/// Takes the periodic ("daily") snapshots, until shutdown.
+fn spawn_periodic_snapshots(
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    state: AppState,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let seconds = state.config.snapshots.periodic_seconds;
+    if seconds == 0 {
+        return;
+    }
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+                changed = stopped.changed() => {
+                    if changed.is_err() || *stopped.borrow() {
+                        return Ok(());
+                    }
+                }
+            }
+            let taken = state.snapshots.periodic().await;
+            tracing::info!(snapshots = taken, "periodic snapshots taken");
         }
     });
 }

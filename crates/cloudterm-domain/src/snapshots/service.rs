@@ -80,6 +80,30 @@ impl SnapshotService {
         }
     }
 
+    /// The periodic ("daily") snapshot: every workspace with a running sandbox, once. Returns
+    /// how many were taken; failures are logged.
+    pub async fn periodic(&self) -> usize {
+        let running = match self.store.list_sandboxes_in_states(&[crate::sandboxes::state::RUNNING]).await {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::warn!(error = %err, "periodic snapshots: cannot list running sandboxes");
+                return 0;
+            }
+        };
+        let mut workspaces: Vec<(String, String)> =
+            running.into_iter().filter_map(|r| r.workspace_id.map(|w| (r.owner, w))).collect();
+        workspaces.sort();
+        workspaces.dedup();
+        let mut taken = 0;
+        for (owner, workspace) in workspaces {
+            match self.snapshot_workspace(&owner, &workspace, None, SnapshotKind::Daily, false).await {
+                Ok(_) => taken += 1,
+                Err(err) => tracing::warn!(workspace = %workspace, error = %err, "periodic snapshot failed"),
+            }
+        }
+        taken
+    }
+
     async fn snapshot_workspace(
         &self,
         owner: &str,

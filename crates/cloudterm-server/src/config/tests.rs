@@ -62,6 +62,7 @@ fn every_setting_has_a_working_override() {
             "sandboxes.warm_pool" => "5",
             "snapshots.retention" => "3",
             "snapshots.on_idle" => "false",
+            "snapshots.periodic_seconds" => "3600",
             "snapshots.key_file" => "/etc/cloudterm/snapshot.key",
             key if key.ends_with("seconds") || key.ends_with("bytes") || key.starts_with("quotas.") => "7",
             _ => "something",

@@ -400,3 +400,26 @@ async fn an_idle_stop_takes_a_snapshot() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_snapshots_cover_workspaces_with_running_sandboxes() {
+    let server = TestServer::start_with(|c| c.snapshots.periodic_seconds = 1).await;
+    let alice = Api::new(&server, "alice");
+    let bob = Api::new(&server, "bob");
+    let sandbox = id_of(&alice.create(json!({})).await, "id");
+    alice.sh(&sandbox, "echo daily > d.txt").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, listed) = alice.call("GET", "/snapshot/list", None).await;
+        if let Some(snapshot) = listed["snapshots"].as_array().and_then(|s| s.first()) {
+            assert_eq!(snapshot["kind"], "daily");
+            assert!(snapshot["file_count"].as_u64() >= Some(1), "{snapshot}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no periodic snapshot was taken");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Bob has no running sandbox: nothing of his is snapshotted.
+    let (_, listed) = bob.call("GET", "/snapshot/list", None).await;
+    assert_eq!(listed["snapshots"], json!([]));
+}
