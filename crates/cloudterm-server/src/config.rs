@@ -137,6 +137,9 @@ pub struct StorageConfig {
     /// Path-style requests (`endpoint/bucket/key`), which need no wildcard DNS; `false` for
     /// virtual-hosted (`bucket.endpoint/key`).
     pub s3_path_style: bool,
+    /// How long a failing S3 request is retried, with exponential backoff and jitter, before
+    /// the operation fails (and the API answers 503).
+    pub s3_retry_seconds: u64,
     /// S3 keys given by a program embedding the server (tests); never read from the file or
     /// the environment's `CLOUDTERM_*` settings, so a config file never holds secrets.
     #[serde(skip)]
@@ -308,6 +311,7 @@ impl Default for StorageConfig {
             s3_bucket: None,
             s3_prefix: "cloudterm".into(),
             s3_path_style: true,
+            s3_retry_seconds: 30,
             s3_credentials: None,
         }
     }
@@ -694,6 +698,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "path-style S3 URLs (default true); false for virtual-hosted",
         apply: |c, v| {
             c.storage.s3_path_style = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "storage.s3_retry_seconds",
+        env: "CLOUDTERM_S3_RETRY_SECONDS",
+        help: "how long an S3 request is retried (backoff with jitter) before it fails (default 30)",
+        apply: |c, v| {
+            c.storage.s3_retry_seconds = parse_u64(v)?;
             Ok(())
         },
     },

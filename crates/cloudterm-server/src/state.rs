@@ -168,6 +168,7 @@ async fn open_blob_store(config: &Config) -> anyhow::Result<BlobStore> {
                     .map(|c| c.secret_access_key.clone())
                     .or_else(|| env("AWS_SECRET_ACCESS_KEY")),
                 session_token: env("AWS_SESSION_TOKEN"),
+                retry_budget: std::time::Duration::from_secs(storage.s3_retry_seconds),
                 ..S3Config::default()
             };
             (BlobStoreConfig::S3(s3), "storage.s3_*, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY")

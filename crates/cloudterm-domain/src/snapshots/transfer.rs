@@ -35,14 +35,14 @@ pub(crate) async fn pack_to_store(
     let packed = packer.await.map_err(|err| DomainError::Internal(format!("snapshot packer panicked: {err}")))?;
     match (packed, upload) {
         (Ok(stats), Ok(outcome)) => Ok((stats, outcome)),
-        // The packer failing closes the pipe early; report its error, not the upload's.
-        (Err(err), upload) => {
-            if upload.is_ok() {
-                let _ = blobs.delete(key).await;
-            }
+        // A failed upload drops the pipe, so the packer fails too (a broken pipe): the
+        // storage error is the cause.
+        (_, Err(err)) => Err(storage_error(err)),
+        // The packer failing closes the pipe early, and the store kept a truncated object.
+        (Err(err), Ok(_)) => {
+            let _ = blobs.delete(key).await;
             Err(archive_error(err))
         }
-        (Ok(_), Err(err)) => Err(storage_error(err)),
     }
 }
 

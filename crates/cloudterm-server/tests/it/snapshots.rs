@@ -423,3 +423,30 @@ async fn periodic_snapshots_cover_workspaces_with_running_sandboxes() {
     let (_, listed) = bob.call("GET", "/snapshot/list", None).await;
     assert_eq!(listed["snapshots"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_down_answers_503_and_lists_nothing_partial() {
+    let Some(garage) = GarageServer::start().await else { return };
+    let server = TestServer::start_with(|config| {
+        use_garage(config, &garage);
+        config.storage.s3_retry_seconds = 2;
+    })
+    .await;
+    let alice = Api::new(&server, "alice");
+    let sandbox = id_of(&alice.create(json!({})).await, "id");
+    alice.sh(&sandbox, "head -c 20000000 /dev/urandom > big").await;
+    let (status, first) = alice.call("POST", "/snapshot/create", Some(json!({}))).await;
+    assert_eq!(status, 201, "{first}");
+    drop(garage);
+    let started = std::time::Instant::now();
+    let (status, body) = alice.call("POST", "/snapshot/create", Some(json!({"label": "doomed"}))).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    let (_, listed) = alice.call("GET", "/snapshot/list", None).await;
+    let listed = listed["snapshots"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "only the complete snapshot is listed: {listed:?}");
+    assert_eq!(listed[0]["snapshot_id"], first["snapshot_id"]);
+    // The sandbox was thawed again.
+    assert_eq!(alice.sh(&sandbox, "echo alive").await["stdout"], "alive\n");
+}
