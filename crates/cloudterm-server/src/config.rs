@@ -403,6 +403,20 @@ fn parse_u64(text: &str) -> Result<u64, String> {
     text.trim().parse().map_err(|_| format!("expected a whole number, got {text:?}"))
 }
 
+/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`; anything else unchanged.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -596,7 +610,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "store.url",
         env: "CLOUDTERM_STORE_URL",
-        help: "metadata store, sqlite://PATH (default DATA_DIR/cloudterm.db)",
+        help: "metadata store: sqlite://PATH (default DATA_DIR/cloudterm.db) or postgres://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass)",
         apply: |c, v| {
             c.store.url = non_empty(v);
             Ok(())
@@ -911,7 +925,8 @@ impl Config {
             || store_url.starts_with("postgres://")
             || store_url.starts_with("postgresql://"))
         {
-            return Err(invalid("store.url", format!("expected sqlite://PATH or postgres://…, got {store_url:?}")));
+            let shown = redact_url_password(&store_url);
+            return Err(invalid("store.url", format!("expected sqlite://PATH or postgres://…, got {shown:?}")));
         }
         match self.storage.backend.as_str() {
             "local" => {}
@@ -951,6 +966,11 @@ impl Config {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir.join("cloudterm.db").display()),
         }
+    }
+
+    /// [`store_url`](Self::store_url) with any password replaced by `***`, for logs and errors.
+    pub fn store_url_redacted(&self) -> String {
+        redact_url_password(&self.store_url())
     }
 
     /// The local snapshot root, defaulting to `DATA_DIR/snapshots`.

@@ -163,7 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn log_startup(server: &RunningServer, took: Duration) {
     let state = &server.state;
     let config = &state.config;
-    tracing::info!(data_dir = %config.data_dir.display(), store = %config.store_url(), storage = %state.blobs.describe(), "opened the store and snapshot storage");
+    tracing::info!(data_dir = %config.data_dir.display(), store = %config.store_url_redacted(), storage = %state.blobs.describe(), "opened the store and snapshot storage");
     if state.runtime.kind == cloudterm_runtime::RuntimeKind::Process {
         tracing::warn!(runtime = %state.runtime.kind, reason = %state.runtime.reason, "sandboxes will NOT be isolated from this host");
     } else {

@@ -66,7 +66,7 @@ impl AppState {
         let store_url = config.store_url();
         let store = cloudterm_store::open(&store_url)
             .await
-            .with_context(|| format!("cannot open the metadata store (store.url = {store_url})"))?;
+            .with_context(|| format!("cannot open the metadata store (store.url = {})", config.store_url_redacted()))?;
         let blobs = open_blob_store(&config).await?;
         let choice: RuntimeChoice = config.runtime.kind.parse().map_err(anyhow::Error::msg)?;
         let runtime = tokio::task::spawn_blocking(move || cloudterm_runtime::select(choice))

@@ -30,6 +30,10 @@ impl StoreError {
     }
 }
 
+/// PostgreSQL's SQLSTATE for text its encoding cannot hold; SQLite's codes are numeric, so this
+/// never matches one of its errors.
+const PG_CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+
 impl From<sqlx::Error> for StoreError {
     /// The generic mapping. Call sites that know better (a unique violation that means "that
     /// name is taken", a foreign key that means "the parent is missing") map first.
@@ -41,6 +45,10 @@ impl From<sqlx::Error> for StoreError {
                     Self::Conflict(format!("already exists ({})", db.message()))
                 } else if db.is_foreign_key_violation() {
                     Self::Conflict(format!("still referenced ({})", db.message()))
+                } else if db.code().as_deref() == Some(PG_CHARACTER_NOT_IN_REPERTOIRE) {
+                    // PostgreSQL text cannot hold NUL (the only character a Rust string can
+                    // carry that it refuses): the value is refused, the server is fine.
+                    Self::Conflict("text containing a NUL character cannot be stored".to_owned())
                 } else {
                     Self::Unavailable(format!("database error: {}", db.message()))
                 }

@@ -1,10 +1,13 @@
 //! The metadata Store of cloudterm: the `Store` trait the domain talks to, its record types,
-//! and `open`, which picks a backend from a URL (SQLite today, PostgreSQL next).
+//! and `open`, which picks a backend from a URL: SQLite (one server) or PostgreSQL (several
+//! servers sharing one database).
 //!
 //! Every getter returns [`StoreError::NotFound`] for a missing row, so `?` carries a 404 up;
 //! every list is ordered as its doc says, so callers never sort.
 
+mod codec;
 mod error;
+mod postgres;
 mod records;
 mod sqlite;
 
@@ -14,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use error::StoreError;
+pub use postgres::PgStore;
 pub use records::{
     AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotRecord,
     SnapshotState, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
@@ -25,14 +29,14 @@ pub use sqlite::SqliteStore;
 /// - `sqlite://PATH` (or `sqlite:PATH`): the file is created if missing; WAL journal, 5 s busy
 ///   timeout, foreign keys on, a small pool.
 /// - `sqlite::memory:`: a private in-memory database (one connection), for tests.
-/// - `postgres://…` / `postgresql://…`: not built yet, `StoreError::Unsupported`.
+/// - `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or `postgresql://…`, with libpq-style
+///   parameters such as `?sslmode=require`): the database must exist; a pool of 10 connections,
+///   5 s to get one (so a server that is down reads as `Unavailable` within 5 s).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
     match scheme {
         "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
-        "postgres" | "postgresql" => {
-            Err(StoreError::Unsupported("postgresql store is not built yet, use a sqlite:// url".to_owned()))
-        }
+        "postgres" | "postgresql" => Ok(Arc::new(PgStore::open(url).await?)),
         // Never echo the whole URL: it may carry a password.
         other => Err(StoreError::Unsupported(format!(
             "unknown store url scheme {other:?}, expected sqlite:// or postgres://"
@@ -40,11 +44,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
-/// Metadata persistence for every cloudterm service. Implementations: [`SqliteStore`]
-/// (PostgreSQL next). Methods that take a record store it as given, ids included.
+/// Metadata persistence for every cloudterm service. Implementations: [`SqliteStore`] and
+/// [`PgStore`], which answer every method alike (the same tests run against both). Methods that
+/// take a record store it as given, ids included.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// A short name of the backend, for logs and `/health/ready` (`sqlite`).
+    /// A short name of the backend, for logs and `/health/ready` (`sqlite` or `postgres`).
     fn backend_name(&self) -> &'static str;
 
     /// Readiness: runs a trivial query.

@@ -1,15 +1,17 @@
 //! Test helpers: a real cloudterm server on `127.0.0.1:0`, a real identity provider serving
-//! a JWKS, a real S3 service (Garage), and the one place that decides whether a missing service
-//! skips or fails a test.
+//! a JWKS, a real S3 service (Garage), a real PostgreSQL, and the one place that decides whether
+//! a missing service skips or fails a test.
 
 mod garage;
 mod host;
 mod idp;
+mod postgres;
 mod server;
 
 pub use garage::GarageServer;
 pub use host::{linux_runtime_available, sandbox_leftovers, sandbox_processes};
 pub use idp::{IdpKey, JwksServer};
+pub use postgres::PostgresServer;
 pub use server::TestServer;
 
 /// Called where a test needs something this machine may lack (root, a service, a binary).

@@ -151,3 +151,16 @@ fn s3_storage_needs_a_bucket_and_takes_the_rest_from_defaults() {
     assert_eq!(config.storage.s3_prefix, "cloudterm");
     assert!(config.storage.s3_path_style);
 }
+
+#[test]
+fn store_passwords_never_reach_logs_or_errors() {
+    assert_eq!(
+        redact_url_password("postgres://ct:s3cret@db:5432/ct?sslmode=require"),
+        "postgres://ct:***@db:5432/ct?sslmode=require"
+    );
+    assert_eq!(redact_url_password("postgres://ct@db/ct"), "postgres://ct@db/ct");
+    assert_eq!(redact_url_password("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    let err = Config::load(None, env_of(&[("CLOUDTERM_STORE_URL", "mysql://u:hunter2@h/d")]), &Overrides::default())
+        .expect_err("mysql is refused");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}

@@ -1,10 +1,11 @@
 //! `SqliteStore`: the embedded SQLite implementation of `Store`, its connection setup and
 //! migrations, and the column codecs shared by the per-table modules.
 //!
-//! SQL here is kept portable for the PostgreSQL twin (`$n` placeholders, `ON CONFLICT`,
-//! `RETURNING`, no SQLite functions); only `workers::search` uses FTS5. Transactions always
-//! write before they read: SQLite's deferred transactions take the write lock at the first
-//! write and wait for it (busy timeout), whereas a read-then-write one can fail outright.
+//! SQL here is kept portable for the PostgreSQL twin in `crate::postgres` (`$n` placeholders,
+//! `ON CONFLICT`, `RETURNING`, no SQLite functions); only `worker_search` uses FTS5.
+//! Transactions always write before they read: SQLite's deferred transactions take the write
+//! lock at the first write and wait for it (busy timeout), whereas a read-then-write one can
+//! fail outright.
 
 mod previews;
 mod principals;
@@ -25,6 +26,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
+use crate::codec;
 use crate::{
     AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotRecord, Store,
     StoreError, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
@@ -81,51 +83,21 @@ impl SqliteStore {
     }
 }
 
-/// A time as stored: unix milliseconds, UTC.
-pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {
-    at.timestamp_millis()
-}
+pub(crate) use crate::codec::{expect_one, placeholders, to_json_list, to_json_text, to_millis};
 
 /// Reads a unix-milliseconds column.
 pub(crate) fn time_col(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>, StoreError> {
-    let millis: i64 = row.try_get(col)?;
-    DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::corrupt(format!("{col} out of range: {millis}")))
-}
-
-/// A list of strings as stored: JSON text.
-pub(crate) fn to_json_list(items: &[String]) -> Result<String, StoreError> {
-    serde_json::to_string(items).map_err(|e| StoreError::corrupt(format!("tags: {e}")))
+    codec::from_millis(col, row.try_get(col)?)
 }
 
 /// Reads a JSON-text list of strings.
 pub(crate) fn list_col(row: &SqliteRow, col: &str) -> Result<Vec<String>, StoreError> {
-    let text: String = row.try_get(col)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::corrupt(format!("{col}: {e}")))
-}
-
-/// A JSON value as stored: JSON text.
-pub(crate) fn to_json_text(value: &serde_json::Value) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::corrupt(format!("json: {e}")))
+    codec::parse_json_list(col, &row.try_get::<String, _>(col)?)
 }
 
 /// Reads a JSON-text column.
 pub(crate) fn json_col(row: &SqliteRow, col: &str) -> Result<serde_json::Value, StoreError> {
-    let text: String = row.try_get(col)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::corrupt(format!("{col}: {e}")))
-}
-
-/// `$first, $first+1, …` for `count` values, for an `IN (…)` list.
-pub(crate) fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
-}
-
-/// `Ok(())` when a write touched a row, `NotFound` when it touched none.
-pub(crate) fn expect_one(rows_affected: u64) -> Result<(), StoreError> {
-    if rows_affected == 0 {
-        Err(StoreError::NotFound)
-    } else {
-        Ok(())
-    }
+    codec::parse_json(col, &row.try_get::<String, _>(col)?)
 }
 
 #[async_trait]

@@ -4,6 +4,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row;
 
 use super::{expect_one, time_col, to_millis};
+use crate::codec::parse_port;
 use crate::error::insert_child_error;
 use crate::{PreviewRecord, StoreError};
 
@@ -15,7 +16,7 @@ fn from_row(row: &SqliteRow) -> Result<PreviewRecord, StoreError> {
     let port: i64 = row.try_get("port")?;
     Ok(PreviewRecord {
         sandbox_id: row.try_get("sandbox_id")?,
-        port: u16::try_from(port).map_err(|_| StoreError::corrupt(format!("preview port out of range: {port}")))?,
+        port: parse_port(port)?,
         owner: row.try_get("owner")?,
         public: row.try_get("public")?,
         fallback_sandbox_id: row.try_get("fallback_sandbox_id")?,

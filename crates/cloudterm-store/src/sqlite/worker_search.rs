@@ -1,15 +1,13 @@
 //! The SQLite-only part of the store: the FTS5 `worker_search` index and the ranked
-//! marketplace search over it. The PostgreSQL twin replaces this file (tsvector + ts_rank);
-//! everything else in the store is portable SQL.
+//! marketplace search over it. Its PostgreSQL twin is `postgres/worker_search.rs` (tsvector +
+//! ts_rank); everything else in the store is portable SQL.
 
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::Row;
 
 use super::workers::{version_from_row, worker_from_row, VERSION_COLUMNS, WORKER_COLUMNS};
+use crate::codec::search_words;
 use crate::{StoreError, WorkerRecord, WorkerVersionRecord};
-
-/// At most this many words of a query are searched; the rest is ignored.
-const MAX_QUERY_WORDS: usize = 16;
 
 /// bm25 column weights, in `worker_search` column order: worker_id (not indexed), name,
 /// description, tags. A hit in the name counts most, then a tag, then the description.
@@ -32,14 +30,13 @@ pub(super) async fn reindex(
     Ok(())
 }
 
-/// Turns free user text into a safe FTS5 query: the words (runs of letters and digits, as the
-/// `unicode61` tokenizer sees them) each become a quoted prefix term, joined with OR. Nothing
-/// the user types can reach FTS5 as syntax. `None` when the text has no words.
+/// Turns free user text into a safe FTS5 query: the words (`codec::search_words`: runs of
+/// letters and digits, as the `unicode61` tokenizer sees them) each become a quoted prefix term,
+/// joined with OR. Nothing the user types can reach FTS5 as syntax. `None` when the text has no
+/// words.
 pub(crate) fn fts_query(text: &str) -> Option<String> {
-    let terms: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|word| !word.is_empty())
-        .take(MAX_QUERY_WORDS)
+    let terms: Vec<String> = search_words(text)
+        .into_iter()
         // The words hold no `"`; doubling them anyway keeps the quoting right if that changes.
         .map(|word| format!("\"{}\"*", word.replace('"', "\"\"")))
         .collect();
@@ -120,6 +117,6 @@ mod tests {
     #[test]
     fn long_queries_are_capped() {
         let query = fts_query(&"w ".repeat(1000)).unwrap_or_default();
-        assert_eq!(query.matches(" OR ").count(), super::MAX_QUERY_WORDS - 1);
+        assert_eq!(query.matches(" OR ").count(), crate::codec::MAX_QUERY_WORDS - 1);
     }
 }

@@ -2,7 +2,7 @@
 
 use cloudterm_store::{PreviewRecord, StoreError};
 
-use crate::{at, file_store, sandbox};
+use crate::{at, sandbox, TestDb};
 
 fn preview(sandbox_id: &str, port: u16, owner: &str, t: i64) -> PreviewRecord {
     PreviewRecord {
@@ -15,9 +15,8 @@ fn preview(sandbox_id: &str, port: u16, owner: &str, t: i64) -> PreviewRecord {
     }
 }
 
-#[tokio::test]
-async fn put_is_an_upsert_on_sandbox_and_port() {
-    let db = file_store().await;
+backends!(put_is_an_upsert_on_sandbox_and_port);
+async fn put_is_an_upsert_on_sandbox_and_port(db: TestDb) {
     db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("sandbox");
     let first = preview("sbx_1", 65535, "alice", 1);
     assert_eq!(db.store.put_preview(&first).await.expect("put"), first);
@@ -36,9 +35,8 @@ async fn put_is_an_upsert_on_sandbox_and_port() {
     assert_eq!(db.store.list_previews_by_sandbox("sbx_1").await.expect("list").len(), 1);
 }
 
-#[tokio::test]
-async fn listings_and_delete() {
-    let db = file_store().await;
+backends!(listings_and_delete);
+async fn listings_and_delete(db: TestDb) {
     db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("1");
     db.store.insert_sandbox(&sandbox("sbx_2", "bob", 0)).await.expect("2");
     db.store.put_preview(&preview("sbx_1", 8080, "alice", 2)).await.expect("a");
@@ -58,9 +56,8 @@ async fn listings_and_delete() {
     assert_eq!(db.store.list_previews_by_owner("alice").await.expect("left").len(), 1);
 }
 
-#[tokio::test]
-async fn preview_of_missing_sandbox_is_not_found() {
-    let db = file_store().await;
+backends!(preview_of_missing_sandbox_is_not_found);
+async fn preview_of_missing_sandbox_is_not_found(db: TestDb) {
     let got = db.store.put_preview(&preview("sbx_ghost", 8080, "alice", 0)).await;
     assert!(matches!(got, Err(StoreError::NotFound)), "{got:?}");
 }

@@ -3,11 +3,10 @@
 
 use cloudterm_store::StoreError;
 
-use crate::{at, file_store, workspace};
+use crate::{at, workspace, TestDb};
 
-#[tokio::test]
-async fn ensure_creates_principal_and_home_once() {
-    let db = file_store().await;
+backends!(ensure_creates_principal_and_home_once);
+async fn ensure_creates_principal_and_home_once(db: TestDb) {
     assert!(matches!(db.store.get_principal("alice").await, Err(StoreError::NotFound)));
 
     // The caller's owner/is_home are overridden: the home belongs to the principal.
@@ -31,9 +30,8 @@ async fn ensure_creates_principal_and_home_once() {
     assert_eq!(db.store.get_principal("alice").await.expect("get"), created);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
-async fn racing_first_requests_yield_one_home() {
-    let db = file_store().await;
+backends!(racing_first_requests_yield_one_home, flavor = "multi_thread", worker_threads = 8);
+async fn racing_first_requests_yield_one_home(db: TestDb) {
     let mut tasks = Vec::new();
     for i in 0..8 {
         let store = db.store.clone();
@@ -54,9 +52,8 @@ async fn racing_first_requests_yield_one_home() {
     assert!(workspaces[0].is_home);
 }
 
-#[tokio::test]
-async fn home_workspace_cannot_be_deleted_or_duplicated() {
-    let db = file_store().await;
+backends!(home_workspace_cannot_be_deleted_or_duplicated);
+async fn home_workspace_cannot_be_deleted_or_duplicated(db: TestDb) {
     let p =
         db.store.ensure_principal("carol", workspace("ws_h", "carol", "home", &[], 0), at(0)).await.expect("ensure");
     match db.store.delete_workspace(&p.home_workspace_id).await {

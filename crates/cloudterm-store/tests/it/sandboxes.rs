@@ -2,11 +2,10 @@
 
 use cloudterm_store::{PreviewRecord, StoreError};
 
-use crate::{at, file_store, sandbox};
+use crate::{at, sandbox, TestDb};
 
-#[tokio::test]
-async fn round_trip_conflict_and_not_found() {
-    let db = file_store().await;
+backends!(round_trip_conflict_and_not_found);
+async fn round_trip_conflict_and_not_found(db: TestDb) {
     let mut sbx = sandbox("sbx_1", "alice", 0);
     sbx.workspace_id = None;
     sbx.image = None;
@@ -19,9 +18,8 @@ async fn round_trip_conflict_and_not_found() {
     assert!(matches!(db.store.get_sandbox("sbx_nope").await, Err(StoreError::NotFound)));
 }
 
-#[tokio::test]
-async fn listings_by_owner_and_state() {
-    let db = file_store().await;
+backends!(listings_by_owner_and_state);
+async fn listings_by_owner_and_state(db: TestDb) {
     db.store.insert_sandbox(&sandbox("sbx_b", "alice", 2)).await.expect("b");
     db.store.insert_sandbox(&sandbox("sbx_a", "alice", 1)).await.expect("a");
     db.store.insert_sandbox(&sandbox("sbx_c", "bob", 3)).await.expect("c");
@@ -40,9 +38,8 @@ async fn listings_by_owner_and_state() {
     assert!(db.store.list_sandboxes_in_states(&["lost"]).await.expect("lost").is_empty());
 }
 
-#[tokio::test]
-async fn state_and_expiry_updates() {
-    let db = file_store().await;
+backends!(state_and_expiry_updates);
+async fn state_and_expiry_updates(db: TestDb) {
     db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("insert");
     db.store.update_sandbox_state("sbx_1", "paused", at(10)).await.expect("pause");
     db.store.update_sandbox_expiry("sbx_1", at(5000), at(11)).await.expect("keepalive");
@@ -70,9 +67,8 @@ async fn state_and_expiry_updates() {
     ));
 }
 
-#[tokio::test]
-async fn delete_removes_sandbox_and_its_previews() {
-    let db = file_store().await;
+backends!(delete_removes_sandbox_and_its_previews);
+async fn delete_removes_sandbox_and_its_previews(db: TestDb) {
     db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("insert");
     db.store
         .put_preview(&PreviewRecord {
@@ -89,4 +85,25 @@ async fn delete_removes_sandbox_and_its_previews() {
     assert!(matches!(db.store.get_sandbox("sbx_1").await, Err(StoreError::NotFound)));
     assert!(matches!(db.store.get_preview("sbx_1", 8080).await, Err(StoreError::NotFound)));
     assert!(matches!(db.store.delete_sandbox("sbx_1").await, Err(StoreError::NotFound)));
+}
+
+backends!(racing_transitions_have_one_winner, flavor = "multi_thread", worker_threads = 8);
+async fn racing_transitions_have_one_winner(db: TestDb) {
+    db.store.insert_sandbox(&sandbox("sbx_1", "alice", 0)).await.expect("insert");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.transition_sandbox_state("sbx_1", &["running"], &format!("stopping-{i}"), at(i)).await
+        }));
+    }
+    let mut winners = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        if task.await.expect("join").expect("transition") {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one compare-and-set wins: {winners:?}");
+    let got = db.store.get_sandbox("sbx_1").await.expect("get");
+    assert_eq!(got.state, format!("stopping-{}", winners[0]));
 }

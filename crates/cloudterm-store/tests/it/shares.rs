@@ -2,7 +2,7 @@
 
 use cloudterm_store::{NewAuditRecord, ShareRecord, StoreError};
 
-use crate::{at, file_store, workspace};
+use crate::{at, workspace, TestDb};
 
 fn share(agent: &str, permission: &str, by: &str, t: i64) -> ShareRecord {
     ShareRecord {
@@ -25,9 +25,8 @@ fn audit(action: &str, subject: &str, permission: Option<&str>, t: i64) -> NewAu
     }
 }
 
-#[tokio::test]
-async fn put_share_upserts_and_delete_revokes() {
-    let db = file_store().await;
+backends!(put_share_upserts_and_delete_revokes);
+async fn put_share_upserts_and_delete_revokes(db: TestDb) {
     db.store.insert_workspace(&workspace("ws_1", "alice", "team", &[], 0)).await.expect("ws");
     db.store.put_share(&share("agent-b", "read", "alice", 1)).await.expect("share b");
     db.store.put_share(&share("agent-a", "write", "alice", 2)).await.expect("share a");
@@ -45,16 +44,14 @@ async fn put_share_upserts_and_delete_revokes() {
     assert_eq!(db.store.list_shares("ws_1").await.expect("list").len(), 1);
 }
 
-#[tokio::test]
-async fn share_on_missing_workspace_is_not_found() {
-    let db = file_store().await;
+backends!(share_on_missing_workspace_is_not_found);
+async fn share_on_missing_workspace_is_not_found(db: TestDb) {
     let got = db.store.put_share(&share("agent-b", "read", "alice", 1)).await;
     assert!(matches!(got, Err(StoreError::NotFound)), "{got:?}");
 }
 
-#[tokio::test]
-async fn audit_is_append_ordered_and_outlives_the_workspace() {
-    let db = file_store().await;
+backends!(audit_is_append_ordered_and_outlives_the_workspace);
+async fn audit_is_append_ordered_and_outlives_the_workspace(db: TestDb) {
     db.store.insert_workspace(&workspace("ws_1", "alice", "team", &[], 0)).await.expect("ws");
     // Appended out of time order on purpose: the trail keeps append order.
     let first = db.store.append_audit(&audit("share", "agent-b", Some("read"), 5)).await.expect("1");

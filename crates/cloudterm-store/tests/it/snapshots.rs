@@ -2,7 +2,7 @@
 
 use cloudterm_store::{SnapshotRecord, SnapshotState, StoreError};
 
-use crate::{at, file_store};
+use crate::{at, TestDb};
 
 fn snapshot(id: &str, workspace: &str, created: i64) -> SnapshotRecord {
     SnapshotRecord {
@@ -22,9 +22,8 @@ fn snapshot(id: &str, workspace: &str, created: i64) -> SnapshotRecord {
     }
 }
 
-#[tokio::test]
-async fn insert_is_pending_until_marked_ready() {
-    let db = file_store().await;
+backends!(insert_is_pending_until_marked_ready);
+async fn insert_is_pending_until_marked_ready(db: TestDb) {
     // Whatever the caller says, a new snapshot starts pending.
     let mut snap = snapshot("snap_1", "ws_1", 0);
     snap.state = SnapshotState::Ready;
@@ -56,9 +55,8 @@ async fn insert_is_pending_until_marked_ready() {
     assert!(matches!(db.store.get_snapshot("nope").await, Err(StoreError::NotFound)));
 }
 
-#[tokio::test]
-async fn list_is_newest_first_ready_only_per_workspace() {
-    let db = file_store().await;
+backends!(list_is_newest_first_ready_only_per_workspace);
+async fn list_is_newest_first_ready_only_per_workspace(db: TestDb) {
     for (id, ws, t) in [("snap_a", "ws_1", 1), ("snap_c", "ws_1", 3), ("snap_b", "ws_1", 2), ("snap_o", "ws_2", 4)] {
         db.store.insert_snapshot(&snapshot(id, ws, t)).await.expect("insert");
         db.store.mark_snapshot_ready(id, 1, 1, 1, None).await.expect("ready");
@@ -71,9 +69,8 @@ async fn list_is_newest_first_ready_only_per_workspace() {
     assert_eq!(pending, ["snap_pending"]);
 }
 
-#[tokio::test]
-async fn pin_and_delete() {
-    let db = file_store().await;
+backends!(pin_and_delete);
+async fn pin_and_delete(db: TestDb) {
     db.store.insert_snapshot(&snapshot("snap_1", "ws_1", 0)).await.expect("insert");
     db.store.set_snapshot_pinned("snap_1", true).await.expect("pin");
     assert!(db.store.get_snapshot("snap_1").await.expect("get").pinned);

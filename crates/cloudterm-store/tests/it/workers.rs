@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cloudterm_store::{Store, StoreError, WorkerRecord, WorkerVersionRecord};
 
-use crate::{at, file_store};
+use crate::{at, TestDb};
 
 fn worker(id: &str, name: &str, t: i64) -> WorkerRecord {
     WorkerRecord { id: id.to_owned(), name: name.to_owned(), author: "alice".to_owned(), created_at: at(t) }
@@ -32,9 +32,8 @@ fn names(hits: &[(WorkerRecord, WorkerVersionRecord, f64)]) -> Vec<&str> {
     hits.iter().map(|(w, _, _)| w.name.as_str()).collect()
 }
 
-#[tokio::test]
-async fn worker_round_trip_and_unique_name() {
-    let db = file_store().await;
+backends!(worker_round_trip_and_unique_name);
+async fn worker_round_trip_and_unique_name(db: TestDb) {
     let w = worker("wkr_1", "shell-quote", 0);
     db.store.insert_worker(&w).await.expect("insert");
     assert_eq!(db.store.get_worker("wkr_1").await.expect("get"), w);
@@ -45,9 +44,8 @@ async fn worker_round_trip_and_unique_name() {
     assert!(matches!(db.store.get_worker_by_name("nope").await, Err(StoreError::NotFound)));
 }
 
-#[tokio::test]
-async fn versions_are_immutable_and_listed_newest_first() {
-    let db = file_store().await;
+backends!(versions_are_immutable_and_listed_newest_first);
+async fn versions_are_immutable_and_listed_newest_first(db: TestDb) {
     db.store.insert_worker(&worker("wkr_1", "fmt", 0)).await.expect("worker");
     let v1 = version("wkr_1", "1.0.0", "first", &["a"], 1);
     let v2 = version("wkr_1", "1.1.0", "second", &["a", "b"], 2);
@@ -63,9 +61,8 @@ async fn versions_are_immutable_and_listed_newest_first() {
     assert!(db.store.list_worker_versions("wkr_ghost").await.expect("none").is_empty());
 }
 
-#[tokio::test]
-async fn search_finds_and_ranks_by_relevance() {
-    let db = file_store().await;
+backends!(search_finds_and_ranks_by_relevance);
+async fn search_finds_and_ranks_by_relevance(db: TestDb) {
     publish(&db.store, "wkr_q", "shell-escape", "Safe quoting of shell arguments", &["shell"], 1).await;
     publish(&db.store, "wkr_j", "json-fmt", "Pretty prints JSON documents", &["json", "fmt"], 2).await;
     publish(&db.store, "wkr_c", "csv-tool", "Converts spreadsheets", &["data"], 3).await;
@@ -99,9 +96,8 @@ async fn search_finds_and_ranks_by_relevance() {
     assert!(db.store.search_workers(Some("nothing-like-this"), None, 10).await.expect("miss").is_empty());
 }
 
-#[tokio::test]
-async fn empty_query_lists_by_recency_and_skips_unpublished() {
-    let db = file_store().await;
+backends!(empty_query_lists_by_recency_and_skips_unpublished);
+async fn empty_query_lists_by_recency_and_skips_unpublished(db: TestDb) {
     publish(&db.store, "wkr_a", "alpha", "first", &["x"], 1).await;
     publish(&db.store, "wkr_b", "beta", "second", &["y"], 2).await;
     publish(&db.store, "wkr_c", "gamma", "third", &["x"], 3).await;
@@ -121,9 +117,8 @@ async fn empty_query_lists_by_recency_and_skips_unpublished() {
     assert!(db.store.search_workers(None, None, 0).await.expect("zero").is_empty());
 }
 
-#[tokio::test]
-async fn latest_version_drives_search_and_tags() {
-    let db = file_store().await;
+backends!(latest_version_drives_search_and_tags);
+async fn latest_version_drives_search_and_tags(db: TestDb) {
     publish(&db.store, "wkr_1", "tool", "handles yaml", &["old-tag"], 1).await;
     db.store.insert_worker_version(&version("wkr_1", "2.0.0", "handles toml", &["new-tag"], 5)).await.expect("v2");
     // Back-filling an older version does not replace the latest one.
@@ -139,11 +134,11 @@ async fn latest_version_drives_search_and_tags() {
     assert_eq!(hit.1.version, "2.0.0");
 }
 
-#[tokio::test]
-async fn hostile_queries_never_error() {
-    let db = file_store().await;
+backends!(hostile_queries_never_error);
+async fn hostile_queries_never_error(db: TestDb) {
     publish(&db.store, "wkr_q", "shell-escape", "Safe quoting of shell arguments", &["shell"], 1).await;
     let long = "a ".repeat(5000);
+    let long_word = "shell".repeat(1000);
     let hostile = [
         "\"foo",
         "a OR",
@@ -167,7 +162,12 @@ async fn hostile_queries_never_error() {
         "🦀 émoji",
         "shell\"; DROP TABLE workers; --",
         long.as_str(),
+        long_word.as_str(),
         "\0",
+        "a & !b | (c) <-> d:*",
+        "x:*A",
+        "Ⅻ ǅ ٣ 日本語",
+        "the of and",
     ];
     for q in hostile {
         let got = db.store.search_workers(Some(q), Some(q), 5).await;
@@ -179,4 +179,28 @@ async fn hostile_queries_never_error() {
     let hits = db.store.search_workers(Some("\"shell*"), None, 5).await.expect("quoted");
     assert_eq!(names(&hits), ["shell-escape"]);
     db.store.get_worker("wkr_q").await.expect("table intact");
+}
+
+backends!(racing_publications_keep_the_newest_as_latest, flavor = "multi_thread", worker_threads = 8);
+async fn racing_publications_keep_the_newest_as_latest(db: TestDb) {
+    db.store.insert_worker(&worker("wkr_1", "racer", 0)).await.expect("worker");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let tag = format!("tag{i}");
+            let v = version("wkr_1", &format!("1.{i}.0"), &format!("release {i}"), &[tag.as_str()], i);
+            store.insert_worker_version(&v).await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join").expect("publish");
+    }
+    // Whatever order the publications committed in, the newest by time is the latest one.
+    let hits = db.store.search_workers(None, None, 10).await.expect("list");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].1.version, "1.7.0");
+    assert_eq!(names(&db.store.search_workers(None, Some("tag7"), 10).await.expect("tag")), ["racer"]);
+    assert!(db.store.search_workers(None, Some("tag6"), 10).await.expect("old tag").is_empty());
+    assert_eq!(db.store.list_worker_versions("wkr_1").await.expect("versions").len(), 8);
 }

@@ -2,20 +2,18 @@
 
 use cloudterm_store::{ShareRecord, StoreError};
 
-use crate::{at, file_store, workspace};
+use crate::{at, workspace, TestDb};
 
-#[tokio::test]
-async fn round_trip_and_not_found() {
-    let db = file_store().await;
+backends!(round_trip_and_not_found);
+async fn round_trip_and_not_found(db: TestDb) {
     let ws = workspace("ws_1", "alice", "proj", &["rust", "ml", "rust"], 3);
     db.store.insert_workspace(&ws).await.expect("insert");
     assert_eq!(db.store.get_workspace("ws_1").await.expect("get"), ws);
     assert!(matches!(db.store.get_workspace("ws_nope").await, Err(StoreError::NotFound)));
 }
 
-#[tokio::test]
-async fn names_are_unique_per_owner() {
-    let db = file_store().await;
+backends!(names_are_unique_per_owner);
+async fn names_are_unique_per_owner(db: TestDb) {
     db.store.insert_workspace(&workspace("ws_1", "alice", "proj", &[], 0)).await.expect("first");
     let dup = db.store.insert_workspace(&workspace("ws_2", "alice", "proj", &[], 1)).await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
@@ -27,9 +25,8 @@ async fn names_are_unique_per_owner() {
     assert!(matches!(db.store.get_workspace("ws_2").await, Err(StoreError::NotFound)));
 }
 
-#[tokio::test]
-async fn list_by_owner_oldest_first_with_tag_filter() {
-    let db = file_store().await;
+backends!(list_by_owner_oldest_first_with_tag_filter);
+async fn list_by_owner_oldest_first_with_tag_filter(db: TestDb) {
     db.store.insert_workspace(&workspace("ws_b", "alice", "b", &["ml"], 2)).await.expect("b");
     db.store.insert_workspace(&workspace("ws_a", "alice", "a", &["rust", "ml"], 1)).await.expect("a");
     db.store.insert_workspace(&workspace("ws_c", "alice", "c", &["rust-lang"], 3)).await.expect("c");
@@ -47,9 +44,8 @@ async fn list_by_owner_oldest_first_with_tag_filter() {
     assert!(none.is_empty());
 }
 
-#[tokio::test]
-async fn shared_with_lists_permission_and_delete_removes_shares() {
-    let db = file_store().await;
+backends!(shared_with_lists_permission_and_delete_removes_shares);
+async fn shared_with_lists_permission_and_delete_removes_shares(db: TestDb) {
     db.store.insert_workspace(&workspace("ws_1", "alice", "one", &[], 0)).await.expect("1");
     db.store.insert_workspace(&workspace("ws_2", "alice", "two", &[], 1)).await.expect("2");
     let share = |ws: &str, perm: &str, t: i64| ShareRecord {
