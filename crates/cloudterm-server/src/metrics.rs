@@ -34,15 +34,33 @@ struct RouteLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+/// Labels of `snapshot_created_total`: why it was taken.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnapshotKindLabels {
+    kind: String,
+}
+
+/// Labels of `snapshot_duration_seconds`: `create`, `restore` or `import`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnapshotOperationLabels {
+    operation: String,
+}
+
+fn snapshot_duration_histogram() -> Histogram {
+    // 1 ms to about 2 minutes.
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
+}
+
 /// Every metric the server exports, registered once.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     http_requests: Family<RequestLabels, Counter>,
     http_duration: HistogramFamily,
-    snapshots_created: Counter,
+    snapshots_created: Family<SnapshotKindLabels, Counter>,
     snapshots_restored: Counter,
     snapshot_size: Histogram,
+    snapshot_duration: Family<SnapshotOperationLabels, Histogram, fn() -> Histogram>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -66,13 +84,20 @@ impl Metrics {
             "Time to answer HTTP requests, by method and route template",
             http_duration.clone(),
         );
-        let snapshots_created = Counter::default();
+        let snapshots_created = Family::<SnapshotKindLabels, Counter>::default();
+        let snapshot_duration: Family<SnapshotOperationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(snapshot_duration_histogram);
+        registry.register(
+            "snapshot_duration_seconds",
+            "Time to create, restore or import a snapshot, by operation",
+            snapshot_duration.clone(),
+        );
         let snapshots_restored = Counter::default();
         // 4 KiB to about 64 GiB.
         let snapshot_size = Histogram::new(exponential_buckets(4096.0, 4.0, 13));
         registry.register(
             "snapshot_created",
-            "Snapshots durably stored (created or imported)",
+            "Snapshots durably stored, by kind (manual, idle, daily, import)",
             snapshots_created.clone(),
         );
         registry.register("snapshot_restored", "Snapshots restored into a workspace", snapshots_restored.clone());
@@ -84,6 +109,7 @@ impl Metrics {
             snapshots_created,
             snapshots_restored,
             snapshot_size,
+            snapshot_duration,
         }
     }
 
@@ -93,10 +119,22 @@ impl Metrics {
         result: Result<cloudterm_domain::snapshots::Snapshot, E>,
     ) -> Result<cloudterm_domain::snapshots::Snapshot, E> {
         if let Ok(snapshot) = &result {
-            self.snapshots_created.inc();
-            self.snapshot_size.observe(snapshot.stored_bytes as f64);
+            self.snapshot_stored(snapshot);
         }
         result
+    }
+
+    /// Counts a stored snapshot (any kind) and its size.
+    pub fn snapshot_stored(&self, snapshot: &cloudterm_domain::snapshots::Snapshot) {
+        self.snapshots_created.get_or_create(&SnapshotKindLabels { kind: snapshot.kind.clone() }).inc();
+        self.snapshot_size.observe(snapshot.stored_bytes as f64);
+    }
+
+    /// Records how long a snapshot operation took (successful or not).
+    pub fn snapshot_took(&self, operation: &str, started: Instant) {
+        self.snapshot_duration
+            .get_or_create(&SnapshotOperationLabels { operation: operation.to_string() })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Counts a restore.

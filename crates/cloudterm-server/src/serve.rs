@@ -86,7 +86,9 @@ fn spawn_reaper(tasks: &mut JoinSet<std::io::Result<()>>, state: AppState, mut s
             }
             for stopped in state.sandboxes.reap_idle().await {
                 if state.config.snapshots.on_idle {
-                    state.snapshots.after_idle_stop(&stopped).await;
+                    if let Some(snapshot) = state.snapshots.after_idle_stop(&stopped).await {
+                        state.metrics.snapshot_stored(&snapshot);
+                    }
                 }
             }
         }
@@ -114,7 +116,10 @@ fn spawn_periodic_snapshots(
                 }
             }
             let taken = state.snapshots.periodic().await;
-            tracing::info!(snapshots = taken, "periodic snapshots taken");
+            for snapshot in &taken {
+                state.metrics.snapshot_stored(snapshot);
+            }
+            tracing::info!(snapshots = taken.len(), "periodic snapshots taken");
         }
     });
 }

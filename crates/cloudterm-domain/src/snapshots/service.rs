@@ -66,38 +66,45 @@ impl SnapshotService {
 
     /// After the reaper stopped an idle sandbox: snapshot its workspace (nothing runs on it
     /// any more, so the files are still). Errors are logged, not returned.
-    pub async fn after_idle_stop(&self, sandbox_id: &str) {
+    pub async fn after_idle_stop(&self, sandbox_id: &str) -> Option<Snapshot> {
         let record = match self.store.get_sandbox(sandbox_id).await {
             Ok(record) => record,
-            Err(err) => return tracing::warn!(sandbox = %sandbox_id, error = %err, "idle snapshot: no record"),
+            Err(err) => {
+                tracing::warn!(sandbox = %sandbox_id, error = %err, "idle snapshot: no record");
+                return None;
+            }
         };
-        let Some(workspace) = record.workspace_id else { return };
+        let workspace = record.workspace_id?;
         match self.snapshot_workspace(&record.owner, &workspace, None, SnapshotKind::Idle, false).await {
             Ok(snapshot) => {
-                tracing::info!(sandbox = %sandbox_id, snapshot = %snapshot.id, bytes = snapshot.stored_bytes, "idle snapshot taken")
+                tracing::info!(sandbox = %sandbox_id, snapshot = %snapshot.id, bytes = snapshot.stored_bytes, "idle snapshot taken");
+                Some(snapshot)
             }
-            Err(err) => tracing::warn!(sandbox = %sandbox_id, error = %err, "idle snapshot failed"),
+            Err(err) => {
+                tracing::warn!(sandbox = %sandbox_id, error = %err, "idle snapshot failed");
+                None
+            }
         }
     }
 
     /// The periodic ("daily") snapshot: every workspace with a running sandbox, once. Returns
-    /// how many were taken; failures are logged.
-    pub async fn periodic(&self) -> usize {
+    /// the snapshots taken; failures are logged.
+    pub async fn periodic(&self) -> Vec<Snapshot> {
         let running = match self.store.list_sandboxes_in_states(&[crate::sandboxes::state::RUNNING]).await {
             Ok(records) => records,
             Err(err) => {
                 tracing::warn!(error = %err, "periodic snapshots: cannot list running sandboxes");
-                return 0;
+                return Vec::new();
             }
         };
         let mut workspaces: Vec<(String, String)> =
             running.into_iter().filter_map(|r| r.workspace_id.map(|w| (r.owner, w))).collect();
         workspaces.sort();
         workspaces.dedup();
-        let mut taken = 0;
+        let mut taken = Vec::new();
         for (owner, workspace) in workspaces {
             match self.snapshot_workspace(&owner, &workspace, None, SnapshotKind::Daily, false).await {
-                Ok(_) => taken += 1,
+                Ok(snapshot) => taken.push(snapshot),
                 Err(err) => tracing::warn!(workspace = %workspace, error = %err, "periodic snapshot failed"),
             }
         }

@@ -41,7 +41,9 @@ pub async fn create_snapshot(
         label: body.label,
         pinned: body.pinned,
     };
+    let started = std::time::Instant::now();
     let snapshot = state.snapshots.create(&caller.principal, request, SnapshotKind::Manual).await;
+    state.metrics.snapshot_took("create", started);
     let snapshot = state.metrics.snapshot_created(snapshot)?;
     Ok((StatusCode::CREATED, Json(snapshot_response(snapshot))))
 }
@@ -63,7 +65,10 @@ pub async fn restore_snapshot(
 ) -> Result<Json<RestoreSnapshotResponse>, ApiError> {
     let request =
         RestoreSnapshot { snapshot_id: body.snapshot_id, sandbox_id: body.sandbox_id, workspace_id: body.workspace_id };
-    let restored = state.snapshots.restore(&caller.principal, request).await?;
+    let started = std::time::Instant::now();
+    let restored = state.snapshots.restore(&caller.principal, request).await;
+    state.metrics.snapshot_took("restore", started);
+    let restored = restored?;
     state.metrics.snapshot_restored();
     Ok(Json(RestoreSnapshotResponse {
         snapshot_id: restored.snapshot_id,
@@ -184,7 +189,9 @@ pub async fn import_snapshot(
     state.principals.whoami(&caller.principal).await?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = StreamReader::new(stream);
+    let started = std::time::Instant::now();
     let snapshot = state.snapshots.import(&caller.principal, query.workspace_id.as_deref(), query.label, reader).await;
+    state.metrics.snapshot_took("import", started);
     let snapshot = state.metrics.snapshot_created(snapshot)?;
     Ok((StatusCode::CREATED, Json(snapshot_response(snapshot))))
 }

@@ -264,6 +264,16 @@ async fn imports_restore_into_a_workspace() {
     assert_eq!(status, 200, "{restored}");
     let sandbox = id_of(&alice.create(json!({})).await, "id");
     assert_eq!(alice.sh(&sandbox, "cat docs/readme.md").await["stdout"], "imported\n");
+    let metrics = alice.text("/metrics").await;
+    for series in [
+        "snapshot_created_total{kind=\"import\"} 1",
+        "snapshot_restored_total 1",
+        "snapshot_duration_seconds_count{operation=\"import\"} 1",
+        "snapshot_duration_seconds_count{operation=\"restore\"} 1",
+        "snapshot_size_bytes_count 1",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
