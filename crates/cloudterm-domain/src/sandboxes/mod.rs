@@ -4,10 +4,12 @@ mod live;
 mod model;
 mod ops;
 mod pool;
+mod pty;
 mod service;
 mod validate;
 
 pub use live::{ActivityGuard, LiveSandbox};
 pub use model::{state, CreateSandbox, Sandbox, SandboxSettings};
 pub use ops::{agent_error, exec_timeout, Busy};
+pub use pty::open_terminal;
 pub use service::{runtime_error, RecoveryReport, SandboxService};

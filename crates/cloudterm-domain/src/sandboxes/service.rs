@@ -441,6 +441,11 @@ impl SandboxService {
         }
     }
 
+    /// `DATA_DIR/workspaces`: every owner's workspace directories are below it.
+    pub fn workspaces_root(&self) -> &std::path::Path {
+        &self.settings.workspaces_dir
+    }
+
     /// `DATA_DIR/workspaces/<storage name of the owner>/<workspace id>`.
     pub fn workspace_dir(&self, owner: &str, workspace_id: &str) -> PathBuf {
         self.settings.workspaces_dir.join(storage_name(owner)).join(storage_name(workspace_id))

@@ -103,6 +103,9 @@ pub struct SnapshotRecovery {
     pub removed_strays: Vec<String>,
     /// Unfinished multipart uploads aborted.
     pub aborted_uploads: usize,
+    /// Scratch directories of interrupted restores and imports looked at (and removed unless
+    /// a running sandbox still has one mounted).
+    pub removed_scratch_dirs: usize,
 }
 
 /// Operator settings.

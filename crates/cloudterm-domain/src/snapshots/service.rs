@@ -363,6 +363,17 @@ impl SnapshotService {
             Ok(aborted) => report.aborted_uploads = aborted.len(),
             Err(err) => tracing::warn!(error = %err, "cannot list unfinished uploads"),
         }
+        let workspaces = self.sandboxes.workspaces_root().to_path_buf();
+        let scratch = tokio::task::spawn_blocking(move || {
+            let dirs = leftover_scratch_dirs(&workspaces);
+            for dir in &dirs {
+                remove_scratch(dir);
+            }
+            dirs.len()
+        })
+        .await
+        .unwrap_or(0);
+        report.removed_scratch_dirs = scratch;
         for object in self.blobs.list(PREFIX).await.map_err(storage_error)? {
             let Some(id) = snapshot_id_of(&object.key) else { continue };
             if matches!(self.store.get_snapshot(id).await, Err(StoreError::NotFound)) {
@@ -486,13 +497,38 @@ fn exchange(a: &Path, b: &Path) -> Result<(), DomainError> {
 
 /// Deletes a tree off the request path (large trees take a while on ext4).
 fn remove_in_background(dir: PathBuf) {
-    tokio::task::spawn_blocking(move || {
-        if let Err(err) = std::fs::remove_dir_all(&dir) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a scratch directory");
+    tokio::task::spawn_blocking(move || remove_scratch(&dir));
+}
+
+/// Removes a scratch directory. The old tree a restore swapped out of a running linux sandbox
+/// keeps its (then empty) top directory: the new workspace is mounted on top of the old mount,
+/// which makes that directory a mount point (`EBUSY`) until the sandbox stops; the next start's
+/// [`SnapshotService::recover`] removes it.
+fn remove_scratch(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) if err.raw_os_error() == Some(16) => {
+            tracing::debug!(dir = %dir.display(), "scratch directory still a mount point; removed at the next start")
+        }
+        Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a scratch directory"),
+    }
+}
+
+/// Scratch directories (`.restore-…`, `.import-…`) left in `workspaces/<owner>/` by a crash or
+/// by a restore into a running sandbox.
+fn leftover_scratch_dirs(workspaces: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for owner in std::fs::read_dir(workspaces).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".restore-tmp_") || name.starts_with(".import-tmp_") {
+                found.push(entry.path());
             }
         }
-    });
+    }
+    found
 }
 
 #[cfg(test)]

@@ -383,8 +383,13 @@ async fn a_restart_after_a_crash_removes_partial_snapshots() {
     state.store.insert_snapshot(&pending).await.expect("pending");
     state.blobs.put_stream(&pending.object_key, &b"half an archive"[..]).await.expect("put");
     state.blobs.put_stream("snapshots/alice/snap_stray.tar.zst", &b"stray"[..]).await.expect("put");
+    // And a restore's scratch directory, half extracted.
+    let scratch = server.data_dir().join("workspaces/alice/.restore-tmp_crashed");
+    std::fs::create_dir_all(scratch.join("deep/er")).expect("scratch");
+    std::fs::write(scratch.join("deep/er/file"), "x").expect("scratch file");
     let data_dir = server.crash();
     let server = TestServer::restart_on(data_dir, |_| {}).await;
+    assert!(!scratch.exists(), "a crashed restore's scratch directory must be removed");
     let mut keys = stored_keys(&server).await;
     keys.retain(|k| !k.contains(&kept));
     assert_eq!(keys, Vec::<String>::new(), "partial and stray objects must be collected");
