@@ -109,6 +109,9 @@ impl WarmPool {
                 }
             }
             pool.filling.store(false, Ordering::Release);
+            // A claim between the last check and the store above saw a filler running and
+            // left the refill to it: look once more.
+            pool.refill();
         });
     }
 
