@@ -9,6 +9,7 @@ mod health;
 mod identity;
 mod sandbox;
 mod snapshot;
+mod terminal;
 
 pub use error::{ErrorBody, ErrorEnvelope};
 pub use health::{CheckResult, HealthResponse, ReadinessResponse};
@@ -22,3 +23,4 @@ pub use snapshot::{
     CreateSnapshotRequest, PinSnapshotRequest, RestoreSnapshotRequest, RestoreSnapshotResponse, SnapshotList,
     SnapshotResponse,
 };
+pub use terminal::{TerminalClientMessage, TerminalServerMessage};

@@ -41,6 +41,8 @@ pub struct Config {
     pub sandboxes: SandboxConfig,
     /// Default limits per principal.
     pub quotas: QuotaConfig,
+    /// Terminal sessions.
+    pub terminal: TerminalConfig,
 }
 
 /// Dedicated listeners: serve one service alone on its own address (the seed's 8000–8003).
@@ -247,6 +249,21 @@ impl Default for SnapshotConfig {
     }
 }
 
+/// Terminal sessions (`GET /sandboxes/{id}/terminal`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminalConfig {
+    /// How long a named session with no viewer keeps its shell, seconds (0: it ends when its
+    /// last viewer leaves).
+    pub idle_session_seconds: u64,
+}
+
+impl Default for TerminalConfig {
+    fn default() -> Self {
+        TerminalConfig { idle_session_seconds: 600 }
+    }
+}
+
 /// Default limits per principal.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -271,6 +288,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             sandboxes: SandboxConfig::default(),
             quotas: QuotaConfig::default(),
+            terminal: TerminalConfig::default(),
         }
     }
 }
@@ -820,6 +838,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "running sandboxes per principal (default 10)",
         apply: |c, v| {
             c.quotas.max_sandboxes = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "terminal.idle_session_seconds",
+        env: "CLOUDTERM_TERMINAL_IDLE_SECONDS",
+        help: "a named terminal session with no viewer keeps its shell this long (default 600)",
+        apply: |c, v| {
+            c.terminal.idle_session_seconds = parse_u64(v)?;
             Ok(())
         },
     },

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use cloudterm_api_types::ErrorEnvelope;
 use cloudterm_domain::DomainError;
 use cloudterm_identity::AuthError;
+use cloudterm_terminal::{AttachError, TerminalError};
 
 /// Every way a request can fail, as the HTTP contract sees it.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +139,27 @@ impl From<DomainError> for ApiError {
             }
             DomainError::Unavailable(message) => ApiError::Unavailable(message),
             DomainError::Internal(message) => ApiError::Internal(message),
+        }
+    }
+}
+
+impl From<TerminalError> for ApiError {
+    fn from(err: TerminalError) -> Self {
+        match err {
+            TerminalError::InvalidInput(message) => ApiError::Unprocessable(message),
+            err @ (TerminalError::TooManySessions { .. } | TerminalError::TooManyViewers { .. }) => {
+                ApiError::Conflict(err.to_string())
+            }
+            err @ TerminalError::ShuttingDown => ApiError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+impl From<AttachError<DomainError>> for ApiError {
+    fn from(err: AttachError<DomainError>) -> Self {
+        match err {
+            AttachError::Terminal(err) => err.into(),
+            AttachError::Open(err) => err.into(),
         }
     }
 }

@@ -12,6 +12,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -61,6 +62,9 @@ pub struct Metrics {
     snapshots_restored: Counter,
     snapshot_size: Histogram,
     snapshot_duration: Family<SnapshotOperationLabels, Histogram, fn() -> Histogram>,
+    terminal_sessions: Gauge,
+    terminal_connections: Gauge,
+    terminal_resyncs: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -102,6 +106,24 @@ impl Metrics {
         );
         registry.register("snapshot_restored", "Snapshots restored into a workspace", snapshots_restored.clone());
         registry.register("snapshot_size_bytes", "Stored size of new snapshots, bytes", snapshot_size.clone());
+        let terminal_sessions = Gauge::default();
+        let terminal_connections = Gauge::default();
+        let terminal_resyncs = Counter::default();
+        registry.register(
+            "terminal_sessions_active",
+            "Terminal sessions whose shell is running, with or without viewers",
+            terminal_sessions.clone(),
+        );
+        registry.register(
+            "terminal_connections_active",
+            "Terminal WebSocket connections attached to a session",
+            terminal_connections.clone(),
+        );
+        registry.register(
+            "terminal_viewer_resyncs",
+            "Times a terminal viewer fell behind the output queue and was sent a repaint instead",
+            terminal_resyncs.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             http_requests,
@@ -110,6 +132,9 @@ impl Metrics {
             snapshots_restored,
             snapshot_size,
             snapshot_duration,
+            terminal_sessions,
+            terminal_connections,
+            terminal_resyncs,
         }
     }
 
@@ -160,6 +185,29 @@ impl Metrics {
         self.http_duration
             .get_or_create(&RouteLabels { method: method.to_string(), route: route.to_string() })
             .observe(seconds);
+    }
+}
+
+/// The terminal hub reports its sessions and viewers here.
+impl cloudterm_terminal::Observer for Metrics {
+    fn session_started(&self) {
+        self.terminal_sessions.inc();
+    }
+
+    fn session_ended(&self) {
+        self.terminal_sessions.dec();
+    }
+
+    fn viewer_attached(&self) {
+        self.terminal_connections.inc();
+    }
+
+    fn viewer_detached(&self) {
+        self.terminal_connections.dec();
+    }
+
+    fn viewer_resynced(&self) {
+        self.terminal_resyncs.inc();
     }
 }
 

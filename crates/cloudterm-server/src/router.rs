@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::middleware;
-use crate::routes::{health, identity, sandboxes, snapshots};
+use crate::routes::{health, identity, sandboxes, snapshots, terminal};
 use crate::state::AppState;
 
 /// The services a listener can serve. Identity, health, metrics and docs come with every one.
@@ -55,7 +55,12 @@ impl Service {
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
-    components(schemas(cloudterm_api_types::ErrorEnvelope, cloudterm_api_types::ErrorBody))
+    components(schemas(
+        cloudterm_api_types::ErrorEnvelope,
+        cloudterm_api_types::ErrorBody,
+        cloudterm_api_types::TerminalClientMessage,
+        cloudterm_api_types::TerminalServerMessage
+    ))
 )]
 struct ApiDoc;
 
@@ -73,11 +78,13 @@ impl Modify for BearerAuth {
 }
 
 /// Routes exempt from `http.request_timeout_seconds`: they stream, or bound their own run
-/// time (an exec's `timeout_seconds`).
+/// time (an exec's `timeout_seconds`). The terminal answers its upgrade at once, but opening
+/// a session waits for the agent, and the WebSocket after it lives as long as the client.
 pub const UNTIMED_ROUTES: &[&str] = &[
     "/sandboxes/{id}/exec",
     "/sandboxes/{id}/files/{*path}",
     "/sandboxes/{id}/background/{job_id}/logs",
+    "/sandboxes/{id}/terminal",
     "/snapshot/create",
     "/snapshot/restore",
     "/snapshot/import",
@@ -107,7 +114,8 @@ fn service_routes(service: Service) -> OpenApiRouter<AppState> {
             .routes(routes!(sandboxes::mount_sandbox))
             .routes(routes!(sandboxes::start_background, sandboxes::list_background))
             .routes(routes!(sandboxes::background_logs))
-            .routes(routes!(sandboxes::stop_background)),
+            .routes(routes!(sandboxes::stop_background))
+            .routes(routes!(terminal::terminal)),
         Service::Snapshot => OpenApiRouter::new()
             .routes(routes!(snapshots::create_snapshot))
             .routes(routes!(snapshots::restore_snapshot))

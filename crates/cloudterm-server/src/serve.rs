@@ -129,6 +129,9 @@ impl RunningServer {
     /// grace period; what is still running after that is cut off.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        // Terminal sessions live in this process only: end them (their shells are killed when
+        // the streams close) and tell their viewers, rather than leave sockets hanging.
+        self.state.terminals.close_all();
         // Pooled sandboxes have no owner and no record: stop them rather than leave them for
         // the next start's recovery. Claimed sandboxes keep running and are re-attached.
         self.state.sandboxes.close_pool().await;

@@ -38,6 +38,8 @@ pub struct App {
     pub sandboxes: Arc<SandboxService>,
     /// Snapshots of workspaces.
     pub snapshots: SnapshotService,
+    /// Terminal sessions, which outlive their WebSocket connections.
+    pub terminals: cloudterm_terminal::TerminalHub,
     /// Where the runtime keeps per-sandbox state.
     pub runtime_state_root: std::path::PathBuf,
     /// Prometheus metrics.
@@ -100,6 +102,8 @@ impl AppState {
         if cleaned != Default::default() {
             tracing::info!(pending = ?cleaned.removed_pending, strays = ?cleaned.removed_strays, aborted_uploads = cleaned.aborted_uploads, "cleaned up after interrupted snapshots");
         }
+        let metrics = Metrics::new();
+        let terminals = cloudterm_terminal::TerminalHub::new(terminal_settings(&config), Arc::new(metrics.clone()));
         Ok(AppState(Arc::new(App {
             config,
             store,
@@ -110,9 +114,18 @@ impl AppState {
             principals,
             sandboxes,
             snapshots,
+            terminals,
             runtime_state_root: state_root_for_app,
-            metrics: Metrics::new(),
+            metrics,
         })))
+    }
+}
+
+/// Terminal sessions: the configured idle time, the crate's limits.
+fn terminal_settings(config: &Config) -> cloudterm_terminal::TerminalSettings {
+    cloudterm_terminal::TerminalSettings {
+        idle_session: std::time::Duration::from_secs(config.terminal.idle_session_seconds),
+        ..cloudterm_terminal::TerminalSettings::default()
     }
 }
 

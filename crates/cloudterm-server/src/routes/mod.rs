@@ -5,3 +5,4 @@ pub mod health;
 pub mod identity;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod terminal;

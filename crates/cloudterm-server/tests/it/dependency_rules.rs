@@ -14,6 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cloudterm-identity", &[]),
     ("cloudterm-agent", &["cloudterm-agent-protocol"]),
     ("cloudterm-runtime", &["cloudterm-agent-protocol"]),
+    ("cloudterm-terminal", &["cloudterm-agent-protocol"]),
     ("cloudterm-runtime-linux", &["cloudterm-runtime", "cloudterm-agent-protocol"]),
     (
         "cloudterm-domain",
@@ -36,6 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "cloudterm-runtime-linux",
             "cloudterm-identity",
             "cloudterm-agent-protocol",
+            "cloudterm-terminal",
         ],
     ),
     ("cloudterm-bench", &[]),
@@ -54,8 +56,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
 ];
 
 /// Crates that must never see HTTP-framework types.
-const NO_AXUM: &[&str] =
-    &["cloudterm-domain", "cloudterm-store", "cloudterm-blobstore", "cloudterm-runtime", "cloudterm-api-types"];
+const NO_AXUM: &[&str] = &[
+    "cloudterm-domain",
+    "cloudterm-store",
+    "cloudterm-blobstore",
+    "cloudterm-runtime",
+    "cloudterm-api-types",
+    "cloudterm-terminal",
+];
 
 fn manifests() -> BTreeMap<String, toml::Table> {
     let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crates dir");

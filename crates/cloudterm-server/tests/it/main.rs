@@ -11,4 +11,5 @@ mod sandboxes;
 mod snapshots;
 mod spec;
 mod support;
+mod terminal;
 mod warm_pool;

@@ -1,0 +1,241 @@
+//! `GET /sandboxes/{id}/terminal`: a WebSocket onto a terminal session in the sandbox.
+//!
+//! Every check happens before the upgrade, so a refusal is an ordinary JSON error: the token
+//! (from `Authorization: Bearer`, or `?token=` because browsers cannot set headers on a
+//! WebSocket; this is the only route that reads it), the size, session name and mode (422),
+//! the sandbox (another principal's is 404), and the session (opening the PTY, 503 when the
+//! agent cannot). After it, binary frames carry terminal bytes both ways and text frames carry
+//! JSON control messages (`TerminalClientMessage`, `TerminalServerMessage`). Sessions, their
+//! screens and the backpressure policy live in `cloudterm-terminal`; docs/terminal.md has the
+//! protocol.
+
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use cloudterm_api_types::{ErrorEnvelope, TerminalClientMessage, TerminalServerMessage};
+use cloudterm_domain::sandboxes::open_terminal;
+use cloudterm_domain::{DomainError, Principal};
+use cloudterm_terminal::{check_session_name, check_size, AttachRequest, End, Opened, Viewer, ViewerEvent};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::extract::{authenticate, ApiQuery, Caller};
+use crate::state::AppState;
+
+/// Size of a terminal when the query names none.
+const DEFAULT_COLS: u16 = 80;
+const DEFAULT_ROWS: u16 = 24;
+
+/// Largest WebSocket message a client may send (a paste); the session splits it for the agent.
+const MAX_MESSAGE: usize = 1 << 20;
+
+/// A send that makes no progress this long means the client stopped reading (its socket
+/// buffers are full): the connection is closed. Falling behind without stalling only costs the
+/// viewer a repaint (see `cloudterm_terminal::viewer`).
+const STALLED_SEND: Duration = Duration::from_secs(30);
+
+/// Pings keep idle connections alive through proxies and reveal dead peers: a client that sent
+/// nothing (not even a pong, which browsers send by themselves) for `SILENT_LIMIT` is gone.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENT_LIMIT: Duration = Duration::from_secs(90);
+
+/// Query of the terminal route. Not `Debug`: it holds the token.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TerminalQuery {
+    /// Terminal width, 1 to 1000 (default 80).
+    pub cols: Option<u16>,
+    /// Terminal height, 1 to 1000 (default 24).
+    pub rows: Option<u16>,
+    /// A session to create or re-attach: 1 to 64 characters of `A-Z a-z 0-9 _ -`. Without it,
+    /// a private session that ends when this connection closes.
+    pub session: Option<String>,
+    /// `write` (default) or `read`: a read-only viewer's input and resizes are ignored.
+    pub mode: Option<String>,
+    /// The token, for clients that cannot send `Authorization` (browsers). The header wins
+    /// when both are given.
+    pub token: Option<String>,
+}
+
+/// Opens a terminal: upgrades to a WebSocket attached to a shell in the sandbox. Binary frames
+/// carry raw terminal bytes both ways; text frames carry JSON control messages: `resize` from
+/// the client, `exit` (then close) and `error` from the server. The first binary frame is a
+/// repaint of the session's current screen.
+#[utoipa::path(get, path = "/sandboxes/{id}/terminal", tag = "terminal", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id"), TerminalQuery),
+    responses(
+        (status = 101, description = "switched to the WebSocket protocol (see docs/terminal.md)"),
+        (status = 400, description = "not a WebSocket upgrade, or a malformed query", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "the sandbox is not running, or has as many sessions (or the session as many viewers) as it may", body = ErrorEnvelope),
+        (status = 422, description = "a bad size, session name or mode", body = ErrorEnvelope),
+        (status = 503, description = "the sandbox's agent cannot open a terminal", body = ErrorEnvelope),
+    ))]
+pub async fn terminal(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<TerminalQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let caller = terminal_caller(&state, &headers, query.token.as_deref()).await?;
+    let (cols, rows) = (query.cols.unwrap_or(DEFAULT_COLS), query.rows.unwrap_or(DEFAULT_ROWS));
+    check_size(cols, rows)?;
+    if let Some(name) = &query.session {
+        check_session_name(name)?;
+    }
+    let read_only = match query.mode.as_deref() {
+        None | Some("write") => false,
+        Some("read") => true,
+        Some(other) => return Err(ApiError::Unprocessable(format!("mode must be read or write, got {other:?}"))),
+    };
+    let guard = state.sandboxes.use_running(&caller.principal, &id).await?;
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::BadRequest(format!("this route needs a WebSocket upgrade: {}", rejection.body_text()))
+    })?;
+    let request = AttachRequest { sandbox_id: id, session: query.session, cols, rows, read_only };
+    let viewer = state
+        .terminals
+        .attach(request, |cols, rows| async move {
+            let busy = open_terminal(guard, cols, rows).await?;
+            Ok::<_, DomainError>(Opened { stream: Box::new(busy.value), keepalive: Box::new(busy.guard) })
+        })
+        .await?;
+    let expires_at = caller.expires_at;
+    Ok(upgrade
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| serve(socket, viewer, expires_at))
+        .into_response())
+}
+
+/// The caller from the `Authorization` header, or else from `?token=`.
+async fn terminal_caller(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<Caller, ApiError> {
+    match token {
+        Some(token) if !headers.contains_key(AUTHORIZATION) => {
+            let verified = state.verifier.verify(token.trim()).await?;
+            Ok(Caller { principal: Principal::new(verified.principal), expires_at: verified.expires_at })
+        }
+        _ => authenticate(state, headers).await,
+    }
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Why the connection closes, as the client is told.
+struct Closing {
+    message: Option<TerminalServerMessage>,
+    code: u16,
+    reason: &'static str,
+}
+
+/// Moves frames between the socket and the viewer until either side ends.
+async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTime<Utc>>) {
+    let (mut sink, mut stream) = socket.split();
+    let token_left = expires_at.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+    let token_expiry = tokio::time::sleep(token_left.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
+    tokio::pin!(token_expiry);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut last_heard = tokio::time::Instant::now();
+    let closing = loop {
+        tokio::select! {
+            event = viewer.next() => match event {
+                ViewerEvent::Output(bytes) | ViewerEvent::Repaint(bytes) => {
+                    if !send(&mut sink, Message::Binary(bytes)).await {
+                        return;
+                    }
+                }
+                ViewerEvent::Ended(end) => break ended(end),
+            },
+            message = stream.next() => {
+                let Some(Ok(message)) = message else { return };
+                last_heard = tokio::time::Instant::now();
+                match message {
+                    Message::Binary(bytes) => viewer.input(bytes).await,
+                    Message::Text(text) => {
+                        let refused = match serde_json::from_str::<TerminalClientMessage>(text.as_str()) {
+                            Ok(TerminalClientMessage::Resize { cols, rows }) => viewer.resize(cols, rows).err().map(|e| e.to_string()),
+                            Err(err) => Some(format!("not a control message: {err}")),
+                        };
+                        if let Some(message) = refused {
+                            let error = TerminalServerMessage::Error { code: "bad_control".into(), message };
+                            if !send_json(&mut sink, &error).await {
+                                return;
+                            }
+                        }
+                    }
+                    Message::Close(_) => return,
+                    // axum answers pings itself; a pong only proves the client is there.
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENT_LIMIT {
+                    return;
+                }
+                if !send(&mut sink, Message::Ping(bytes::Bytes::new())).await {
+                    return;
+                }
+            }
+            _ = &mut token_expiry, if token_left.is_some() => break Closing {
+                message: Some(TerminalServerMessage::Error {
+                    code: "token_expired".into(),
+                    message: "the token expired; reconnect with a fresh one (the session keeps running)".into(),
+                }),
+                code: close_code::POLICY,
+                reason: "token expired",
+            },
+        }
+    };
+    // Detach before the goodbye, so a client that reconnects at once finds the session free.
+    drop(viewer);
+    if let Some(message) = &closing.message {
+        if !send_json(&mut sink, message).await {
+            return;
+        }
+    }
+    let frame = CloseFrame { code: closing.code, reason: closing.reason.into() };
+    let _ = send(&mut sink, Message::Close(Some(frame))).await;
+}
+
+/// What the client is told when the session ends.
+fn ended(end: End) -> Closing {
+    let error =
+        |code: &str, message: &str| Some(TerminalServerMessage::Error { code: code.into(), message: message.into() });
+    match end {
+        End::Exited(code) => {
+            Closing { message: Some(TerminalServerMessage::Exit { code }), code: close_code::NORMAL, reason: "exited" }
+        }
+        End::Shutdown => Closing {
+            message: error("shutting_down", "the server is shutting down"),
+            code: close_code::RESTART,
+            reason: "shutting down",
+        },
+        End::Lost | End::IdleTimeout | End::Detached => Closing {
+            message: error("terminal_lost", "the terminal's connection to the sandbox ended"),
+            code: close_code::ERROR,
+            reason: "terminal lost",
+        },
+    }
+}
+
+/// Sends one message; false when the client is gone or stalled (see [`STALLED_SEND`]).
+async fn send(sink: &mut Sink, message: Message) -> bool {
+    matches!(tokio::time::timeout(STALLED_SEND, sink.send(message)).await, Ok(Ok(())))
+}
+
+async fn send_json(sink: &mut Sink, message: &TerminalServerMessage) -> bool {
+    match serde_json::to_string(message) {
+        Ok(json) => send(sink, Message::Text(json.into())).await,
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,121 @@
+//! Terminal sessions that outlive their connections: one PTY in a sandbox, a server-side screen
+//! that repaints viewers who attach late or fall behind, and a bounded fan-out to every viewer.
+//!
+//! A [`TerminalHub`] keeps the sessions of every sandbox, keyed by sandbox id and session name.
+//! A session owns the framed PTY stream the sandbox's agent serves (`GET /v1/pty`, see
+//! `cloudterm_agent_protocol::frame`) and three tasks: a reader that feeds every byte into a
+//! `vt100` screen and a broadcast queue, a writer that forwards input and resizes, and a
+//! supervisor that ends the session when the program exits, the stream breaks, the last viewer
+//! left long enough ago, or the hub closes. Dropping the stream is what ends the program: the
+//! agent kills the PTY's process tree when its client goes away.
+//!
+//! Nothing here knows HTTP or WebSockets (the server adapts a [`Viewer`] to a socket) or how a
+//! PTY is opened (the caller passes an opener), so the whole crate is tested against an
+//! in-memory stand-in for the agent.
+
+mod hub;
+mod limits;
+mod screen;
+mod session;
+mod viewer;
+
+#[cfg(test)]
+mod tests;
+
+use std::any::Any;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use hub::{AttachError, AttachRequest, TerminalHub};
+pub use limits::{check_session_name, check_size, MAX_DIMENSION, MAX_SESSION_NAME};
+pub use session::End;
+pub use viewer::{Viewer, ViewerEvent};
+
+/// What a terminal session talks to: the agent's upgraded PTY stream.
+pub trait PtyStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PtyStream for T {}
+
+/// A freshly opened PTY, handed to the hub by the caller's opener.
+pub struct Opened {
+    /// The framed stream to the agent.
+    pub stream: Box<dyn PtyStream>,
+    /// Held for as long as the session lives and dropped when it ends: the server passes the
+    /// guard that keeps the sandbox busy, so a sandbox with a terminal session never idles out
+    /// under it.
+    pub keepalive: Box<dyn Any + Send>,
+}
+
+/// Bounds and timings of terminal sessions.
+#[derive(Debug, Clone)]
+pub struct TerminalSettings {
+    /// How long a named session with no viewer stays before its PTY is closed.
+    pub idle_session: Duration,
+    /// Sessions one sandbox may have at once (each holds a PTY and a screen in memory).
+    pub max_sessions_per_sandbox: usize,
+    /// Viewers one session may have at once.
+    pub max_viewers_per_session: usize,
+    /// Output chunks queued per session for its viewers. A viewer further behind than this is
+    /// resynchronised with a repaint instead of being queued for, so memory stays bounded
+    /// whatever a client does.
+    pub queue_chunks: usize,
+}
+
+impl Default for TerminalSettings {
+    fn default() -> Self {
+        TerminalSettings {
+            idle_session: Duration::from_secs(600),
+            max_sessions_per_sandbox: 16,
+            max_viewers_per_session: 16,
+            queue_chunks: 256,
+        }
+    }
+}
+
+/// What terminal operations fail with; the server maps each variant to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    /// A bad size or session name.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The sandbox has as many sessions as it may.
+    #[error("sandbox {sandbox} has {limit} terminal sessions already, the most it may have")]
+    TooManySessions {
+        /// The sandbox.
+        sandbox: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The session has as many viewers as it may.
+    #[error("terminal session {session} has {limit} viewers already, the most it may have")]
+    TooManyViewers {
+        /// The session's name.
+        session: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The hub is closing (server shutdown).
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Hears about sessions and viewers coming and going (the server's metrics).
+pub trait Observer: Send + Sync + 'static {
+    /// A session started.
+    fn session_started(&self) {}
+    /// A session ended.
+    fn session_ended(&self) {}
+    /// A viewer attached.
+    fn viewer_attached(&self) {}
+    /// A viewer left.
+    fn viewer_detached(&self) {}
+    /// A viewer fell behind and was repainted.
+    fn viewer_resynced(&self) {}
+}
+
+/// An [`Observer`] that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {}

@@ -1,0 +1,152 @@
+//! A viewer: one connection's view of a session.
+//!
+//! Backpressure policy: every viewer reads the session's one bounded queue
+//! ([`crate::TerminalSettings::queue_chunks`] chunks). A viewer that falls further behind than
+//! that (a slow or stalled client) loses its place; its next event is a repaint of the current
+//! screen, and it goes on from there. So the program and the other viewers never wait for it,
+//! and the server holds at most one queue per session, whatever its viewers do.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use crate::session::{End, Output, Session};
+use crate::{check_size, TerminalError};
+
+/// Output chunks that are already queued are sent together up to this size, so a flood of small
+/// chunks becomes fewer, larger messages.
+const BATCH: usize = 64 * 1024;
+
+/// What a viewer shows next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewerEvent {
+    /// Program output, in order.
+    Output(Bytes),
+    /// The whole screen: the first event after attaching, and what a viewer that fell behind
+    /// gets instead of what it missed. It clears and redraws the screen of a terminal of the
+    /// session's size.
+    Repaint(Bytes),
+    /// The session ended; every later call answers this again.
+    Ended(End),
+}
+
+/// One attached viewer. Dropping it detaches; a named session then waits for viewers for the
+/// idle time, an unnamed one ends.
+pub struct Viewer {
+    session: Arc<Session>,
+    rx: broadcast::Receiver<Output>,
+    read_only: bool,
+    repaint: Option<Bytes>,
+    ended: Option<End>,
+}
+
+impl std::fmt::Debug for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewer")
+            .field("sandbox", &self.session.key.0)
+            .field("session", &self.session.name())
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Viewer {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        rx: broadcast::Receiver<Output>,
+        repaint: Bytes,
+        read_only: bool,
+    ) -> Viewer {
+        session.shared.observer.viewer_attached();
+        Viewer { session, rx, read_only, repaint: Some(repaint), ended: None }
+    }
+
+    /// True when this viewer's input and resizes are ignored.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The session's name (`~N` for an unnamed one).
+    pub fn session(&self) -> &str {
+        self.session.name()
+    }
+
+    /// The next thing to show. Cancel-safe: it may be raced against the client's input.
+    pub async fn next(&mut self) -> ViewerEvent {
+        if let Some(repaint) = self.repaint.take() {
+            return ViewerEvent::Repaint(repaint);
+        }
+        if let Some(end) = self.ended {
+            return ViewerEvent::Ended(end);
+        }
+        let first = match self.rx.recv().await {
+            Ok(Output::Data(data)) => data,
+            Ok(Output::End(end)) => return self.end(end),
+            Err(RecvError::Lagged(_)) => return self.resync(),
+            Err(RecvError::Closed) => {
+                let end = self.session.lock().ended.unwrap_or(End::Lost);
+                return self.end(end);
+            }
+        };
+        let mut batch: Option<BytesMut> = None;
+        while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH {
+            match self.rx.try_recv() {
+                Ok(Output::Data(more)) => {
+                    batch.get_or_insert_with(|| BytesMut::from(&first[..])).extend_from_slice(&more)
+                }
+                Ok(Output::End(end)) => {
+                    self.ended = Some(end);
+                    break;
+                }
+                Err(TryRecvError::Lagged(_)) => return self.resync(),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        ViewerEvent::Output(batch.map_or(first, BytesMut::freeze))
+    }
+
+    /// Sends keystrokes (or a paste) to the program; ignored for a read-only viewer. Waits
+    /// while the program is not reading its input.
+    pub async fn input(&self, data: Bytes) {
+        if !self.read_only && !data.is_empty() {
+            self.session.input(data).await;
+        }
+    }
+
+    /// Resizes the session's terminal; ignored for a read-only viewer.
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<(), TerminalError> {
+        check_size(cols, rows)?;
+        if !self.read_only {
+            self.session.resize(cols, rows);
+        }
+        Ok(())
+    }
+
+    /// Fell off the queue: start again from the current screen. After the end, the final
+    /// screen is still shown once before the end is reported.
+    fn resync(&mut self) -> ViewerEvent {
+        let state = self.session.lock();
+        let repaint = state.screen.repaint();
+        match (&state.output, state.ended) {
+            (Some(output), None) => self.rx = output.subscribe(),
+            (_, end) => self.ended = Some(end.unwrap_or(End::Lost)),
+        }
+        drop(state);
+        self.session.shared.observer.viewer_resynced();
+        ViewerEvent::Repaint(repaint)
+    }
+
+    fn end(&mut self, end: End) -> ViewerEvent {
+        self.ended = Some(end);
+        ViewerEvent::Ended(end)
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.session.viewers.send_modify(|n| *n = n.saturating_sub(1));
+        self.session.shared.observer.viewer_detached();
+    }
+}
