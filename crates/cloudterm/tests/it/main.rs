@@ -440,4 +440,6 @@ fn snapshot_commands_drive_a_server() {
         .filter(|name| name.contains("corrupt"))
         .collect();
     assert!(left.is_empty(), "nothing kept of a corrupt download: {left:?}");
+    // Sandboxes outlive their server on purpose: remove this one so no agent is left running.
+    run(&["sandbox", "rm", sandbox]);
 }
