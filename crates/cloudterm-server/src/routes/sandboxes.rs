@@ -143,12 +143,19 @@ pub async fn write_file(
     Ok((StatusCode::CREATED, Json(FileWritten { path: written.path, size: written.size })))
 }
 
-/// Query of the file routes.
+/// Query of the directory listing.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FileQuery {
     /// Directory to list (default `/workspace`).
     pub path: Option<String>,
-    /// Permission bits for an upload, octal (`755`).
+}
+
+/// Query of a raw upload.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// Permission bits, octal (`755`).
     pub mode: Option<String>,
 }
 
@@ -186,14 +193,14 @@ pub async fn list_files(
 /// Uploads raw bytes into a file, streamed (never held whole in memory). The path is
 /// relative to `/workspace`; start it with `/` (`files//etc/x`) for an absolute path.
 #[utoipa::path(put, path = "/sandboxes/{id}/files/{*path}", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "sandbox id"), ("path" = String, Path, description = "file path"), FileQuery),
+    params(("id" = String, Path, description = "sandbox id"), ("path" = String, Path, description = "file path"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = FileWritten), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 pub async fn upload_file(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, path)): Path<(String, String)>,
-    ApiQuery(query): ApiQuery<FileQuery>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: Body,
 ) -> Result<(StatusCode, Json<FileWritten>), ApiError> {
     let mode = match query.mode {
@@ -300,6 +307,7 @@ pub async fn list_background(
 
 /// Query of the logs route.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Keep streaming until the job exits.
     #[serde(default)]

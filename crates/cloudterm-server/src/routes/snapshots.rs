@@ -79,6 +79,7 @@ pub async fn restore_snapshot(
 
 /// `?workspace_id=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this workspace's snapshots.
@@ -165,6 +166,7 @@ pub async fn download_snapshot(
 
 /// `?workspace_id=&label=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// The workspace the snapshot belongs to (default: the caller's home workspace).

@@ -142,3 +142,23 @@ fn the_checked_in_openapi_document_is_current() {
         "docs/openapi.json is stale: regenerate it with CLOUDTERM_UPDATE_OPENAPI=1 cargo test -p cloudterm-server --test it openapi"
     );
 }
+
+#[test]
+fn path_parameters_are_in_their_path_and_query_parameters_are_not() {
+    // A query struct without `parameter_in = Query` is documented as a (required) path
+    // parameter, which generated clients then put into the URL path.
+    let spec = serde_json::to_value(cloudterm_server::router::openapi()).expect("serialize");
+    for (method, path, operation) in operations(&spec) {
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            let name = parameter["name"].as_str().unwrap_or_default();
+            let placeholder = format!("{{{name}}}");
+            match parameter["in"].as_str() {
+                Some("path") => {
+                    assert!(path.contains(&placeholder), "{method} {path}: path parameter {name} not in the path")
+                }
+                Some("query") => assert!(!path.contains(&placeholder), "{method} {path}: {name} is in the path"),
+                _ => {}
+            }
+        }
+    }
+}
