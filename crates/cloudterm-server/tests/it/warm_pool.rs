@@ -69,6 +69,12 @@ async fn default_creates_claim_pooled_sandboxes_with_their_own_workspace() {
     let (status, _) = alice.call("DELETE", &format!("/sandboxes/{a}"), None).await;
     assert_eq!(status, 204);
     assert_eq!(sandbox_leftovers(&a), Vec::<String>::new());
+    // Claimed sandboxes outlive a graceful stop on purpose; remove them so the test leaves
+    // nothing running on the host.
+    for (api, id) in [(&alice, &plain), (&bob, &b), (&alice, &id_of(&small))] {
+        let (status, _) = api.call("DELETE", &format!("/sandboxes/{id}"), None).await;
+        assert_eq!(status, 204);
+    }
     let waiting = pooled(&server, 2).await;
     let _data_dir = server.stop().await;
     for id in waiting {
