@@ -269,10 +269,28 @@ impl BlobStore {
     /// Proves the store can durably write, read and delete: writes a probe object the way real
     /// objects are written, reads it back and removes it.
     pub async fn check(&self) -> Result<(), BlobStoreError> {
-        match &*self.backend {
-            Backend::Local(store) => store.check().await,
-            Backend::S3(store) => store.check().await,
+        // The same path real objects take (local: temp name, fsync, rename; S3: a put), under
+        // a reserved name no client key can have and that clean-up sweeps if it is left over.
+        let probe = uuid::Uuid::new_v4().to_string();
+        let key = format!("{}probe-{probe}", key::RESERVED_PREFIX);
+        let failed = |what: &str, err: BlobStoreError| {
+            BlobStoreError::Unavailable(format!("{what} ({}): {err}", self.describe()))
+        };
+        self.put_unchecked(&key, &mut probe.as_bytes()).await.map_err(|err| failed("cannot write a probe", err))?;
+        let read_back = async {
+            let mut bytes = Vec::new();
+            let mut reader = self.get_unchecked(&key).await?;
+            tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes).await.map_err(BlobStoreError::Body)?;
+            Ok(bytes)
         }
+        .await;
+        let removed = self.delete_unchecked(&key).await;
+        let read_back = read_back.map_err(|err| failed("cannot read a probe back", err))?;
+        removed.map_err(|err| failed("cannot delete a probe", err))?;
+        if read_back != probe.as_bytes() {
+            return Err(BlobStoreError::Unavailable(format!("probe read back wrong bytes ({})", self.describe())));
+        }
+        Ok(())
     }
 
     /// Streams `body` into the object `key`, replacing any object there. Returns the size and
@@ -284,19 +302,13 @@ impl BlobStore {
         mut body: impl AsyncRead + Unpin + Send,
     ) -> Result<PutOutcome, BlobStoreError> {
         key::validate_key(key)?;
-        match &*self.backend {
-            Backend::Local(store) => store.put_stream(key, &mut body).await,
-            Backend::S3(store) => store.put_stream(key, &mut body).await,
-        }
+        self.put_unchecked(key, &mut body).await
     }
 
     /// Streams the object `key`; [`BlobStoreError::NotFound`] when there is none.
     pub async fn get_stream(&self, key: &str) -> Result<ObjectReader, BlobStoreError> {
         key::validate_key(key)?;
-        match &*self.backend {
-            Backend::Local(store) => store.get_stream(key).await,
-            Backend::S3(store) => store.get_stream(key).await,
-        }
+        self.get_unchecked(key).await
     }
 
     /// The object's size and date; [`BlobStoreError::NotFound`] when there is none.
@@ -312,6 +324,28 @@ impl BlobStore {
     /// a garbage collector racing a user) never fails for that reason.
     pub async fn delete(&self, key: &str) -> Result<(), BlobStoreError> {
         key::validate_key(key)?;
+        self.delete_unchecked(key).await
+    }
+
+    async fn put_unchecked<R: AsyncRead + Unpin + Send>(
+        &self,
+        key: &str,
+        body: &mut R,
+    ) -> Result<PutOutcome, BlobStoreError> {
+        match &*self.backend {
+            Backend::Local(store) => store.put_stream(key, body).await,
+            Backend::S3(store) => store.put_stream(key, body).await,
+        }
+    }
+
+    async fn get_unchecked(&self, key: &str) -> Result<ObjectReader, BlobStoreError> {
+        match &*self.backend {
+            Backend::Local(store) => store.get_stream(key).await,
+            Backend::S3(store) => store.get_stream(key).await,
+        }
+    }
+
+    async fn delete_unchecked(&self, key: &str) -> Result<(), BlobStoreError> {
         match &*self.backend {
             Backend::Local(store) => store.delete(key).await,
             Backend::S3(store) => store.delete(key).await,

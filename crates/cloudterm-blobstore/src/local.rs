@@ -47,32 +47,6 @@ impl LocalStore {
         self.root.join(key)
     }
 
-    pub(crate) async fn check(&self) -> Result<(), BlobStoreError> {
-        let probe = uuid::Uuid::new_v4().to_string();
-        let temp = self.root.join(format!("{TEMP_PREFIX}{probe}.probe"));
-        let real = self.root.join(format!("{PROBE_PREFIX}{probe}"));
-        let payload = probe.as_bytes();
-        {
-            let mut file =
-                tokio::fs::File::create(&temp).await.map_err(|err| self.unavailable("cannot create a probe", err))?;
-            file.write_all(payload).await.map_err(|err| self.unavailable("cannot write a probe", err))?;
-            file.sync_all().await.map_err(|err| self.unavailable("cannot fsync a probe", err))?;
-        }
-        let renamed = tokio::fs::rename(&temp, &real).await;
-        if let Err(err) = renamed {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(self.unavailable("cannot rename a probe", err));
-        }
-        let read_back = tokio::fs::read(&real).await;
-        let removed = tokio::fs::remove_file(&real).await;
-        let read_back = read_back.map_err(|err| self.unavailable("cannot read a probe back", err))?;
-        removed.map_err(|err| self.unavailable("cannot remove a probe", err))?;
-        if read_back != payload {
-            return Err(BlobStoreError::Unavailable(format!("probe read back wrong bytes in {}", self.root.display())));
-        }
-        Ok(())
-    }
-
     pub(crate) async fn put_stream<R: AsyncRead + Unpin + Send>(
         &self,
         key: &str,
@@ -82,6 +56,12 @@ impl LocalStore {
         let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
             return Err(BlobStoreError::InvalidKey { key: key.to_string(), reason: "has no file name" });
         };
+        // Directories below the root are made on demand; a vanished root is not (an unmounted
+        // volume or a deleted data dir must fail loudly, not start over empty).
+        if !tokio::fs::metadata(&self.root).await.is_ok_and(|meta| meta.is_dir()) {
+            let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+            return Err(self.unavailable("the storage root is missing", missing));
+        }
         tokio::fs::create_dir_all(dir).await.map_err(|err| self.unavailable("cannot create a directory", err))?;
         let temp = dir.join(format!("{TEMP_PREFIX}{}.{}", uuid::Uuid::new_v4(), name.to_string_lossy()));
         let mut guard = TempFile(Some(temp.clone()));

@@ -170,30 +170,6 @@ impl S3Store {
         (!key.split('/').any(|segment| segment.starts_with(RESERVED_PREFIX))).then_some(key)
     }
 
-    pub(crate) async fn check(&self) -> Result<(), BlobStoreError> {
-        let probe = uuid::Uuid::new_v4().to_string();
-        let key = format!("{RESERVED_PREFIX}probe-{probe}");
-        let path = self.path(&key)?;
-        let unavailable = |what: &str, err: object_store::Error| {
-            BlobStoreError::Unavailable(format!("{what} ({}): {err}", self.description))
-        };
-        self.store
-            .put(&path, PutPayload::from(probe.clone().into_bytes()))
-            .await
-            .map_err(|err| unavailable("cannot write a probe", err))?;
-        let read_back = match self.store.get(&path).await {
-            Ok(result) => result.bytes().await,
-            Err(err) => Err(err),
-        };
-        let removed = self.store.delete(&path).await;
-        let read_back = read_back.map_err(|err| unavailable("cannot read a probe back", err))?;
-        removed.map_err(|err| unavailable("cannot delete a probe", err))?;
-        if read_back != probe.as_bytes() {
-            return Err(BlobStoreError::Unavailable(format!("probe read back wrong bytes ({})", self.description)));
-        }
-        Ok(())
-    }
-
     pub(crate) async fn put_stream<R: AsyncRead + Unpin + Send>(
         &self,
         key: &str,
