@@ -1,5 +1,8 @@
 //! Integration tests of the cloudterm server: a real server on 127.0.0.1:0, real HTTP.
 
+// First, so its macros are in scope in every module below.
+#[macro_use]
+mod support;
 mod auth_dev;
 mod auth_idp;
 mod dependency_rules;
@@ -10,6 +13,5 @@ mod plumbing;
 mod sandboxes;
 mod snapshots;
 mod spec;
-mod support;
 mod terminal;
 mod warm_pool;

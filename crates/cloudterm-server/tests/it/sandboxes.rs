@@ -442,19 +442,6 @@ async fn long_execs_are_not_cut_by_the_request_timeout(runtime: &str) {
     assert_eq!(api.call("GET", &format!("/sandboxes/{id}"), None).await.0, 200);
 }
 
-/// Runs each test above once per runtime: the process runtime everywhere, the linux runtime
-/// where it can run (with CI=true it must).
-macro_rules! on_every_runtime {
-    ($($name:ident),* $(,)?) => {
-        mod process {
-            $( #[tokio::test] async fn $name() { super::$name("process").await } )*
-        }
-        mod linux {
-            $( #[tokio::test] async fn $name() { super::$name("linux").await } )*
-        }
-    };
-}
-
 on_every_runtime!(
     long_execs_are_not_cut_by_the_request_timeout,
     create_exec_list_delete_and_nothing_is_left,

@@ -1,4 +1,18 @@
-//! Helpers shared by the integration tests: token forging and JSON requests.
+//! Helpers shared by the integration tests: token forging, JSON requests, and running a test
+//! once per sandbox runtime.
+
+/// Runs each named test once per runtime: the process runtime everywhere, the linux runtime
+/// where it can run (with CI=true it must). Each test is an `async fn(runtime: &str)`.
+macro_rules! on_every_runtime {
+    ($($name:ident),* $(,)?) => {
+        mod process {
+            $( #[tokio::test] async fn $name() { super::$name("process").await } )*
+        }
+        mod linux {
+            $( #[tokio::test] async fn $name() { super::$name("linux").await } )*
+        }
+    };
+}
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -269,17 +269,6 @@ async fn sessions_end_when_unwatched_and_metrics_count_them(runtime: &str) {
     assert_ne!(shell_pid(&mut again, "again").await, named_pid, "the name starts a new shell");
 }
 
-macro_rules! on_every_runtime {
-    ($($name:ident),* $(,)?) => {
-        mod process {
-            $( #[tokio::test] async fn $name() { super::$name("process").await } )*
-        }
-        mod linux {
-            $( #[tokio::test] async fn $name() { super::$name("linux").await } )*
-        }
-    };
-}
-
 on_every_runtime!(
     a_shell_runs_resizes_and_reports_its_exit_code,
     a_named_session_survives_a_disconnect_and_is_repainted_at_the_new_size,
