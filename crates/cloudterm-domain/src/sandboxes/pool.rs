@@ -22,6 +22,8 @@ const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// spin creating sandboxes.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest a graceful shutdown waits for a pool start in flight.
+const CLOSE_WAIT: Duration = Duration::from_secs(20);
 
 /// A started sandbox waiting for an owner.
 pub(crate) struct PooledSandbox {
@@ -115,9 +117,15 @@ impl WarmPool {
         });
     }
 
-    /// Stops every waiting sandbox and starts no more (graceful shutdown).
+    /// Stops every waiting sandbox and starts no more (graceful shutdown). Waits for a start in
+    /// flight to finish (the filler then stops that sandbox itself), because the process may
+    /// exit right after this returns and a half-started sandbox would be left on the host.
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        while self.filling.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let drained: Vec<PooledSandbox> =
             self.ready.lock().map(|mut ready| ready.drain(..).collect()).unwrap_or_default();
         for sandbox in drained {

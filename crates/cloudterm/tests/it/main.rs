@@ -17,14 +17,25 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-/// A `cloudterm serve` child, killed on drop.
+/// A `cloudterm serve` child, stopped on drop.
 struct Served {
     child: Child,
     base: String,
 }
 
 impl Drop for Served {
+    /// SIGTERM first: a graceful stop also stops the warm pool's sandboxes, which a SIGKILL
+    /// would leave running until the next start on the same data dir (and a test's temporary
+    /// data dir never sees one). SIGKILL only if it does not stop in time.
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
