@@ -16,12 +16,14 @@ mod beneath;
 mod crypt;
 mod error;
 mod io_util;
+mod owners;
 mod pack;
 mod paths;
 mod unpack;
 
 pub use crypt::Key;
 pub use error::ArchiveError;
+pub use owners::OwnerMap;
 pub use pack::{pack, pack_sources, PackOptions, PackStats, SkipReason, Skipped, Source};
 pub use unpack::{unpack, RestoreWhiteouts, UnpackOptions, UnpackStats};
 

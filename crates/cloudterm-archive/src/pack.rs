@@ -15,6 +15,7 @@ use tar::{EntryType, Header};
 
 use crate::crypt::{EncryptWriter, Key};
 use crate::io_util::{ExactReader, HashingWriter};
+use crate::owners::OwnerMap;
 use crate::{ArchiveError, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 
 /// Bytes per multithreaded zstd job (zstd's minimum is 512 KiB).
@@ -67,12 +68,15 @@ pub struct PackOptions {
     /// Compute [`PackStats::sha256_hex`]. Off when the caller hashes what it stores anyway
     /// (the server's BlobStore does), which takes the hash off the packing thread.
     pub checksum: bool,
+    /// Store owners relative to this host range (a sandbox's writable layer, whose files
+    /// belong to the uids its user namespace maps to); `None` stores host uids and gids.
+    pub owners: Option<OwnerMap>,
 }
 
 impl Default for PackOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Self { level: 3, threads: u32::try_from(cores.min(4)).unwrap_or(1), key: None, checksum: true }
+        Self { level: 3, threads: u32::try_from(cores.min(4)).unwrap_or(1), key: None, checksum: true, owners: None }
     }
 }
 
@@ -154,7 +158,7 @@ pub fn pack_sources(sources: &[Source], out: impl Write, options: &PackOptions) 
         // with two workers. 1 MiB jobs keep a pack under ~30 MiB for the same speed here.
         encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(MT_JOB_BYTES)).map_err(write_error)?;
     }
-    let mut packer = Packer { builder: tar::Builder::new(encoder), stats: Counts::default() };
+    let mut packer = Packer { builder: tar::Builder::new(encoder), stats: Counts::default(), owners: options.owners };
     for source in sources {
         packer.pack_source(source)?;
     }
@@ -246,6 +250,7 @@ struct Frame {
 struct Packer<W: Write> {
     builder: tar::Builder<W>,
     stats: Counts,
+    owners: Option<OwnerMap>,
 }
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC).union(OFlags::NOFOLLOW);
@@ -328,7 +333,7 @@ impl<W: Write> Packer<W> {
                     if stat.st_nlink > 1 {
                         let key = (stat.st_dev, stat.st_ino);
                         if let Some(first) = first_paths.get(&key) {
-                            let mut header = header(EntryType::Link, &stat);
+                            let mut header = self.header(EntryType::Link, &stat);
                             self.builder
                                 .append_link(&mut header, as_path(&archive_path), as_path(first))
                                 .map_err(|e| ArchiveError::io(format!("archiving {}", disk_path.display()), e))?;
@@ -348,7 +353,7 @@ impl<W: Write> Packer<W> {
                         }
                         Err(e) => return Err(ArchiveError::io(format!("reading link {}", disk_path.display()), e)),
                     };
-                    let mut header = header(EntryType::Symlink, &stat);
+                    let mut header = self.header(EntryType::Symlink, &stat);
                     self.builder
                         .append_link(&mut header, as_path(&archive_path), OsStr::from_bytes(target.as_bytes()))
                         .map_err(|e| ArchiveError::io(format!("archiving {}", disk_path.display()), e))?;
@@ -373,7 +378,7 @@ impl<W: Write> Packer<W> {
     }
 
     fn append_dir(&mut self, archive_path: &[u8], stat: &Stat, disk_path: &Path) -> Result<(), ArchiveError> {
-        let mut header = header(EntryType::Directory, stat);
+        let mut header = self.header(EntryType::Directory, stat);
         self.builder
             .append_data(&mut header, as_path(archive_path), io::empty())
             .map_err(|e| ArchiveError::io(format!("archiving {}", disk_path.display()), e))?;
@@ -389,7 +394,7 @@ impl<W: Write> Packer<W> {
         disk_path: &Path,
     ) -> Result<(), ArchiveError> {
         let size = u64::try_from(stat.st_size).unwrap_or(0);
-        let mut header = header(EntryType::Regular, stat);
+        let mut header = self.header(EntryType::Regular, stat);
         header.set_size(size);
         let mut data = ExactReader::new(file, size);
         self.builder
@@ -405,13 +410,23 @@ impl<W: Write> Packer<W> {
 
     /// An empty regular file standing for a whiteout or an opaque directory.
     fn append_marker(&mut self, archive_path: &[u8], stat: &Stat, disk_path: &Path) -> Result<(), ArchiveError> {
-        let mut header = header(EntryType::Regular, stat);
+        let mut header = self.header(EntryType::Regular, stat);
         header.set_mode(0o600);
         self.builder
             .append_data(&mut header, as_path(archive_path), io::empty())
             .map_err(|e| ArchiveError::io(format!("archiving the whiteout {}", disk_path.display()), e))?;
         self.stats.files += 1;
         Ok(())
+    }
+
+    /// The entry's header, with owners made relative to the owner map when there is one.
+    fn header(&self, kind: EntryType, stat: &Stat) -> Header {
+        let mut header = header(kind, stat);
+        if let Some(owners) = &self.owners {
+            header.set_uid(u64::from(owners.to_archive(stat.st_uid)));
+            header.set_gid(u64::from(owners.to_archive(stat.st_gid)));
+        }
+        header
     }
 
     fn skip(&mut self, path: PathBuf, reason: SkipReason) {

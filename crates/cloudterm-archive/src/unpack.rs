@@ -14,6 +14,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use rustix::fd::OwnedFd;
+use rustix::fs::{chownat, fchown, Gid, Uid};
 use rustix::fs::{
     fchmod, fsetxattr, futimens, linkat, makedev, mkdirat, mknodat, openat, statat, symlinkat, unlinkat, utimensat,
     AtFlags, Dir, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags, UTIME_OMIT,
@@ -25,6 +26,7 @@ use crate::beneath::{Beneath, DirError, Resolver};
 use crate::crypt::{DecryptReader, Key, MAGIC};
 use crate::error::display_name;
 use crate::io_util::{classify_read_error, CountingReader, HashingReader};
+use crate::owners::OwnerMap;
 use crate::paths::{check_symlink_target, normalize, EntryPath, Normalized};
 use crate::{ArchiveError, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 
@@ -70,6 +72,10 @@ pub struct UnpackOptions {
     pub max_entries: u64,
     /// Whether to turn whiteout markers back into overlayfs whiteouts (needs root).
     pub restore_whiteouts: RestoreWhiteouts,
+    /// Give entries the owners the archive stores, mapped into this host range (a writable
+    /// layer packed with the same map); needs root. `None` leaves everything owned by the
+    /// extracting user, as a workspace restore wants.
+    pub owners: Option<OwnerMap>,
 }
 
 impl Default for UnpackOptions {
@@ -81,6 +87,7 @@ impl Default for UnpackOptions {
             max_bytes: 16 << 30,
             max_entries: 2_000_000,
             restore_whiteouts: RestoreWhiteouts::No,
+            owners: None,
         }
     }
 }
@@ -182,6 +189,7 @@ struct DirMeta {
     components: Vec<Vec<u8>>,
     mode: u32,
     mtime: u64,
+    owner: Option<(Uid, Gid)>,
 }
 
 struct Extractor<'o> {
@@ -195,6 +203,8 @@ struct Extractor<'o> {
     /// Regular files extracted so far, by normalised path: the only valid hard-link targets.
     regular: HashSet<Vec<u8>>,
     dirs: Vec<DirMeta>,
+    /// The host owner of the entry being extracted, when the options map owners.
+    owner: Option<(Uid, Gid)>,
     buffer: Vec<u8>,
 }
 
@@ -208,6 +218,7 @@ impl<'o> Extractor<'o> {
             data_bytes: 0,
             regular: HashSet::new(),
             dirs: Vec::new(),
+            owner: None,
             buffer: vec![0; 128 * 1024],
         }
     }
@@ -322,6 +333,14 @@ impl<'o> Extractor<'o> {
         let header = entry.header();
         let mode = header.mode().map_err(|e| ArchiveError::Corrupt(format!("bad mode: {e}")))?;
         let mtime = header.mtime().map_err(|e| ArchiveError::Corrupt(format!("bad mtime: {e}")))?;
+        self.owner = match &self.options.owners {
+            Some(map) => {
+                let uid = header.uid().map_err(|e| ArchiveError::Corrupt(format!("bad uid: {e}")))?;
+                let gid = header.gid().map_err(|e| ArchiveError::Corrupt(format!("bad gid: {e}")))?;
+                Some((Uid::from_raw(map.to_host(uid)), Gid::from_raw(map.to_host(gid))))
+            }
+            None => None,
+        };
 
         match kind {
             EntryType::Regular | EntryType::Continuous if raw_path.ends_with(b"/") => {
@@ -378,6 +397,11 @@ impl<'o> Extractor<'o> {
             other => other,
         }
         .map_err(|e| write_error("creating", raw, e))?;
+        if let Some((uid, gid)) = self.owner {
+            // Before the mode: a chown clears setuid bits (there are none left, but the order
+            // keeps the mode exactly as computed).
+            fchown(&fd, Some(uid), Some(gid)).map_err(|e| write_error("setting the owner of", raw, e))?;
+        }
         let mut file = File::from(fd);
         let mut copied = 0u64;
         loop {
@@ -423,7 +447,7 @@ impl<'o> Extractor<'o> {
             Err(e) => return Err(write_error("creating", raw, e)),
         }
         self.regular.remove(&path.joined());
-        self.dirs.push(DirMeta { components: path.components().to_vec(), mode, mtime });
+        self.dirs.push(DirMeta { components: path.components().to_vec(), mode, mtime, owner: self.owner });
         self.stats.dir_count += 1;
         Ok(())
     }
@@ -440,6 +464,10 @@ impl<'o> Extractor<'o> {
             other => other,
         }
         .map_err(|e| write_error("creating", raw, e))?;
+        if let Some((uid, gid)) = self.owner {
+            chownat(&*parent, path.name(), Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| write_error("setting the owner of", raw, e))?;
+        }
         utimensat(&*parent, path.name(), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| write_error("setting the mtime of", raw, e))?;
         self.regular.remove(&path.joined());
@@ -531,6 +559,9 @@ impl<'o> Extractor<'o> {
         for dir in dirs {
             let raw = crate::paths::join(&dir.components);
             let fd = self.tree.open_dir(&dir.components, false).map_err(|e| dir_error(&raw, e))?;
+            if let Some((uid, gid)) = dir.owner {
+                fchown(&*fd, Some(uid), Some(gid)).map_err(|e| write_error("setting the owner of", &raw, e))?;
+            }
             fchmod(&*fd, Mode::from_raw_mode(dir.mode)).map_err(|e| write_error("setting the mode of", &raw, e))?;
             futimens(&*fd, &times(dir.mtime)).map_err(|e| write_error("setting the mtime of", &raw, e))?;
         }

@@ -4,6 +4,7 @@
 mod attacks;
 mod integrity;
 mod limits;
+mod owners;
 mod roundtrip;
 mod support;
 mod whiteouts;

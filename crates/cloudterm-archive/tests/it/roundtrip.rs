@@ -120,7 +120,8 @@ fn single_threaded_and_other_levels_round_trip_too() {
     let source = tempfile::tempdir().expect("tempdir");
     fs::write(source.path().join("x"), b"hello ".repeat(10_000)).expect("write");
     for (level, threads) in [(1, 0), (3, 0), (19, 2), (-5, 1)] {
-        let (archive, _) = pack_to_vec(source.path(), &PackOptions { level, threads, key: None, checksum: true });
+        let (archive, _) =
+            pack_to_vec(source.path(), &PackOptions { level, threads, key: None, checksum: true, owners: None });
         let arena = Arena::new();
         arena.unpack(&archive, &UnpackOptions::default()).expect("unpack");
         assert_same_tree(source.path(), &arena.dest());
