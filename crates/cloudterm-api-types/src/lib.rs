@@ -20,7 +20,7 @@ pub use sandbox::{
     SandboxResponse, WriteFileRequest,
 };
 pub use snapshot::{
-    CreateSnapshotRequest, PinSnapshotRequest, RestoreSnapshotRequest, RestoreSnapshotResponse, SnapshotList,
-    SnapshotResponse,
+    CreateSnapshotRequest, PinSnapshotRequest, RestoreSnapshotRequest, RestoreSnapshotResponse, SnapshotLayerInfo,
+    SnapshotList, SnapshotResponse,
 };
 pub use terminal::{TerminalClientMessage, TerminalServerMessage};

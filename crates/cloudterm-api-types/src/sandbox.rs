@@ -46,6 +46,12 @@ pub struct CreateSandboxRequest {
     /// Free-form labels.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Start from this snapshot (an extension of the seed API): its files are restored into
+    /// the workspace (`workspace_id`, or the snapshot's own), and on the linux runtime the
+    /// sandbox gets the snapshotted sandbox's writable layer back (installed packages,
+    /// `/etc`, home directories) and the image it ran.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
 }
 
 /// A sandbox.

@@ -45,8 +45,28 @@ pub struct SnapshotResponse {
     pub pinned: bool,
     /// Whether storage holds it encrypted (then `/download` is not a plain `.tar.zst`).
     pub encrypted: bool,
+    /// The sandbox's writable layer stored with the workspace, if one was taken: what
+    /// `POST /sandboxes {"snapshot_id"}` starts a sandbox with.
+    #[serde(default)]
+    pub layer: Option<SnapshotLayerInfo>,
     /// When it was taken.
     pub created_at: DateTime<Utc>,
+}
+
+/// The writable layer (everything a sandbox changed outside `/workspace`) of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotLayerInfo {
+    /// The image the sandbox ran; absent for the default image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Bytes of the files in it.
+    pub size_bytes: u64,
+    /// Bytes in storage.
+    pub stored_bytes: u64,
+    /// Entries in it that are not directories.
+    pub file_count: u64,
+    /// Hex SHA-256 of the stored layer archive.
+    pub sha256: String,
 }
 
 /// `GET /snapshot/list`.

@@ -12,6 +12,7 @@
 
 mod config;
 mod helper;
+mod layer;
 mod protocol;
 mod runtime;
 

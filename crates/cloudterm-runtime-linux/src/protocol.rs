@@ -26,7 +26,26 @@ pub struct StartRequest {
     pub cpus: f64,
     pub pids: u64,
     pub mounts: Vec<MountRequest>,
+    /// A snapshot's writable layer to move into place before the root is assembled (see
+    /// `SandboxSpec::layer_dir`).
+    #[serde(default)]
+    pub layer_dir: Option<PathBuf>,
 }
+
+/// What the helper keeps about a sandbox beside libcontainer's state (`root_dir/<id>/record.json`),
+/// so `stop` can clean up after a crash of the helper or the server, and the runtime can find
+/// the sandbox's writable layer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub state_dir: PathBuf,
+    pub userns: bool,
+}
+
+/// The name of the plain part of a default-image sandbox's writable layer: its root directory
+/// without the mounts on top (`/root`, `/home`, `/opt`, `/var`…). Overlay parts are named after
+/// their directory under `state_dir/layers/` (`usr`, `etc`; `root` for a configured image).
+pub const ROOTFS_LAYER: &str = "rootfs";
 
 /// A request to the helper.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloudterm_runtime::{
-    AgentEndpoint, Mount, Runtime, RuntimeKind, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
+    AgentEndpoint, Mount, Runtime, RuntimeKind, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage, WritableLayer,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -191,6 +191,7 @@ impl LinuxRuntime {
                     read_only: m.read_only,
                 })
                 .collect(),
+            layer_dir: spec.layer_dir.clone(),
         })
     }
 
@@ -317,6 +318,19 @@ impl Runtime for LinuxRuntime {
     async fn claim_workspace(&self, id: &str, workspace_dir: &Path) -> Result<(), SandboxRuntimeError> {
         let request = HelperRequest::ClaimWorkspace { id: id.to_owned(), workspace_dir: workspace_dir.to_owned() };
         self.expect_done(request, id).await
+    }
+
+    async fn writable_layer(&self, id: &str) -> Result<Option<WritableLayer>, SandboxRuntimeError> {
+        let config = self.config.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || crate::layer::writable_layer(&config, &id))
+            .await
+            .map_err(|err| failed(format!("layer lookup panicked: {err}")))?
+            .map(Some)
+    }
+
+    fn layer_owners(&self) -> Option<(u32, u32)> {
+        Some((self.config.userns_base, self.config.userns_size))
     }
 
     fn supports_claim(&self) -> bool {

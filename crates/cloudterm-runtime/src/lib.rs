@@ -15,5 +15,8 @@ pub use agent_client::{
     AgentClient, AgentError, ByteStream, ExecOutput, ExecResult, ExecStream, JobLogs, UpgradedStream,
 };
 pub use process::{ProcessRuntime, ProcessRuntimeConfig};
-pub use runtime::{AgentEndpoint, Limits, Mount, Runtime, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage};
+pub use runtime::{
+    AgentEndpoint, LayerTree, Limits, Mount, Runtime, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
+    WritableLayer,
+};
 pub use select::{probe, select, RuntimeChoice, RuntimeError, RuntimeKind, Selection};

@@ -54,6 +54,50 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Host directories to expose at start.
     pub mounts: Vec<Mount>,
+    /// A writable layer to start from (a snapshot's, unpacked): a directory on the same file
+    /// system as `state_dir` with one top-level directory per [`LayerTree::name`] that
+    /// [`Runtime::writable_layer`] reported for a sandbox of the same image. The runtime moves
+    /// it into place before the sandbox's root is assembled (so the directory is consumed).
+    /// Only for runtimes with [`layer_owners`](Runtime::layer_owners).
+    pub layer_dir: Option<PathBuf>,
+}
+
+/// One host directory of a sandbox's writable layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerTree {
+    /// Its name in a snapshot (one path component), and the top-level directory
+    /// [`SandboxSpec::layer_dir`] gives it back under.
+    pub name: String,
+    /// Where it is on the host now.
+    pub path: PathBuf,
+    /// Whether it is an overlayfs upper directory (whiteouts and opaque directories mean
+    /// something) rather than a plain tree.
+    pub overlay_upper: bool,
+}
+
+/// What a running sandbox changed outside `/workspace` (installed packages, `/etc`, home
+/// directories), as host directories to read while the sandbox is frozen.
+pub struct WritableLayer {
+    /// The trees, in the order to read them.
+    pub trees: Vec<LayerTree>,
+    /// The host uid/gid of the sandbox's root, and how many ids its user namespace maps: the
+    /// layer's files belong to those ids.
+    pub owner_base: u32,
+    /// How many ids are mapped from `owner_base`.
+    pub owner_count: u32,
+    /// Whatever keeps the paths valid until the layer is dropped (e.g. a detached mount of
+    /// the root without the mounts on top of it).
+    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for WritableLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WritableLayer")
+            .field("trees", &self.trees)
+            .field("owner_base", &self.owner_base)
+            .field("owner_count", &self.owner_count)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the control plane reaches a sandbox's agent.
@@ -147,6 +191,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// ([`claim_workspace`](Runtime::claim_workspace)): what a warm pool needs.
     fn supports_claim(&self) -> bool {
         false
+    }
+
+    /// The writable layer of a running sandbox, for a snapshot. `None` when the runtime keeps
+    /// none apart from the workspace (the process runtime writes to the host directly).
+    async fn writable_layer(&self, _id: &str) -> Result<Option<WritableLayer>, SandboxRuntimeError> {
+        Ok(None)
+    }
+
+    /// Whether [`SandboxSpec::layer_dir`] is honoured (a sandbox can start from a snapshot's
+    /// writable layer), and if so the host uid/gid range its files must be owned by: the
+    /// first id and how many (what [`WritableLayer::owner_base`] reports for a running one).
+    fn layer_owners(&self) -> Option<(u32, u32)> {
+        None
     }
 
     /// Ids of every sandbox this runtime holds on this host, running or left over, so the

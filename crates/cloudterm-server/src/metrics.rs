@@ -152,7 +152,8 @@ impl Metrics {
     /// Counts a stored snapshot (any kind) and its size.
     pub fn snapshot_stored(&self, snapshot: &cloudterm_domain::snapshots::Snapshot) {
         self.snapshots_created.get_or_create(&SnapshotKindLabels { kind: snapshot.kind.clone() }).inc();
-        self.snapshot_size.observe(snapshot.stored_bytes as f64);
+        let layer = snapshot.layer.as_ref().map_or(0, |layer| layer.stored_bytes);
+        self.snapshot_size.observe(snapshot.stored_bytes.saturating_add(layer) as f64);
     }
 
     /// Records how long a snapshot operation took (successful or not).

@@ -84,12 +84,15 @@ fn spawn_reaper(tasks: &mut JoinSet<std::io::Result<()>>, state: AppState, mut s
                     }
                 }
             }
-            for stopped in state.sandboxes.reap_idle().await {
+            // Idle sandboxes are taken out of service, snapshotted with their writable layer
+            // while still running (frozen), then stopped.
+            for idle in state.sandboxes.take_idle() {
                 if state.config.snapshots.on_idle {
-                    if let Some(snapshot) = state.snapshots.after_idle_stop(&stopped).await {
+                    if let Some(snapshot) = state.snapshots.before_idle_stop(&idle).await {
                         state.metrics.snapshot_stored(&snapshot);
                     }
                 }
+                state.sandboxes.stop_idle(&idle).await;
             }
         }
     });

@@ -35,6 +35,16 @@ pub(crate) fn parse_json_list(col: &str, text: &str) -> Result<Vec<String>, Stor
 }
 
 /// A JSON value as stored: JSON text.
+/// A snapshot's writable layer as its JSON column.
+pub(crate) fn layer_json(layer: &crate::SnapshotLayerRecord) -> Result<String, StoreError> {
+    serde_json::to_string(layer).map_err(|e| StoreError::corrupt(format!("layer: {e}")))
+}
+
+/// The `snapshots.layer` column back.
+pub(crate) fn parse_layer(text: &str) -> Result<crate::SnapshotLayerRecord, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::corrupt(format!("layer: {e}")))
+}
+
 pub(crate) fn to_json_text(value: &serde_json::Value) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::corrupt(format!("json: {e}")))
 }

@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 pub use error::StoreError;
 pub use postgres::PgStore;
 pub use records::{
-    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotRecord,
-    SnapshotState, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
+    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotLayerRecord,
+    SnapshotRecord, SnapshotState, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
 };
 pub use sqlite::SqliteStore;
 
@@ -141,7 +141,8 @@ pub trait Store: Send + Sync + 'static {
     /// after [`Store::mark_snapshot_ready`]. `Conflict` if the id exists.
     async fn insert_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StoreError>;
 
-    /// Records the final sizes and checksum and makes the snapshot `Ready`. `NotFound` if absent.
+    /// Records the final sizes, checksum and writable layer, and makes the snapshot `Ready`.
+    /// `NotFound` if absent.
     async fn mark_snapshot_ready(
         &self,
         id: &str,
@@ -149,6 +150,7 @@ pub trait Store: Send + Sync + 'static {
         stored_bytes: i64,
         file_count: i64,
         sha256: Option<&str>,
+        layer: Option<&SnapshotLayerRecord>,
     ) -> Result<(), StoreError>;
 
     /// The snapshot in any state, or `NotFound`.

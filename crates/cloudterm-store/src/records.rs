@@ -118,8 +118,33 @@ pub struct SnapshotRecord {
     pub file_count: i64,
     /// Hex SHA-256 of the stored archive, once known.
     pub sha256: Option<String>,
+    /// The sandbox's writable layer, stored as a second object; `None` for a snapshot of the
+    /// workspace alone (no sandbox, a runtime without layers, an import).
+    pub layer: Option<SnapshotLayerRecord>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+}
+
+/// The writable layer of a snapshot: a second archive beside the workspace's, kept in one
+/// JSON column (`snapshots.layer`) because it is read and written only with its snapshot.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotLayerRecord {
+    /// Where the BlobStore keeps the layer archive.
+    pub object_key: String,
+    /// The image the sandbox ran (`None`: the runtime's default); a layer only fits it.
+    pub image: Option<String>,
+    /// Uncompressed size of the layer's files.
+    pub size_bytes: i64,
+    /// Size of the stored layer archive.
+    pub stored_bytes: i64,
+    /// Entries in the layer archive that are not directories.
+    pub file_count: i64,
+    /// Hex SHA-256 of the stored layer archive.
+    pub sha256: String,
+    /// The top-level directories of the archive that are overlay upper layers (their `.wh.`
+    /// markers are whiteouts); the others are plain trees.
+    #[serde(default)]
+    pub overlays: Vec<String>,
 }
 
 /// A grant of a permission on a workspace to another principal.

@@ -160,6 +160,7 @@ impl WarmPool {
             env: Vec::new(),
             limits: self.limits.clone(),
             mounts: Vec::new(),
+            layer_dir: None,
         };
         let started = async {
             let handle = self.runtime.start(&spec).await.map_err(|err| err.to_string())?;

@@ -18,6 +18,9 @@ use crate::sandboxes::model::{state, CreateSandbox, Sandbox, SandboxSettings};
 use crate::sandboxes::pool::{PooledSandbox, WarmPool};
 use crate::sandboxes::validate;
 
+/// Name prefix of the directories snapshots' writable layers are unpacked into.
+const LAYER_SCRATCH_PREFIX: &str = ".layer-";
+
 /// How long a new sandbox's agent gets to answer.
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -82,6 +85,32 @@ impl SandboxService {
 
     /// Creates and starts a sandbox for `caller`.
     pub async fn create(&self, caller: &Principal, request: CreateSandbox) -> Result<Sandbox, DomainError> {
+        self.create_with_layer(caller, request, None).await
+    }
+
+    /// Creates and starts a sandbox that starts from a writable layer unpacked into
+    /// `layer_dir` (see [`SandboxSpec::layer_dir`]; never from the warm pool). The directory
+    /// is gone afterwards, whether the start worked or not.
+    pub(crate) async fn create_with_layer(
+        &self,
+        caller: &Principal,
+        request: CreateSandbox,
+        layer_dir: Option<PathBuf>,
+    ) -> Result<Sandbox, DomainError> {
+        let created = self.create_inner(caller, request, layer_dir.clone()).await;
+        if let Some(dir) = layer_dir.filter(|dir| dir.exists()) {
+            // Left over when the start failed before the runtime moved it into place.
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+        created
+    }
+
+    async fn create_inner(
+        &self,
+        caller: &Principal,
+        request: CreateSandbox,
+        layer_dir: Option<PathBuf>,
+    ) -> Result<Sandbox, DomainError> {
         let limits = validate::effective_limits(&request.limits, &self.settings)?;
         let timeout_seconds = validate::timeout_seconds(request.timeout_seconds, &self.settings)?;
         validate::environment(&request.env)?;
@@ -90,8 +119,8 @@ impl SandboxService {
         let workspace = self.resolve_workspace(caller, request.workspace_id.as_deref()).await?;
         let _reservation = self.reserve(caller.id())?;
 
-        let pooled =
-            (image.is_none() && request.env.is_empty() && self.pool.fits(&limits)).then(|| self.pool.take()).flatten();
+        let poolable = image.is_none() && request.env.is_empty() && layer_dir.is_none() && self.pool.fits(&limits);
+        let pooled = poolable.then(|| self.pool.take()).flatten();
         if let Some(pooled) = pooled {
             let claim = Claim { caller, workspace: &workspace, limits: &limits, timeout_seconds, request: &request };
             match self.claim(pooled, claim).await {
@@ -127,6 +156,7 @@ impl SandboxService {
             env: request.env.into_iter().collect(),
             limits: limits.clone(),
             mounts: Vec::new(),
+            layer_dir,
         };
         let started = async {
             tokio::fs::create_dir_all(&workspace_dir)
@@ -306,6 +336,17 @@ impl SandboxService {
 
     /// Stops every running sandbox whose idle deadline passed. Returns the stopped ids.
     pub async fn reap_idle(&self) -> Vec<String> {
+        let taken = self.take_idle();
+        for id in &taken {
+            self.stop_idle(id).await;
+        }
+        taken
+    }
+
+    /// Takes every running sandbox whose idle deadline passed out of service (no new
+    /// operation reaches it) without stopping it yet, so its files and writable layer can be
+    /// snapshotted first; [`stop_idle`](Self::stop_idle) then stops each. Returns their ids.
+    pub fn take_idle(&self) -> Vec<String> {
         let now = Utc::now();
         let idle: Vec<Arc<LiveSandbox>> = match self.live.read() {
             Ok(live) => live.values().filter(|s| s.is_idle(now)).cloned().collect(),
@@ -322,19 +363,43 @@ impl SandboxService {
                     false
                 }
             });
-            if still_idle != Some(true) {
-                continue;
+            if still_idle == Some(true) {
+                stopped.push(sandbox.id.clone());
             }
-            tracing::info!(sandbox = %sandbox.id, "idle timeout: stopping sandbox");
-            if let Err(err) = self.runtime.stop(&sandbox.id).await {
-                tracing::warn!(sandbox = %sandbox.id, error = %err, "stopping an idle sandbox failed");
-            }
-            if let Err(err) = self.store.update_sandbox_state(&sandbox.id, state::STOPPED, Utc::now()).await {
-                tracing::warn!(sandbox = %sandbox.id, error = %err, "cannot record the idle stop");
-            }
-            stopped.push(sandbox.id.clone());
         }
         stopped
+    }
+
+    /// Stops a sandbox [`take_idle`](Self::take_idle) took.
+    pub async fn stop_idle(&self, id: &str) {
+        tracing::info!(sandbox = %id, "idle timeout: stopping sandbox");
+        if let Err(err) = self.runtime.stop(id).await {
+            tracing::warn!(sandbox = %id, error = %err, "stopping an idle sandbox failed");
+        }
+        if let Err(err) = self.store.update_sandbox_state(id, state::STOPPED, Utc::now()).await {
+            tracing::warn!(sandbox = %id, error = %err, "cannot record the idle stop");
+        }
+    }
+
+    /// A new, empty directory beside the sandboxes' state directories (same file system, so
+    /// the runtime can move a writable layer from it into a new sandbox's state), for a
+    /// snapshot's layer to be unpacked into.
+    pub(crate) fn layer_scratch_dir(&self) -> Result<PathBuf, DomainError> {
+        let root = &self.settings.state_dir;
+        std::fs::create_dir_all(root).map_err(|err| DomainError::Internal(format!("cannot create {root:?}: {err}")))?;
+        let dir = root.join(format!("{LAYER_SCRATCH_PREFIX}{}", new_id("tmp")));
+        std::fs::create_dir(&dir)
+            .map_err(|err| DomainError::Internal(format!("cannot create a scratch dir: {err}")))?;
+        Ok(dir)
+    }
+
+    /// Layer scratch directories a crash left behind (removed at start-up).
+    pub(crate) fn leftover_layer_dirs(&self) -> Vec<PathBuf> {
+        let entries = std::fs::read_dir(&self.settings.state_dir).into_iter().flatten().flatten();
+        entries
+            .filter(|e| e.file_name().to_string_lossy().starts_with(LAYER_SCRATCH_PREFIX))
+            .map(|e| e.path())
+            .collect()
     }
 
     /// After a restart: re-attach to sandboxes that still run, mark the rest stopped, and

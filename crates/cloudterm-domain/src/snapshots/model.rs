@@ -77,8 +77,26 @@ pub struct Snapshot {
     pub pinned: bool,
     /// Whether storage holds it encrypted.
     pub encrypted: bool,
+    /// The sandbox's writable layer taken with the workspace (installed packages, `/etc`,
+    /// home directories), which a sandbox created from the snapshot starts with.
+    pub layer: Option<SnapshotLayer>,
     /// When it was taken.
     pub created_at: DateTime<Utc>,
+}
+
+/// The writable layer stored with a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotLayer {
+    /// The image the sandbox ran (`None`: the default image); only that image can start from it.
+    pub image: Option<String>,
+    /// Bytes of the files in it.
+    pub size_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// Entries in it that are not directories.
+    pub file_count: u64,
+    /// Hex SHA-256 of the stored layer archive.
+    pub sha256: String,
 }
 
 /// What a restore did.

@@ -8,16 +8,18 @@ use std::sync::Arc;
 use chrono::Utc;
 use cloudterm_archive::{PackOptions, UnpackOptions};
 use cloudterm_blobstore::{BlobStore, ObjectReader};
-use cloudterm_runtime::{Mount, SandboxRuntimeError};
+use cloudterm_runtime::{Mount, SandboxRuntimeError, WritableLayer};
 use cloudterm_store::{SnapshotRecord, SnapshotState, Store, StoreError};
 use tokio::io::AsyncRead;
 
 use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::principal::{storage_name, Principal};
-use crate::sandboxes::SandboxService;
+use crate::sandboxes::{CreateSandbox, Sandbox, SandboxService};
+use crate::snapshots::layer;
 use crate::snapshots::model::{
-    CreateSnapshot, RestoreSnapshot, RestoredSnapshot, Snapshot, SnapshotKind, SnapshotRecovery, SnapshotSettings,
+    CreateSnapshot, RestoreSnapshot, RestoredSnapshot, Snapshot, SnapshotKind, SnapshotLayer, SnapshotRecovery,
+    SnapshotSettings,
 };
 use crate::snapshots::transfer::{self, storage_error};
 
@@ -54,19 +56,27 @@ impl SnapshotService {
         kind: SnapshotKind,
     ) -> Result<Snapshot, DomainError> {
         let label = validate_label(request.label)?;
-        let workspace = match (&request.sandbox_id, &request.workspace_id) {
+        let (workspace, layer_of) = match (&request.sandbox_id, &request.workspace_id) {
             (Some(_), Some(_)) => {
                 return Err(DomainError::InvalidInput("give sandbox_id or workspace_id, not both".into()))
             }
-            (Some(sandbox), None) => self.sandboxes.workspace_of(caller, sandbox).await?,
-            (None, workspace) => self.sandboxes.resolve_workspace(caller, workspace.as_deref()).await?,
+            (Some(sandbox), None) => (self.sandboxes.workspace_of(caller, sandbox).await?, Some(sandbox.clone())),
+            (None, workspace) => {
+                let workspace = self.sandboxes.resolve_workspace(caller, workspace.as_deref()).await?;
+                // The writable layer of the workspace's sandbox, when there is exactly one.
+                let running = self.sandboxes.running_on_workspace(caller.id(), &workspace).await?;
+                let only = if running.len() == 1 { running.into_iter().next() } else { None };
+                (workspace, only)
+            }
         };
-        self.snapshot_workspace(caller.id(), &workspace, label, kind, request.pinned).await
+        let what = Taking { label, kind, pinned: request.pinned };
+        self.snapshot_workspace(caller.id(), &workspace, what, layer_of).await
     }
 
-    /// After the reaper stopped an idle sandbox: snapshot its workspace (nothing runs on it
-    /// any more, so the files are still). Errors are logged, not returned.
-    pub async fn after_idle_stop(&self, sandbox_id: &str) -> Option<Snapshot> {
+    /// When the reaper takes an idle sandbox, before it stops it: snapshot its workspace and its
+    /// writable layer (the sandbox is frozen while they are read). Errors are logged, not
+    /// returned: the sandbox is stopped either way.
+    pub async fn before_idle_stop(&self, sandbox_id: &str) -> Option<Snapshot> {
         let record = match self.store.get_sandbox(sandbox_id).await {
             Ok(record) => record,
             Err(err) => {
@@ -75,7 +85,9 @@ impl SnapshotService {
             }
         };
         let workspace = record.workspace_id?;
-        match self.snapshot_workspace(&record.owner, &workspace, None, SnapshotKind::Idle, false).await {
+        let layer_of = Some(sandbox_id.to_string());
+        match self.snapshot_workspace(&record.owner, &workspace, Taking::automatic(SnapshotKind::Idle), layer_of).await
+        {
             Ok(snapshot) => {
                 tracing::info!(sandbox = %sandbox_id, snapshot = %snapshot.id, bytes = snapshot.stored_bytes, "idle snapshot taken");
                 Some(snapshot)
@@ -103,7 +115,11 @@ impl SnapshotService {
         workspaces.dedup();
         let mut taken = Vec::new();
         for (owner, workspace) in workspaces {
-            match self.snapshot_workspace(&owner, &workspace, None, SnapshotKind::Daily, false).await {
+            // Which sandbox's layer is ambiguous when several share the workspace: the
+            // workspace alone then, as for an explicit snapshot of the workspace.
+            let running = self.sandboxes.running_on_workspace(&owner, &workspace).await.unwrap_or_default();
+            let layer_of = if running.len() == 1 { running.into_iter().next() } else { None };
+            match self.snapshot_workspace(&owner, &workspace, Taking::automatic(SnapshotKind::Daily), layer_of).await {
                 Ok(snapshot) => taken.push(snapshot),
                 Err(err) => tracing::warn!(workspace = %workspace, error = %err, "periodic snapshot failed"),
             }
@@ -115,20 +131,43 @@ impl SnapshotService {
         &self,
         owner: &str,
         workspace: &str,
-        label: Option<String>,
-        kind: SnapshotKind,
-        pinned: bool,
+        what: Taking,
+        layer_of: Option<String>,
     ) -> Result<Snapshot, DomainError> {
         let dir = self.sandboxes.workspace_dir(owner, workspace);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
-        // A live snapshot: the sandboxes writing this workspace are frozen while it is read.
-        let running = self.sandboxes.running_on_workspace(owner, workspace).await?;
+        // A live snapshot: the sandboxes writing this workspace (and the one whose layer is
+        // taken) are frozen while it is read.
+        let mut running = self.sandboxes.running_on_workspace(owner, workspace).await?;
+        if let Some(id) = layer_of.as_ref().filter(|id| !running.contains(id)) {
+            running.push(id.clone());
+        }
         let frozen = Frozen::freeze(&self.sandboxes, &running).await;
-        let stored = self.store_dir(owner, workspace, dir, label, kind, pinned).await;
+        let stored = async {
+            let layer = match &layer_of {
+                Some(id) => self.writable_layer(id).await?,
+                None => None,
+            };
+            self.store_dir(owner, workspace, dir, what, layer).await
+        }
+        .await;
         frozen.thaw().await;
         stored
+    }
+
+    /// The writable layer of a running sandbox and the image it runs; `None` when the runtime
+    /// keeps no layer or the sandbox no longer runs.
+    async fn writable_layer(&self, sandbox_id: &str) -> Result<Option<(WritableLayer, Option<String>)>, DomainError> {
+        match self.sandboxes.runtime().writable_layer(sandbox_id).await {
+            Ok(Some(layer)) => {
+                let image = self.store.get_sandbox(sandbox_id).await?.image;
+                Ok(Some((layer, image)))
+            }
+            Ok(None) | Err(SandboxRuntimeError::NotRunning(_)) => Ok(None),
+            Err(err) => Err(DomainError::Unavailable(format!("cannot read the sandbox's writable layer: {err}"))),
+        }
     }
 
     /// Registers a pending snapshot, packs `dir` into storage, marks it ready, applies
@@ -138,9 +177,8 @@ impl SnapshotService {
         owner: &str,
         workspace: &str,
         dir: PathBuf,
-        label: Option<String>,
-        kind: SnapshotKind,
-        pinned: bool,
+        what: Taking,
+        layer: Option<(WritableLayer, Option<String>)>,
     ) -> Result<Snapshot, DomainError> {
         let id = new_id("snap");
         let suffix = if self.settings.key.is_some() { SEALED } else { PLAIN };
@@ -149,15 +187,16 @@ impl SnapshotService {
             id: id.clone(),
             workspace_id: workspace.to_string(),
             owner: owner.to_string(),
-            label,
-            kind: kind.as_str().to_string(),
-            pinned,
+            label: what.label,
+            kind: what.kind.as_str().to_string(),
+            pinned: what.pinned,
             state: SnapshotState::Pending,
             object_key: object_key.clone(),
             size_bytes: 0,
             stored_bytes: 0,
             file_count: 0,
             sha256: None,
+            layer: None,
             created_at: Utc::now(),
         };
         self.store.insert_snapshot(&record).await?;
@@ -167,8 +206,9 @@ impl SnapshotService {
             key: self.settings.key.clone(),
             // The BlobStore hashes what it stores, off the packing thread.
             checksum: false,
+            owners: None,
         };
-        let packed = transfer::pack_to_store(&self.blobs, dir, &object_key, options).await;
+        let packed = transfer::pack_to_store(&self.blobs, dir, &object_key, options.clone()).await;
         let (stats, outcome) = match packed {
             Ok(done) => done,
             Err(err) => {
@@ -179,7 +219,20 @@ impl SnapshotService {
         let size = i64::try_from(stats.size_bytes).unwrap_or(i64::MAX);
         let stored = i64::try_from(outcome.size_bytes).unwrap_or(i64::MAX);
         let files = i64::try_from(stats.file_count).unwrap_or(i64::MAX);
-        if let Err(err) = self.store.mark_snapshot_ready(&id, size, stored, files, Some(&outcome.sha256_hex)).await {
+        let layer = match layer {
+            Some((layer, image)) => {
+                match layer::pack_layer(&self.blobs, layer, image, &layer::layer_key(&object_key), options).await {
+                    Ok(record) => Some(record),
+                    Err(err) => {
+                        self.forget(&id, &object_key).await;
+                        return Err(err);
+                    }
+                }
+            }
+            None => None,
+        };
+        let sha256 = Some(outcome.sha256_hex.as_str());
+        if let Err(err) = self.store.mark_snapshot_ready(&id, size, stored, files, sha256, layer.as_ref()).await {
             self.forget(&id, &object_key).await;
             return Err(err.into());
         }
@@ -188,13 +241,15 @@ impl SnapshotService {
         record.stored_bytes = stored;
         record.file_count = files;
         record.sha256 = Some(outcome.sha256_hex);
+        record.layer = layer;
         self.apply_retention(workspace).await;
         Ok(view(record))
     }
 
-    /// Removes a snapshot that failed half-way: object first, then the record.
+    /// Removes a snapshot that failed half-way: objects first (the workspace's and the layer's,
+    /// whichever exist), then the record.
     async fn forget(&self, id: &str, object_key: &str) {
-        if let Err(err) = self.blobs.delete(object_key).await {
+        if let Err(err) = self.delete_objects(object_key, true).await {
             tracing::warn!(snapshot = %id, error = %err, "cannot delete a failed snapshot's object; start-up clean-up will retry");
             return;
         }
@@ -203,13 +258,22 @@ impl SnapshotService {
         }
     }
 
+    /// Deletes a snapshot's workspace object and, when it has (or may have) one, its layer
+    /// object. Deleting a missing object succeeds.
+    async fn delete_objects(&self, object_key: &str, with_layer: bool) -> Result<(), DomainError> {
+        if with_layer {
+            self.blobs.delete(&layer::layer_key(object_key)).await.map_err(storage_error)?;
+        }
+        self.blobs.delete(object_key).await.map_err(storage_error)
+    }
+
     /// Keeps the newest `retention` unpinned snapshots of the workspace; deletes the rest from
     /// storage, then from the store.
     async fn apply_retention(&self, workspace: &str) {
         let Ok(snapshots) = self.store.list_snapshots(workspace).await else { return };
         let doomed = snapshots.into_iter().filter(|s| !s.pinned).skip(self.settings.retention);
         for snapshot in doomed {
-            match self.blobs.delete(&snapshot.object_key).await {
+            match self.delete_objects(&snapshot.object_key, snapshot.layer.is_some()).await {
                 Ok(()) => {
                     let _ = self.store.delete_snapshot(&snapshot.id).await;
                     tracing::info!(snapshot = %snapshot.id, workspace = %workspace, "retention removed a snapshot");
@@ -257,7 +321,7 @@ impl SnapshotService {
     /// Deletes a snapshot: its object, then its record.
     pub async fn delete(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {
         let record = self.owned(caller, id).await?;
-        self.blobs.delete(&record.object_key).await.map_err(storage_error)?;
+        self.delete_objects(&record.object_key, record.layer.is_some()).await?;
         match self.store.delete_snapshot(id).await {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(err) => Err(err.into()),
@@ -321,6 +385,65 @@ impl SnapshotService {
         })
     }
 
+    /// Creates a sandbox from a snapshot: the snapshot's workspace restored into the workspace
+    /// the request names (default: the snapshot's own; restored even if the sandbox then fails
+    /// to start), and, where the runtime keeps layers, the snapshotted sandbox's writable layer
+    /// (installed packages, `/etc`, home directories) as it was. A snapshot with a layer
+    /// starts the image it was taken with; asking for another is refused.
+    pub async fn start_sandbox(
+        &self,
+        caller: &Principal,
+        snapshot_id: &str,
+        mut request: CreateSandbox,
+    ) -> Result<Sandbox, DomainError> {
+        let record = self.owned(caller, snapshot_id).await?;
+        let owners = self.sandboxes.runtime().layer_owners();
+        let layer = record.layer.clone().filter(|_| owners.is_some());
+        if let Some(layer) = &layer {
+            match (&request.image, &layer.image) {
+                (None, taken) => request.image = taken.clone(),
+                (Some(asked), Some(taken)) if asked == taken => {}
+                (Some(asked), taken) => {
+                    return Err(DomainError::InvalidInput(format!(
+                        "snapshot {snapshot_id} holds the writable layer of a sandbox of image {}; it cannot start image {asked:?}",
+                        taken.as_deref().unwrap_or("(default)")
+                    )))
+                }
+            }
+        }
+        // The layer first: it changes nothing until the sandbox starts from it.
+        let layer_dir = match (&layer, owners) {
+            (Some(layer), Some(owners)) => {
+                let dir = self.sandboxes.layer_scratch_dir()?;
+                let unpacked = async {
+                    let options = self.unpack_options(Some(&record))?;
+                    layer::unpack_layer(&self.blobs, layer, &dir, options, owners).await
+                }
+                .await;
+                if let Err(err) = unpacked {
+                    remove_in_background(dir);
+                    return Err(err);
+                }
+                Some(dir)
+            }
+            _ => None,
+        };
+        let workspace = request.workspace_id.clone().unwrap_or_else(|| record.workspace_id.clone());
+        let restore = RestoreSnapshot {
+            snapshot_id: snapshot_id.to_string(),
+            sandbox_id: None,
+            workspace_id: Some(workspace.clone()),
+        };
+        if let Err(err) = self.restore(caller, restore).await {
+            if let Some(dir) = layer_dir {
+                remove_in_background(dir);
+            }
+            return Err(err);
+        }
+        request.workspace_id = Some(workspace);
+        self.sandboxes.create_with_layer(caller, request, layer_dir).await
+    }
+
     /// Turns an uploaded `.tar.zst` into a snapshot of one of the caller's workspaces. The
     /// upload is extracted as strictly as any restore (into a scratch directory) and stored
     /// from there, so what storage holds is always an archive cloudterm wrote.
@@ -337,7 +460,8 @@ impl SnapshotService {
         let scratch = scratch_dir(&dir, "import")?;
         let result = async {
             transfer::unpack_reader(body, &scratch, self.unpack_options(None)?).await?;
-            self.store_dir(caller.id(), &workspace, scratch.clone(), label, SnapshotKind::Import, false).await
+            let what = Taking { label, kind: SnapshotKind::Import, pinned: false };
+            self.store_dir(caller.id(), &workspace, scratch.clone(), what, None).await
         }
         .await;
         remove_in_background(scratch);
@@ -349,7 +473,7 @@ impl SnapshotService {
     pub async fn recover(&self) -> Result<SnapshotRecovery, DomainError> {
         let mut report = SnapshotRecovery::default();
         for pending in self.store.list_pending_snapshots().await? {
-            match self.blobs.delete(&pending.object_key).await {
+            match self.delete_objects(&pending.object_key, true).await {
                 Ok(()) => {
                     self.store.delete_snapshot(&pending.id).await?;
                     report.removed_pending.push(pending.id);
@@ -364,8 +488,10 @@ impl SnapshotService {
             Err(err) => tracing::warn!(error = %err, "cannot list unfinished uploads"),
         }
         let workspaces = self.sandboxes.workspaces_root().to_path_buf();
+        let layer_dirs = self.sandboxes.leftover_layer_dirs();
         let scratch = tokio::task::spawn_blocking(move || {
-            let dirs = leftover_scratch_dirs(&workspaces);
+            let mut dirs = leftover_scratch_dirs(&workspaces);
+            dirs.extend(layer_dirs);
             for dir in &dirs {
                 remove_scratch(dir);
             }
@@ -414,6 +540,20 @@ impl SnapshotService {
     }
 }
 
+/// What a new snapshot is called and why it is taken.
+struct Taking {
+    label: Option<String>,
+    kind: SnapshotKind,
+    pinned: bool,
+}
+
+impl Taking {
+    /// An unlabelled, unpinned snapshot the server takes by itself.
+    fn automatic(kind: SnapshotKind) -> Self {
+        Taking { label: None, kind, pinned: false }
+    }
+}
+
 /// Sandboxes frozen for the duration of a snapshot read.
 struct Frozen<'a> {
     sandboxes: &'a SandboxService,
@@ -457,6 +597,13 @@ fn view(record: SnapshotRecord) -> Snapshot {
         sha256: record.sha256.unwrap_or_default(),
         kind: record.kind,
         pinned: record.pinned,
+        layer: record.layer.map(|layer| SnapshotLayer {
+            image: layer.image,
+            size_bytes: u64::try_from(layer.size_bytes).unwrap_or(0),
+            stored_bytes: u64::try_from(layer.stored_bytes).unwrap_or(0),
+            file_count: u64::try_from(layer.file_count).unwrap_or(0),
+            sha256: layer.sha256,
+        }),
         created_at: record.created_at,
     }
 }
@@ -474,7 +621,7 @@ fn validate_label(label: Option<String>) -> Result<Option<String>, DomainError> 
 /// `snapshots/<owner>/<id>.tar.zst[.sealed]` → `<id>`.
 fn snapshot_id_of(key: &str) -> Option<&str> {
     let name = key.rsplit('/').next()?;
-    let id = name.strip_suffix(SEALED).or_else(|| name.strip_suffix(PLAIN))?;
+    let id = layer::strip_layer_infix(name.strip_suffix(SEALED).or_else(|| name.strip_suffix(PLAIN))?);
     id.starts_with("snap_").then_some(id)
 }
 
@@ -541,6 +688,7 @@ mod tests {
         assert_eq!(snapshot_id_of("snapshots/alice/snap_1.tar.zst.sealed"), Some("snap_1"));
         assert_eq!(snapshot_id_of("snapshots/alice/other.bin"), None);
         assert_eq!(snapshot_id_of("snapshots/alice/x.tar.zst"), None);
+        assert_eq!(snapshot_id_of("snapshots/alice/snap_1.layer.tar.zst.sealed"), Some("snap_1"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cloudterm_archive::{ArchiveError, PackOptions, PackStats, UnpackOptions, UnpackStats};
+use cloudterm_archive::{ArchiveError, PackOptions, PackStats, Source, UnpackOptions, UnpackStats};
 use cloudterm_blobstore::{BlobStore, BlobStoreError, PutOutcome};
 use tokio::io::AsyncRead;
 use tokio_util::io::SyncIoBridge;
@@ -21,11 +21,27 @@ pub(crate) async fn pack_to_store(
     key: &str,
     options: PackOptions,
 ) -> Result<(PackStats, PutOutcome), DomainError> {
+    pack_sources_to_store(blobs, vec![Source::dir("", dir)], None, key, options).await
+}
+
+/// Something that keeps the sources' paths valid until packing ends (a detached mount).
+pub(crate) type Hold = Option<Box<dyn std::any::Any + Send + Sync>>;
+
+/// Packs several trees (each under its own top-level name) and stores them under `key`; `hold`
+/// is dropped once the packer is done with the paths. Fails without leaving an object.
+pub(crate) async fn pack_sources_to_store(
+    blobs: &BlobStore,
+    sources: Vec<Source>,
+    hold: Hold,
+    key: &str,
+    options: PackOptions,
+) -> Result<(PackStats, PutOutcome), DomainError> {
     let (reader, writer) = tokio::io::duplex(PIPE_BYTES);
     let packer = tokio::task::spawn_blocking(move || {
+        let _hold = hold;
         let bridge = SyncIoBridge::new(writer);
         let mut out = std::io::BufWriter::with_capacity(256 << 10, bridge);
-        let stats = cloudterm_archive::pack(&dir, &mut out, &options)?;
+        let stats = cloudterm_archive::pack_sources(&sources, &mut out, &options)?;
         use std::io::Write;
         out.flush().map_err(|err| ArchiveError::Io { context: "flushing the archive".into(), source: err })?;
         Ok::<_, ArchiveError>(stats)

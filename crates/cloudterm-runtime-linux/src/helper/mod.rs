@@ -8,7 +8,7 @@
 
 mod rootfs;
 mod spec;
-mod sys;
+pub(crate) mod sys;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -27,9 +27,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{close, dup2, Pid};
-use serde::{Deserialize, Serialize};
 
-use crate::protocol::{FailureKind, HelperRequest, HelperResponse, MountRequest, StartRequest};
+use crate::protocol::{FailureKind, HelperRequest, HelperResponse, MountRequest, Record, StartRequest};
 use rootfs::{IdMap, Layout};
 
 /// Entry point of the `cloudterm-linux-helper` binary.
@@ -146,15 +145,6 @@ impl HelperOptions {
             userns_size,
         })
     }
-}
-
-/// What the helper keeps about a sandbox beside libcontainer's state, so `stop` can clean up
-/// after a crash of the helper or the server.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    id: String,
-    state_dir: PathBuf,
-    userns: bool,
 }
 
 struct Failure {
@@ -343,7 +333,17 @@ impl Helper {
             }
         }
         let phase = Instant::now();
-        let rootfs = rootfs::assemble(req, &layout, &self.options.root_dir, image.as_deref(), agent, idmap.as_ref())?;
+        if let Some(layer) = &req.layer_dir {
+            rootfs::place_layer(layer, &layout, image.is_some())
+                .map_err(|err| invalid(format!("cannot start from the snapshot's writable layer: {err:#}")))?;
+        }
+        let rootfs = rootfs::assemble(req, &layout, &self.options.root_dir, image.as_deref(), agent, idmap.as_ref())
+            .map_err(|err| match req.layer_dir {
+                // What the sandbox wrote decides whether its layer fits (a planted symlink
+                // where the helper needs a directory): the caller's input, not our failure.
+                Some(_) => invalid(format!("cannot start from the snapshot's writable layer: {err:#}")),
+                None => Failure::from(err),
+            })?;
         if std::env::var_os("CLOUDTERM_HELPER_TIMING").is_some() {
             eprintln!("helper timing: rootfs assembled in {:?}", phase.elapsed());
         }
@@ -574,6 +574,7 @@ impl Helper {
             cpus: 1.0,
             pids: 16,
             mounts: Vec::new(),
+            layer_dir: None,
         };
         let true_bin = fs::canonicalize("/usr/bin/true").context("no /usr/bin/true on this host")?;
         fs::create_dir_all(self.sandbox_dir(&id)).context("cannot create the probe record")?;

@@ -58,10 +58,19 @@ fn chown_to(path: &Path, idmap: Option<&IdMap<'_>>) -> io::Result<()> {
     }
 }
 
+/// Creates a directory (or keeps an existing one) and sets its mode and owner. An existing
+/// entry that is not a real directory is refused: a root restored from a snapshot's writable
+/// layer was written by the sandbox, and a symlink planted at `var/tmp` would otherwise make
+/// the helper chmod and chown whatever host path it names.
 fn mkdir(path: &Path, mode: u32, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
     match fs::create_dir(path) {
         Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            let meta = fs::symlink_metadata(path).with_context(|| format!("cannot inspect {}", path.display()))?;
+            if !meta.is_dir() {
+                bail!("{} exists and is not a directory", path.display());
+            }
+        }
         Err(err) => return Err(err).with_context(|| format!("cannot create {}", path.display())),
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
@@ -358,6 +367,7 @@ pub fn assemble(
                 let target = rootfs.join(name);
                 if meta.file_type().is_symlink() {
                     let link = fs::read_link(&host)?;
+                    remove_restored(&target)?;
                     symlink(&link, &target)?;
                     chown_to(&target, idmap)?;
                 } else if meta.is_dir() {
@@ -384,6 +394,68 @@ pub fn assemble(
         bind(&m.host_path, &target, m.read_only, idmap)?;
     }
     Ok(rootfs)
+}
+
+/// Removes what a restored writable layer left where the helper puts a host link (a
+/// sandbox may have replaced `/bin` with its own directory). Nothing is mounted under the
+/// rootfs yet, and `remove_dir_all` does not follow symlinks.
+fn remove_restored(path: &Path) -> anyhow::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path)?,
+        Ok(_) => fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Moves a snapshot's writable layer (unpacked, owners already mapped) into a new sandbox's
+/// state directory, before anything is mounted: its plain root part becomes the rootfs
+/// directory and each overlay part becomes the upper directory of that overlay. A part this
+/// image has no place for is refused (a layer of a default-image sandbox cannot start a
+/// configured image, and the other way round), and so is anything that is not a directory.
+pub fn place_layer(layer: &Path, layout: &Layout, configured_image: bool) -> anyhow::Result<()> {
+    let meta = fs::symlink_metadata(layer).with_context(|| format!("no layer at {}", layer.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", layer.display());
+    }
+    let rootfs = layout.rootfs();
+    if fs::symlink_metadata(&rootfs).is_ok() {
+        bail!("the sandbox's root already exists");
+    }
+    let mut parts: Vec<(String, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(layer)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_dir() {
+            bail!("layer part {name:?} is not a directory");
+        }
+        let fits = if configured_image {
+            name == "root"
+        } else {
+            name == crate::protocol::ROOTFS_LAYER
+                || name == "etc"
+                || HOST_DIRS.contains(&name.as_str())
+                    && fs::symlink_metadata(Path::new("/").join(&name)).is_ok_and(|m| m.is_dir())
+        };
+        if !fits {
+            bail!("layer part {name:?} does not fit this image (a snapshot of a sandbox with another image?)");
+        }
+        parts.push((name, entry.path()));
+    }
+    fs::create_dir_all(layout.layers())?;
+    for (name, path) in parts {
+        let target = if name == crate::protocol::ROOTFS_LAYER {
+            rootfs.clone()
+        } else {
+            let dir = layout.layers().join(&name);
+            fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.join("upper")
+        };
+        fs::rename(&path, &target)
+            .with_context(|| format!("cannot move layer part {name:?} to {}", target.display()))?;
+    }
+    fs::remove_dir(layer).with_context(|| format!("cannot remove {}", layer.display()))?;
+    Ok(())
 }
 
 /// Makes the rootfs a shared mount point (before anything is mounted under it), so mounts the

@@ -182,6 +182,7 @@ mod tests {
             cpus: 0.5,
             pids: 64,
             mounts: Vec::new(),
+            layer_dir: None,
         }
     }
 

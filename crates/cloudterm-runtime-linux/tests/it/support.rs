@@ -98,6 +98,7 @@ impl TestRuntime {
             env: vec![("CLOUDTERM_TEST".into(), "1".into())],
             limits: Limits::default(),
             mounts: Vec::new(),
+            layer_dir: None,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::state::AppState;
     request_body = CreateSandboxRequest,
     responses(
         (status = 201, body = SandboxResponse),
-        (status = 401, body = ErrorEnvelope), (status = 404, description = "unknown workspace", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope), (status = 404, description = "unknown workspace or snapshot", body = ErrorEnvelope),
         (status = 422, description = "invalid limits, TTL, env or image", body = ErrorEnvelope),
         (status = 429, description = "too many running sandboxes", body = ErrorEnvelope),
         (status = 503, description = "the runtime failed", body = ErrorEnvelope),
@@ -56,7 +56,14 @@ pub async fn create_sandbox(
         workspace_id: body.workspace_id,
         metadata: body.metadata,
     };
-    let sandbox = state.sandboxes.create(&caller.principal, request).await?;
+    let sandbox = match body.snapshot_id {
+        Some(snapshot) => {
+            let started = state.snapshots.start_sandbox(&caller.principal, &snapshot, request).await?;
+            state.metrics.snapshot_restored();
+            started
+        }
+        None => state.sandboxes.create(&caller.principal, request).await?,
+    };
     Ok((StatusCode::CREATED, Json(sandbox_response(sandbox))))
 }
 

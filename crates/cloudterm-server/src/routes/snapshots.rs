@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cloudterm_api_types::{
     CreateSnapshotRequest, ErrorEnvelope, PinSnapshotRequest, RestoreSnapshotRequest, RestoreSnapshotResponse,
-    SnapshotList, SnapshotResponse,
+    SnapshotLayerInfo, SnapshotList, SnapshotResponse,
 };
 use cloudterm_domain::snapshots::{CreateSnapshot, RestoreSnapshot, Snapshot, SnapshotKind};
 use futures_util::TryStreamExt;
@@ -210,6 +210,13 @@ fn snapshot_response(snapshot: Snapshot) -> SnapshotResponse {
         kind: snapshot.kind,
         pinned: snapshot.pinned,
         encrypted: snapshot.encrypted,
+        layer: snapshot.layer.map(|layer| SnapshotLayerInfo {
+            image: layer.image,
+            size_bytes: layer.size_bytes,
+            stored_bytes: layer.stored_bytes,
+            file_count: layer.file_count,
+            sha256: layer.sha256,
+        }),
         created_at: snapshot.created_at,
     }
 }

@@ -11,6 +11,7 @@ mod isolation;
 mod listeners;
 mod plumbing;
 mod sandboxes;
+mod snapshot_layers;
 mod snapshots;
 mod spec;
 mod terminal;

@@ -18,7 +18,7 @@ fn id_of(value: &Value, field: &str) -> String {
     value[field].as_str().unwrap_or_else(|| panic!("no {field} in {value}")).to_string()
 }
 
-fn use_garage(config: &mut Config, garage: &GarageServer) {
+pub fn use_garage(config: &mut Config, garage: &GarageServer) {
     config.storage.backend = "s3".into();
     config.storage.s3_endpoint = Some(garage.endpoint().to_string());
     config.storage.s3_region = garage.region().to_string();
@@ -378,6 +378,7 @@ async fn a_restart_after_a_crash_removes_partial_snapshots() {
         stored_bytes: 0,
         file_count: 0,
         sha256: None,
+        layer: None,
         created_at: Utc::now(),
     };
     state.store.insert_snapshot(&pending).await.expect("pending");

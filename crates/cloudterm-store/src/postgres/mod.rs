@@ -28,8 +28,8 @@ use sqlx::Row;
 
 use crate::codec;
 use crate::{
-    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotRecord, Store,
-    StoreError, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
+    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotLayerRecord,
+    SnapshotRecord, Store, StoreError, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
 };
 
 pub(crate) use crate::codec::{expect_one, placeholders, to_json_list, to_json_text, to_millis};
@@ -235,9 +235,10 @@ impl Store for PgStore {
         stored_bytes: i64,
         file_count: i64,
         sha256: Option<&str>,
+        layer: Option<&SnapshotLayerRecord>,
     ) -> Result<(), StoreError> {
         require_storable(id)?;
-        snapshots::mark_ready(&self.pool, id, size_bytes, stored_bytes, file_count, sha256).await
+        snapshots::mark_ready(&self.pool, id, size_bytes, stored_bytes, file_count, sha256, layer).await
     }
 
     async fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord, StoreError> {

@@ -5,12 +5,13 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
 use super::{expect_one, time_col, to_millis};
+use crate::codec::{layer_json, parse_layer};
 use crate::error::unique_as_conflict;
-use crate::{SnapshotRecord, SnapshotState, StoreError};
+use crate::{SnapshotLayerRecord, SnapshotRecord, SnapshotState, StoreError};
 
 /// The selected columns, in table order.
 const COLUMNS: &str = "id, workspace_id, owner, label, kind, pinned, state, object_key, \
-                       size_bytes, stored_bytes, file_count, sha256, created_at";
+                       size_bytes, stored_bytes, file_count, sha256, created_at, layer";
 
 /// Decodes one `snapshots` row.
 fn from_row(row: &PgRow) -> Result<SnapshotRecord, StoreError> {
@@ -30,6 +31,7 @@ fn from_row(row: &PgRow) -> Result<SnapshotRecord, StoreError> {
         file_count: row.try_get("file_count")?,
         sha256: row.try_get("sha256")?,
         created_at: time_col(row, "created_at")?,
+        layer: row.try_get::<Option<String>, _>("layer")?.as_deref().map(parse_layer).transpose()?,
     })
 }
 
@@ -37,7 +39,7 @@ fn from_row(row: &PgRow) -> Result<SnapshotRecord, StoreError> {
 pub(super) async fn insert(pool: &PgPool, snapshot: &SnapshotRecord) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO snapshots ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     ))
     .bind(&snapshot.id)
     .bind(&snapshot.workspace_id)
@@ -53,6 +55,7 @@ pub(super) async fn insert(pool: &PgPool, snapshot: &SnapshotRecord) -> Result<(
     .bind(snapshot.file_count)
     .bind(&snapshot.sha256)
     .bind(to_millis(snapshot.created_at))
+    .bind(snapshot.layer.as_ref().map(layer_json).transpose()?)
     .execute(pool)
     .await
     .map_err(unique_as_conflict("snapshot id already exists"))?;
@@ -67,16 +70,18 @@ pub(super) async fn mark_ready(
     stored_bytes: i64,
     file_count: i64,
     sha256: Option<&str>,
+    layer: Option<&SnapshotLayerRecord>,
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE snapshots SET state = $1, size_bytes = $2, stored_bytes = $3, file_count = $4, \
-         sha256 = $5 WHERE id = $6",
+         sha256 = $5, layer = $6 WHERE id = $7",
     )
     .bind(SnapshotState::Ready.as_str())
     .bind(size_bytes)
     .bind(stored_bytes)
     .bind(file_count)
     .bind(sha256)
+    .bind(layer.map(layer_json).transpose()?)
     .bind(id)
     .execute(pool)
     .await?;

@@ -28,8 +28,8 @@ use sqlx::Row;
 
 use crate::codec;
 use crate::{
-    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotRecord, Store,
-    StoreError, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
+    AuditRecord, NewAuditRecord, PreviewRecord, PrincipalRecord, SandboxRecord, ShareRecord, SnapshotLayerRecord,
+    SnapshotRecord, Store, StoreError, WorkerRecord, WorkerVersionRecord, WorkspaceRecord,
 };
 
 /// Connections of a file-backed pool. SQLite serializes writers anyway; a few connections let
@@ -205,8 +205,9 @@ impl Store for SqliteStore {
         stored_bytes: i64,
         file_count: i64,
         sha256: Option<&str>,
+        layer: Option<&SnapshotLayerRecord>,
     ) -> Result<(), StoreError> {
-        snapshots::mark_ready(&self.pool, id, size_bytes, stored_bytes, file_count, sha256).await
+        snapshots::mark_ready(&self.pool, id, size_bytes, stored_bytes, file_count, sha256, layer).await
     }
 
     async fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord, StoreError> {

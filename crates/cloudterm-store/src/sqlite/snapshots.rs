@@ -4,12 +4,13 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row;
 
 use super::{expect_one, time_col, to_millis};
+use crate::codec::{layer_json, parse_layer};
 use crate::error::unique_as_conflict;
-use crate::{SnapshotRecord, SnapshotState, StoreError};
+use crate::{SnapshotLayerRecord, SnapshotRecord, SnapshotState, StoreError};
 
 /// The selected columns, in table order.
 const COLUMNS: &str = "id, workspace_id, owner, label, kind, pinned, state, object_key, \
-                       size_bytes, stored_bytes, file_count, sha256, created_at";
+                       size_bytes, stored_bytes, file_count, sha256, created_at, layer";
 
 /// Decodes one `snapshots` row.
 fn from_row(row: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
@@ -29,6 +30,7 @@ fn from_row(row: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
         file_count: row.try_get("file_count")?,
         sha256: row.try_get("sha256")?,
         created_at: time_col(row, "created_at")?,
+        layer: row.try_get::<Option<String>, _>("layer")?.as_deref().map(parse_layer).transpose()?,
     })
 }
 
@@ -36,7 +38,7 @@ fn from_row(row: &SqliteRow) -> Result<SnapshotRecord, StoreError> {
 pub(super) async fn insert(pool: &SqlitePool, snapshot: &SnapshotRecord) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO snapshots ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     ))
     .bind(&snapshot.id)
     .bind(&snapshot.workspace_id)
@@ -52,6 +54,7 @@ pub(super) async fn insert(pool: &SqlitePool, snapshot: &SnapshotRecord) -> Resu
     .bind(snapshot.file_count)
     .bind(&snapshot.sha256)
     .bind(to_millis(snapshot.created_at))
+    .bind(snapshot.layer.as_ref().map(layer_json).transpose()?)
     .execute(pool)
     .await
     .map_err(unique_as_conflict("snapshot id already exists"))?;
@@ -66,16 +69,18 @@ pub(super) async fn mark_ready(
     stored_bytes: i64,
     file_count: i64,
     sha256: Option<&str>,
+    layer: Option<&SnapshotLayerRecord>,
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE snapshots SET state = $1, size_bytes = $2, stored_bytes = $3, file_count = $4, \
-         sha256 = $5 WHERE id = $6",
+         sha256 = $5, layer = $6 WHERE id = $7",
     )
     .bind(SnapshotState::Ready.as_str())
     .bind(size_bytes)
     .bind(stored_bytes)
     .bind(file_count)
     .bind(sha256)
+    .bind(layer.map(layer_json).transpose()?)
     .bind(id)
     .execute(pool)
     .await?;

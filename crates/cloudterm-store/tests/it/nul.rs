@@ -44,7 +44,7 @@ async fn keys_with_nul_read_as_absent(db: TestDb) {
         db.store.update_sandbox_expiry(key, at(1), at(1)).await,
         db.store.delete_sandbox(key).await,
         db.store.get_snapshot(key).await.map(|_| ()),
-        db.store.mark_snapshot_ready(key, 1, 1, 1, None).await,
+        db.store.mark_snapshot_ready(key, 1, 1, 1, None, None).await,
         db.store.set_snapshot_pinned(key, true).await,
         db.store.delete_snapshot(key).await,
         db.store.get_share(key, "bob").await.map(|_| ()),
