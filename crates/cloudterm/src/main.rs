@@ -111,6 +111,10 @@ enum SandboxAction {
         /// Environment variable NAME=VALUE (repeatable).
         #[arg(long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
+        /// Start from this snapshot: its workspace files and (linux runtime) the installed
+        /// packages and other changes of the sandbox it was taken from.
+        #[arg(long, value_name = "SNAPSHOT")]
+        snapshot: Option<String>,
     },
     /// List your sandboxes.
     Ls,
@@ -192,7 +196,7 @@ fn serve(config_file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<(
 fn sandbox(server: ServerArgs, action: SandboxAction) -> anyhow::Result<()> {
     let client = client::Client::new(server.url, server.token)?;
     match action {
-        SandboxAction::Create { timeout, memory, env } => {
+        SandboxAction::Create { timeout, memory, env, snapshot } => {
             let mut vars = serde_json::Map::new();
             for pair in env {
                 let (name, value) =
@@ -205,6 +209,9 @@ fn sandbox(server: ServerArgs, action: SandboxAction) -> anyhow::Result<()> {
             }
             if let Some(memory) = memory {
                 body["limits"] = serde_json::json!({ "memory_mb": memory });
+            }
+            if let Some(snapshot) = snapshot {
+                body["snapshot_id"] = snapshot.into();
             }
             let sandbox = client.create(body)?;
             println!("{}", sandbox["id"].as_str().unwrap_or_default());

@@ -388,6 +388,14 @@ fn snapshot_commands_drive_a_server() {
     let (files, _) = run(&["exec", sandbox, "--", "sh", "-c", "cat notes.txt src/main.rs; ls"]);
     assert_eq!(files, "kept\nfn main() {}\nnotes.txt\nsrc\n", "the snapshot's files, and only those, are back");
 
+    // A new sandbox from the snapshot, after the workspace changed again.
+    run(&["exec", sandbox, "--", "sh", "-c", "echo again > notes.txt"]);
+    let (from_snapshot, _) = run(&["sandbox", "create", "--snapshot", &snapshot]);
+    let from_snapshot = from_snapshot.trim();
+    assert!(from_snapshot.starts_with("sbx_") && from_snapshot != sandbox, "{from_snapshot}");
+    let (notes, _) = run(&["exec", from_snapshot, "--", "cat", "notes.txt"]);
+    assert_eq!(notes, "kept\n");
+
     let (imported, summary) = run(&["snapshot", "import", "x.tar.zst", "--label", "from disk"]);
     let imported = imported.trim();
     assert!(imported.starts_with("snap_") && imported != snapshot, "{imported}");
