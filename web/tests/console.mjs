@@ -111,6 +111,12 @@ try {
   check(before !== after, `the size did not change: ${before}`);
 
   step = "a reload re-attaches to the same session and shows its screen";
+  // From here on the terminal's WebSockets pass through Playwright, which can cut them the way
+  // a network drop does: the page only sees its connection close.
+  const sockets = [];
+  await page.routeWebSocket(/\/terminal\?/, (socket) => {
+    sockets.push({ socket, server: socket.connectToServer() });
+  });
   await page.reload();
   await waitConnected();
   check(page.url() === address, `the reload opened another terminal: ${page.url()}`);
@@ -119,12 +125,12 @@ try {
   await waitForScreen("mark-kept-5");
 
   step = "after a network drop it reconnects by itself to the same session";
-  const cdp = await context.newCDPSession(page);
-  await cdp.send("Network.enable");
-  await cdp.send("Network.emulateNetworkConditions", { offline: true, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+  check(sockets.length === 1, `expected one routed connection, saw ${sockets.length}`);
+  sockets[0].server.close();
+  await sockets[0].socket.close({ code: 4000, reason: "network drop" });
   await page.waitForSelector('#status[data-state="reconnecting"]', { timeout: WAIT });
-  await cdp.send("Network.emulateNetworkConditions", { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
   await waitConnected();
+  check(sockets.length === 2, `expected one reconnection, saw ${sockets.length - 1}`);
   await typeLine("echo again-$MARK");
   await waitForScreen("again-kept-5");
 
