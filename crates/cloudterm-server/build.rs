@@ -43,7 +43,9 @@ fn main() {
     // Watch what was embedded, or, while it is missing, the folder an `npm ci` run by hand
     // would fill (a missing path would make cargo rerun this script on every build).
     match &vendored {
-        Ok(()) => VENDOR.iter().for_each(|(path, _, _)| println!("cargo:rerun-if-changed={}", modules.join(path).display())),
+        Ok(()) => {
+            VENDOR.iter().for_each(|(path, _, _)| println!("cargo:rerun-if-changed={}", modules.join(path).display()))
+        }
         Err(_) => println!("cargo:rerun-if-changed={}", web.display()),
     }
     if let Err(why) = &vendored {
@@ -70,7 +72,11 @@ fn ensure_vendored(web: &Path, modules: &Path) -> Result<(), String> {
     if !ran.status.success() {
         let stderr = String::from_utf8_lossy(&ran.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        return Err(format!("npm ci in web/ failed ({}): {}", ran.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / ")));
+        return Err(format!(
+            "npm ci in web/ failed ({}): {}",
+            ran.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        ));
     }
     if all_there() {
         Ok(())

@@ -181,12 +181,19 @@ fn log_startup(server: &RunningServer, took: Duration) {
     }
     tracing::info!(identity = %state.verifier.describe(), "identity");
     // The console lives with the Sandbox API it drives (see `router::app`).
-    let console_addr =
-        server.service_addrs.iter().find(|(service, _)| *service == Service::Sandbox).map_or(server.main_addr, |(_, a)| *a);
+    let console_addr = server
+        .service_addrs
+        .iter()
+        .find(|(service, _)| *service == Service::Sandbox)
+        .map_or(server.main_addr, |(_, a)| *a);
     match (console::vendor_missing(), state.dev_issuer.is_some()) {
         (Some(why), _) => tracing::warn!(reason = why, "this build has no browser console (`/` says how to build it)"),
-        (None, true) => tracing::info!("browser console: http://{console_addr}/ (sign in with a dev token minted there, from this machine)"),
-        (None, false) => tracing::info!("browser console: http://{console_addr}/ (sign in with a token from your identity provider)"),
+        (None, true) => tracing::info!(
+            "browser console: http://{console_addr}/ (sign in with a dev token minted there, from this machine)"
+        ),
+        (None, false) => {
+            tracing::info!("browser console: http://{console_addr}/ (sign in with a token from your identity provider)")
+        }
     }
     if state.dev_issuer.is_some() {
         tracing::info!(

@@ -89,7 +89,9 @@ pub async fn mint_dev_token(
     ApiJson(request): ApiJson<DevTokenRequest>,
 ) -> Result<Json<DevTokenResponse>, ApiError> {
     let Some(issuer) = &state.dev_issuer else {
-        return Err(ApiError::NotFound("the dev issuer is off: tokens come from the configured identity provider".into()));
+        return Err(ApiError::NotFound(
+            "the dev issuer is off: tokens come from the configured identity provider".into(),
+        ));
     };
     only_from_this_machine(peer, &headers)?;
     let ttl = match request.ttl_seconds {
@@ -127,7 +129,9 @@ fn only_from_this_machine(peer: Peer, headers: &HeaderMap) -> Result<(), ApiErro
     }
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or_default();
     if !is_loopback_host(host) {
-        return refuse(format!("it names the host {host:?}; open the console at http://127.0.0.1:PORT/ or http://localhost:PORT/"));
+        return refuse(format!(
+            "it names the host {host:?}; open the console at http://127.0.0.1:PORT/ or http://localhost:PORT/"
+        ));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
@@ -163,10 +167,13 @@ mod tests {
 
     #[test]
     fn loopback_hosts_are_recognised() {
-        for host in ["localhost", "LOCALHOST:8000", "127.0.0.1", "127.0.0.1:8000", "127.1.2.3:1", "[::1]", "[::1]:8000"] {
+        for host in ["localhost", "LOCALHOST:8000", "127.0.0.1", "127.0.0.1:8000", "127.1.2.3:1", "[::1]", "[::1]:8000"]
+        {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["", "example.com", "evil.localhost.example.com:80", "10.0.0.1:8000", "[::2]:80", "0.0.0.0:8000", "[::1"] {
+        for host in
+            ["", "example.com", "evil.localhost.example.com:80", "10.0.0.1:8000", "[::2]:80", "0.0.0.0:8000", "[::1"]
+        {
             assert!(!is_loopback_host(host), "{host}");
         }
     }
@@ -179,13 +186,21 @@ mod tests {
         let good = headers(&[(header::HOST, "127.0.0.1:8000")]);
         assert!(only_from_this_machine(local, &good).is_ok());
         assert!(only_from_this_machine(mapped, &good).is_ok());
-        assert!(only_from_this_machine(local, &headers(&[(header::HOST, "localhost:8000"), (header::ORIGIN, "http://localhost:8000")])).is_ok());
+        assert!(only_from_this_machine(
+            local,
+            &headers(&[(header::HOST, "localhost:8000"), (header::ORIGIN, "http://localhost:8000")])
+        )
+        .is_ok());
         for (case, peer, headers) in [
             ("remote peer", remote, good.clone()),
             ("unknown peer", Peer(None), good.clone()),
             ("no host", local, HeaderMap::new()),
             ("rebound host", local, headers(&[(header::HOST, "attacker.example:8000")])),
-            ("foreign origin", local, headers(&[(header::HOST, "127.0.0.1:8000"), (header::ORIGIN, "https://attacker.example")])),
+            (
+                "foreign origin",
+                local,
+                headers(&[(header::HOST, "127.0.0.1:8000"), (header::ORIGIN, "https://attacker.example")]),
+            ),
             ("opaque origin", local, headers(&[(header::HOST, "127.0.0.1:8000"), (header::ORIGIN, "null")])),
         ] {
             let refused = only_from_this_machine(peer, &headers);

@@ -97,13 +97,15 @@ async fn dev_tokens_are_minted_for_this_machine_only() {
     assert_eq!((status, me["principal"].as_str()), (200, Some("carol")), "{me}");
 
     let port = server.addr().port();
-    let (status, body) = post_dev_token(&server, json!({"principal": "carol"}), Some(&format!("localhost:{port}"))).await;
+    let (status, body) =
+        post_dev_token(&server, json!({"principal": "carol"}), Some(&format!("localhost:{port}"))).await;
     assert_eq!(status, 200, "localhost is this machine too: {body}");
     // A page whose name was rebound to 127.0.0.1 reaches us with its own name in Host.
     let (status, body) =
         post_dev_token(&server, json!({"principal": "carol"}), Some(&format!("attacker.example:{port}"))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
-    for bad in [json!({"principal": ""}), json!({"principal": "x", "ttl_seconds": 5}), json!({"principal": "a\u{7}b"})] {
+    for bad in [json!({"principal": ""}), json!({"principal": "x", "ttl_seconds": 5}), json!({"principal": "a\u{7}b"})]
+    {
         let (status, body) = post_dev_token(&server, bad.clone(), None).await;
         assert_eq!(status, 422, "{bad}: {body}");
     }
