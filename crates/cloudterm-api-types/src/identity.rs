@@ -39,3 +39,25 @@ pub struct Jwks {
     #[schema(value_type = Vec<Object>)]
     pub keys: Vec<serde_json::Value>,
 }
+
+/// `POST /dev/token` (an extension, only while the dev issuer is on): what to mint.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevTokenRequest {
+    /// The principal the token names (its `sub`).
+    pub principal: String,
+    /// How long the token is valid, in seconds: 60 to 604800 (7 days); default 43200 (12 hours).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `POST /dev/token`: a dev-issuer token, as `cloudterm token` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DevTokenResponse {
+    /// The JWT, for `Authorization: Bearer` (or `?token=` on the terminal's WebSocket).
+    pub token: String,
+    /// The principal it names.
+    pub principal: String,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}

@@ -13,7 +13,7 @@ mod terminal;
 
 pub use error::{ErrorBody, ErrorEnvelope};
 pub use health::{CheckResult, HealthResponse, ReadinessResponse};
-pub use identity::{Jwks, MeResponse, QuotaUsage};
+pub use identity::{DevTokenRequest, DevTokenResponse, Jwks, MeResponse, QuotaUsage};
 pub use sandbox::{
     BackgroundRequest, CreateSandboxRequest, ExecRequestBody, ExecResponseBody, FileEntry, FileList, FileWritten,
     JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxLimits, SandboxList,

@@ -1,7 +1,11 @@
-//! Extractors whose rejections are `ApiError`s: `ApiJson` for bodies, `Caller` for the token.
+//! Extractors whose rejections are `ApiError`s: `ApiJson` for bodies, `Caller` for the token,
+//! and `Peer`, the connection's remote address.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
@@ -85,6 +89,19 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
     let token = bearer_token(headers)?;
     let verified = state.verifier.verify(token).await?;
     Ok(Caller { principal: Principal::new(verified.principal), expires_at: verified.expires_at })
+}
+
+/// The remote address of the connection, when the server was started with connect info (as
+/// `serve::start` does); `None` for a router driven without a socket (`oneshot` in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr)))
+    }
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {

@@ -4,6 +4,7 @@
 //! [`AppState`]; `serve::start` binds the listeners; `serve::run` is `cloudterm serve`.
 
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod metrics;

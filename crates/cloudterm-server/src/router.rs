@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::middleware;
-use crate::routes::{health, identity, sandboxes, snapshots, terminal};
+use crate::routes::{console, health, identity, sandboxes, snapshots, terminal};
 use crate::state::AppState;
 
 /// The services a listener can serve. Identity, health, metrics and docs come with every one.
@@ -99,6 +99,7 @@ fn common_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
         .routes(routes!(identity::get_me))
         .routes(routes!(identity::get_jwks))
+        .routes(routes!(identity::mint_dev_token))
 }
 
 /// The routes of one service. The sandbox, snapshot, workspace and preview issues fill these.
@@ -148,11 +149,15 @@ pub fn openapi() -> OpenApiDocument {
 }
 
 /// A complete application for one listener: routes, docs (`/docs`, `/redoc`, `/openapi.json`,
-/// all assets served from the binary) and the shared middleware.
+/// all assets served from the binary), the browser console at `/` where the listener serves
+/// the Sandbox API it drives, and the shared middleware.
 pub fn app(state: &AppState, services: &[Service]) -> Router {
     let (routes, document) = api(services);
-    let routes =
+    let mut routes =
         routes.merge(SwaggerUi::new("/docs").url("/openapi.json", document.clone())).route("/redoc", get(redoc_page));
+    if services.contains(&Service::Sandbox) {
+        routes = routes.merge(console::routes());
+    }
     middleware::wrap(routes, state)
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{parse_addr, Config};
+use crate::console;
 use crate::router::{app, Service};
 use crate::state::AppState;
 
@@ -63,7 +64,8 @@ fn spawn(
     mut stopped: watch::Receiver<bool>,
 ) {
     tasks.spawn(async move {
-        axum::serve(listener, app)
+        // With the peer's address: `POST /dev/token` answers only connections from loopback.
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             })
@@ -181,6 +183,21 @@ fn log_startup(server: &RunningServer, took: Duration) {
         tracing::info!(runtime = %state.runtime.kind, reason = %state.runtime.reason, "picked the sandbox runtime");
     }
     tracing::info!(identity = %state.verifier.describe(), "identity");
+    // The console lives with the Sandbox API it drives (see `router::app`).
+    let console_addr = server
+        .service_addrs
+        .iter()
+        .find(|(service, _)| *service == Service::Sandbox)
+        .map_or(server.main_addr, |(_, a)| *a);
+    match (console::vendor_missing(), state.dev_issuer.is_some()) {
+        (Some(why), _) => tracing::warn!(reason = why, "this build has no browser console (`/` says how to build it)"),
+        (None, true) => tracing::info!(
+            "browser console: http://{console_addr}/ (sign in with a dev token minted there, from this machine)"
+        ),
+        (None, false) => {
+            tracing::info!("browser console: http://{console_addr}/ (sign in with a token from your identity provider)")
+        }
+    }
     if state.dev_issuer.is_some() {
         tracing::info!(
             "get a token with: cloudterm token alice --data-dir {}   then: curl -H \"Authorization: Bearer $TOKEN\" http://{}/me",

@@ -5,6 +5,7 @@
 mod support;
 mod auth_dev;
 mod auth_idp;
+mod console;
 mod dependency_rules;
 mod health;
 mod isolation;
