@@ -47,6 +47,8 @@ pub enum ApiError {
     /// 429: over a quota or rate; carries the seconds after which to retry.
     #[error("{message}")]
     TooManyRequests {
+        /// Which quota (`sandboxes`, `exec_rate`…): the `type` label of `quota_violations_total`.
+        kind: &'static str,
         /// What limit was hit.
         message: String,
         /// Seconds until a retry may succeed.
@@ -104,6 +106,10 @@ impl ApiError {
 #[derive(Debug, Clone)]
 pub struct ErrorDetail(pub String);
 
+/// Response extension on a 429: which quota was exceeded.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaViolation(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
@@ -114,10 +120,12 @@ impl IntoResponse for ApiError {
             detail.clone()
         };
         let mut response = (status, axum::Json(ErrorEnvelope::new(code, message))).into_response();
-        if let ApiError::TooManyRequests { retry_after_seconds, .. } = &self {
+        if let ApiError::TooManyRequests { retry_after_seconds, kind, .. } = &self {
             if let Ok(value) = HeaderValue::from_str(&retry_after_seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+            // The metrics middleware counts it: one place sees every refusal.
+            response.extensions_mut().insert(QuotaViolation(kind));
         }
         if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -134,8 +142,8 @@ impl From<DomainError> for ApiError {
             DomainError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             DomainError::Conflict(message) => ApiError::Conflict(message),
             DomainError::Forbidden(message) => ApiError::Forbidden(message),
-            DomainError::QuotaExceeded { message, retry_after_seconds, .. } => {
-                ApiError::TooManyRequests { message, retry_after_seconds }
+            DomainError::QuotaExceeded { kind, message, retry_after_seconds } => {
+                ApiError::TooManyRequests { kind, message, retry_after_seconds }
             }
             DomainError::Unavailable(message) => ApiError::Unavailable(message),
             DomainError::Internal(message) => ApiError::Internal(message),
@@ -197,7 +205,8 @@ mod tests {
     #[tokio::test]
     async fn quota_errors_carry_retry_after() {
         let response =
-            ApiError::TooManyRequests { message: "exec rate".into(), retry_after_seconds: 42 }.into_response();
+            ApiError::TooManyRequests { kind: "exec_rate", message: "exec rate".into(), retry_after_seconds: 42 }
+                .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "42");
         assert_eq!(envelope_of(response).await.error.code, "quota_exceeded");

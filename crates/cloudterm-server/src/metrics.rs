@@ -1,4 +1,5 @@
 //! Prometheus metrics: the registry, the HTTP series, and the middleware that records them.
+//! The sandbox series live in [`sandbox`]; the body's format in [`exposition`].
 //!
 //! Routes are labelled by their template (`/sandboxes/{id}`), never the raw path, so label
 //! values stay bounded whatever clients send; requests that match no route share `unmatched`.
@@ -16,7 +17,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod exposition;
+pub mod sandbox;
+
+use crate::error::QuotaViolation;
 use crate::state::AppState;
+pub use sandbox::{program_name, SandboxSeries, SandboxUsage};
 
 /// Labels of `http_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +40,12 @@ struct RouteLabels {
 }
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// Labels of `quota_violations_total`: which quota.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    r#type: String,
+}
 
 /// Labels of `snapshot_created_total`: why it was taken.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +77,8 @@ pub struct Metrics {
     terminal_sessions: Gauge,
     terminal_connections: Gauge,
     terminal_resyncs: Counter,
+    quota_violations: Family<QuotaLabels, Counter>,
+    sandboxes: SandboxSeries,
 }
 
 fn duration_histogram() -> Histogram {
@@ -124,7 +138,16 @@ impl Metrics {
             "Times a terminal viewer fell behind the output queue and was sent a repaint instead",
             terminal_resyncs.clone(),
         );
+        let quota_violations = Family::<QuotaLabels, Counter>::default();
+        registry.register(
+            "quota_violations",
+            "Requests refused with 429 because a quota was exceeded, by quota type",
+            quota_violations.clone(),
+        );
+        let sandboxes = SandboxSeries::register(&mut registry);
         Metrics {
+            quota_violations,
+            sandboxes,
             registry: Arc::new(registry),
             http_requests,
             http_duration,
@@ -168,11 +191,16 @@ impl Metrics {
         self.snapshots_restored.inc();
     }
 
-    /// The exposition text for `GET /metrics`.
+    /// The sandbox series.
+    pub fn sandboxes(&self) -> &SandboxSeries {
+        &self.sandboxes
+    }
+
+    /// The exposition text for `GET /metrics`, in the Prometheus text format (0.0.4).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
-        Ok(text)
+        Ok(exposition::to_prometheus_text(&text))
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
@@ -228,6 +256,9 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let response = next.run(request).await;
+    if let Some(QuotaViolation(kind)) = response.extensions().get::<QuotaViolation>() {
+        state.metrics.quota_violations.get_or_create(&QuotaLabels { r#type: (*kind).to_string() }).inc();
+    }
     state.metrics.observe(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }

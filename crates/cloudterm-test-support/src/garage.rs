@@ -7,13 +7,14 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cloudterm_blobstore::{BlobStore, BlobStoreConfig, S3Config};
 use tempfile::TempDir;
+
+use crate::ports::free_port;
 
 /// How long Garage may take to answer S3 requests with its key and bucket in place.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -211,11 +212,6 @@ impl Drop for GarageServer {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|err| format!("bind: {err}"))?;
-    listener.local_addr().map(|addr| addr.port()).map_err(|err| format!("local_addr: {err}"))
 }
 
 /// `digits` random lower-case hex digits (std's per-process random hash keys; good enough for

@@ -5,13 +5,16 @@
 mod garage;
 mod host;
 mod idp;
+mod ports;
 mod postgres;
+mod prometheus;
 mod server;
 
 pub use garage::GarageServer;
 pub use host::{linux_runtime_available, sandbox_leftovers, sandbox_processes};
 pub use idp::{IdpKey, JwksServer};
 pub use postgres::PostgresServer;
+pub use prometheus::PrometheusServer;
 pub use server::TestServer;
 
 /// Called where a test needs something this machine may lack (root, a service, a binary).

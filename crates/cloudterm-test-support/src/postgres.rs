@@ -16,7 +16,6 @@
 //! [`PostgresServer::create_database`]. `initdb` takes a second or two; a database, a tenth.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +25,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::ports::free_port;
 
 /// How long the server may take to accept connections after it was spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -384,9 +385,4 @@ fn system_user(name: &str) -> Option<(u32, u32)> {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|err| format!("bind: {err}"))?;
-    listener.local_addr().map(|addr| addr.port()).map_err(|err| format!("local_addr: {err}"))
 }

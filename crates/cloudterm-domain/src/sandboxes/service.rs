@@ -71,6 +71,11 @@ impl SandboxService {
         self.pool.close().await;
     }
 
+    /// Ids of every running sandbox (what `sandbox_active` counts and the usage gauges cover).
+    pub fn running_ids(&self) -> Vec<String> {
+        self.live.read().map(|live| live.keys().cloned().collect()).unwrap_or_default()
+    }
+
     /// Running (or starting) sandboxes of `owner`: what the quota counts.
     pub fn running_count(&self, owner: &str) -> u64 {
         let live = self.live.read().map(|live| live.values().filter(|s| s.owner == owner).count()).unwrap_or(0);

@@ -88,6 +88,27 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
     if state.config.metrics.require_auth {
         authenticate(&state, &headers).await?;
     }
+    refresh_sandbox_gauges(&state).await;
     let text = state.metrics.encode().map_err(|err| ApiError::Internal(format!("cannot encode metrics: {err}")))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+/// Reads every running sandbox's resource use for the per-sandbox gauges. Bounded: a runtime
+/// that does not answer within a second leaves that sandbox out of this scrape.
+async fn refresh_sandbox_gauges(state: &AppState) {
+    let running = state.sandboxes.running_ids();
+    let runtime = state.sandboxes.runtime();
+    let mut usage = Vec::with_capacity(running.len());
+    for id in &running {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(1), runtime.usage(id)).await;
+        if let Ok(Ok(used)) = read {
+            let reading = crate::metrics::SandboxUsage {
+                memory_bytes: used.memory_bytes,
+                cpu_seconds: used.cpu_usec as f64 / 1e6,
+                pids: used.pids,
+            };
+            usage.push((id.clone(), reading));
+        }
+    }
+    state.metrics.sandboxes().refresh(running.len(), &usage);
 }

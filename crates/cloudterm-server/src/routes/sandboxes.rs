@@ -64,6 +64,7 @@ pub async fn create_sandbox(
         }
         None => state.sandboxes.create(&caller.principal, request).await?,
     };
+    state.metrics.sandboxes().created();
     Ok((StatusCode::CREATED, Json(sandbox_response(sandbox))))
 }
 
@@ -97,6 +98,7 @@ pub async fn delete_sandbox(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.sandboxes.delete(&caller.principal, &id).await?;
+    state.metrics.sandboxes().sandbox_deleted(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -119,11 +121,16 @@ pub async fn exec_sandbox(
     ApiJson(body): ApiJson<ExecRequestBody>,
 ) -> Result<Response, ApiError> {
     let request = exec_request(body)?;
+    let program = crate::metrics::program_name(request.argv.as_deref(), request.command.as_deref());
     if wants_event_stream(&headers) {
         let busy = state.sandboxes.exec_stream(&caller.principal, &id, request).await?;
+        state.metrics.sandboxes().exec_started(&id, &program);
         return Ok(Sse::new(exec_events(busy)).keep_alive(KeepAlive::default()).into_response());
     }
+    let started = std::time::Instant::now();
     let result = state.sandboxes.exec(&caller.principal, &id, request).await?;
+    state.metrics.sandboxes().exec_started(&id, &program);
+    state.metrics.sandboxes().exec_finished(&program, started.elapsed().as_secs_f64());
     Ok(Json(exec_response(result)).into_response())
 }
 

@@ -10,6 +10,7 @@ mod dependency_rules;
 mod health;
 mod isolation;
 mod listeners;
+mod metrics;
 mod plumbing;
 mod sandboxes;
 mod snapshot_layers;
