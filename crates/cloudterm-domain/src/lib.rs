@@ -8,6 +8,7 @@ pub mod error;
 pub mod ids;
 pub mod principal;
 pub mod principals;
+pub mod quotas;
 pub mod sandboxes;
 pub mod snapshots;
 

@@ -270,6 +270,20 @@ impl Default for TerminalConfig {
 pub struct QuotaConfig {
     /// Running sandboxes per principal.
     pub max_sandboxes: u64,
+    /// Commands (execs and background jobs) per sandbox over a rolling hour; 0: unlimited.
+    pub exec_per_hour: u64,
+    /// Per-principal overrides (`[quotas.principals.alice]`), file only.
+    pub principals: std::collections::BTreeMap<String, QuotaOverrideConfig>,
+}
+
+/// What one principal's quotas differ in from the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaOverrideConfig {
+    /// Running sandboxes.
+    pub max_sandboxes: Option<u64>,
+    /// Commands per sandbox and hour; 0: unlimited.
+    pub exec_per_hour: Option<u64>,
 }
 
 impl Default for Config {
@@ -349,7 +363,7 @@ impl Default for RuntimeConfig {
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        QuotaConfig { max_sandboxes: 10 }
+        QuotaConfig { max_sandboxes: 10, exec_per_hour: 0, principals: std::collections::BTreeMap::new() }
     }
 }
 
@@ -838,6 +852,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "running sandboxes per principal (default 10)",
         apply: |c, v| {
             c.quotas.max_sandboxes = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "quotas.exec_per_hour",
+        env: "CLOUDTERM_QUOTA_EXEC_PER_HOUR",
+        help: "commands (execs and background jobs) per sandbox over a rolling hour; 0 = unlimited (default 0)",
+        apply: |c, v| {
+            c.quotas.exec_per_hour = parse_u64(v)?;
             Ok(())
         },
     },

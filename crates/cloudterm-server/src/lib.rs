@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod quota_warning;
 pub mod router;
 pub mod routes;
 pub mod serve;

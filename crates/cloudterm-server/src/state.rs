@@ -285,7 +285,7 @@ fn sandbox_settings(config: &Config, state_dir: std::path::PathBuf) -> anyhow::R
             pids: Some(sandboxes.max_pids),
             disk_mb: None,
         },
-        max_sandboxes_per_principal: config.quotas.max_sandboxes,
+        quotas: quota_policy(&config.quotas),
         mount_allow,
         images_dir: config.runtime.images_dir.clone(),
         warm_pool: sandboxes.warm_pool,
@@ -329,4 +329,22 @@ fn unsearchable_ancestor(path: &std::path::Path) -> Option<std::path::PathBuf> {
         .filter_map(|dir| std::fs::metadata(dir).ok().map(|meta| (dir, meta)))
         .find(|(_, meta)| meta.is_dir() && meta.permissions().mode() & 0o001 == 0)
         .map(|(dir, _)| dir.to_path_buf())
+}
+
+/// The domain's quota policy from the `[quotas]` section.
+fn quota_policy(quotas: &crate::config::QuotaConfig) -> cloudterm_domain::quotas::QuotaPolicy {
+    use cloudterm_domain::quotas::{QuotaLimits, QuotaOverride, QuotaPolicy};
+    QuotaPolicy {
+        defaults: QuotaLimits {
+            max_sandboxes: quotas.max_sandboxes,
+            exec_per_hour: (quotas.exec_per_hour > 0).then_some(quotas.exec_per_hour),
+        },
+        overrides: quotas
+            .principals
+            .iter()
+            .map(|(id, o)| {
+                (id.clone(), QuotaOverride { max_sandboxes: o.max_sandboxes, exec_per_hour: o.exec_per_hour })
+            })
+            .collect(),
+    }
 }

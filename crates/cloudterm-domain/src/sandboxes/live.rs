@@ -11,6 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cloudterm_runtime::AgentClient;
 
+use crate::quotas::ExecWindow;
+
 /// A running sandbox.
 pub struct LiveSandbox {
     /// Its id.
@@ -22,6 +24,8 @@ pub struct LiveSandbox {
     timeout: Mutex<Duration>,
     expires_at: Mutex<DateTime<Utc>>,
     inflight: AtomicUsize,
+    /// Its execs over the last hour, for the exec-rate quota.
+    pub execs: ExecWindow,
 }
 
 impl LiveSandbox {
@@ -40,6 +44,7 @@ impl LiveSandbox {
             timeout: Mutex::new(timeout),
             expires_at: Mutex::new(expires_at),
             inflight: AtomicUsize::new(0),
+            execs: ExecWindow::default(),
         })
     }
 

@@ -77,8 +77,9 @@ pub struct SandboxSettings {
     pub default_limits: Limits,
     /// The largest limits a request may ask for.
     pub max_limits: Limits,
-    /// Running sandboxes per principal.
-    pub max_sandboxes_per_principal: u64,
+    /// Quotas: running sandboxes per principal, execs per sandbox and hour, with
+    /// per-principal overrides.
+    pub quotas: crate::quotas::QuotaPolicy,
     /// Host directories that `mount` may expose (canonical paths).
     pub mount_allow: Vec<PathBuf>,
     /// Directories holding named images (`image: "name"` → `<dir>/name`).

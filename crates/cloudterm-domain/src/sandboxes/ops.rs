@@ -3,7 +3,7 @@
 //! Each call holds the sandbox busy (its idle clock cannot fire) for as long as it runs;
 //! streamed answers carry the guard with them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cloudterm_agent_protocol::{ExecRequest, FileInfo, JobInfo, JobRequest, ListResponse, WriteFileResponse};
@@ -11,6 +11,7 @@ use cloudterm_runtime::{AgentError, ByteStream, ExecResult, ExecStream, JobLogs}
 
 use crate::error::DomainError;
 use crate::principal::Principal;
+use crate::quotas::QuotaStatus;
 use crate::sandboxes::live::ActivityGuard;
 use crate::sandboxes::service::SandboxService;
 
@@ -70,10 +71,30 @@ pub fn exec_timeout(seconds: Option<f64>) -> Result<u64, DomainError> {
 }
 
 impl SandboxService {
+    /// Counts one command (exec or background job) against the sandbox's exec-rate quota, or
+    /// refuses it with the time until the oldest exec leaves the hour.
+    fn admit_exec(&self, caller: &Principal, guard: &ActivityGuard) -> Result<(), DomainError> {
+        let Some(limit) = self.limits_for(caller.id()).exec_per_hour else { return Ok(()) };
+        guard.sandbox().execs.admit(limit, Instant::now()).map(|_| ()).map_err(|wait| DomainError::QuotaExceeded {
+            kind: "exec_rate",
+            message: format!("{limit} commands per hour is this sandbox's limit"),
+            retry_after_seconds: wait.as_secs().max(1),
+        })
+    }
+
+    /// The exec-rate use of a running sandbox of the caller's, for `X-Quota-Warning`; `None`
+    /// when the rate is unlimited or the sandbox is not running.
+    pub fn exec_quota(&self, caller: &Principal, id: &str) -> Option<QuotaStatus> {
+        let limit = self.limits_for(caller.id()).exec_per_hour?;
+        let live = self.live_sandbox(id).filter(|live| live.owner == caller.id())?;
+        Some(QuotaStatus { kind: "exec_rate", used: live.execs.used(Instant::now()), limit })
+    }
+
     /// Runs a command to completion and returns its output (capped).
     pub async fn exec(&self, caller: &Principal, id: &str, request: ExecRequest) -> Result<ExecResult, DomainError> {
         check_command(&request.command, &request.argv)?;
         let guard = self.use_running(caller, id).await?;
+        self.admit_exec(caller, &guard)?;
         guard.sandbox().agent.exec(&request).await.map_err(agent_error)
     }
 
@@ -86,6 +107,7 @@ impl SandboxService {
     ) -> Result<Busy<ExecStream>, DomainError> {
         check_command(&request.command, &request.argv)?;
         let guard = self.use_running(caller, id).await?;
+        self.admit_exec(caller, &guard)?;
         let value = guard.sandbox().agent.exec_stream(&request).await.map_err(agent_error)?;
         Ok(Busy { guard, value })
     }
@@ -150,6 +172,7 @@ impl SandboxService {
     pub async fn start_job(&self, caller: &Principal, id: &str, request: JobRequest) -> Result<JobInfo, DomainError> {
         check_command(&request.command, &request.argv)?;
         let guard = self.use_running(caller, id).await?;
+        self.admit_exec(caller, &guard)?;
         guard.sandbox().agent.start_job(&request).await.map_err(agent_error)
     }
 

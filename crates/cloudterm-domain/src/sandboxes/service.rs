@@ -13,6 +13,7 @@ use cloudterm_store::{SandboxRecord, Store, StoreError};
 use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::principal::{storage_name, Principal};
+use crate::quotas::{QuotaLimits, QuotaStatus};
 use crate::sandboxes::live::{ActivityGuard, LiveSandbox};
 use crate::sandboxes::model::{state, CreateSandbox, Sandbox, SandboxSettings};
 use crate::sandboxes::pool::{PooledSandbox, WarmPool};
@@ -83,9 +84,14 @@ impl SandboxService {
         live as u64 + starting
     }
 
-    /// The quota limit for running sandboxes.
-    pub fn max_sandboxes(&self) -> u64 {
-        self.settings.max_sandboxes_per_principal
+    /// The quota limits that apply to `principal`.
+    pub fn limits_for(&self, principal: &str) -> QuotaLimits {
+        self.settings.quotas.limits_for(principal)
+    }
+
+    /// Running sandboxes of `owner` against their limit, for `X-Quota-Warning` and `/me`.
+    pub fn sandbox_quota(&self, owner: &str) -> QuotaStatus {
+        QuotaStatus { kind: "sandboxes", used: self.running_count(owner), limit: self.limits_for(owner).max_sandboxes }
     }
 
     /// Creates and starts a sandbox for `caller`.
@@ -456,7 +462,7 @@ impl SandboxService {
         Ok(report)
     }
 
-    fn live_sandbox(&self, id: &str) -> Option<Arc<LiveSandbox>> {
+    pub(crate) fn live_sandbox(&self, id: &str) -> Option<Arc<LiveSandbox>> {
         self.live.read().ok().and_then(|live| live.get(id).cloned())
     }
 
@@ -543,13 +549,11 @@ impl SandboxService {
         let mut starting = self.starting.lock().map_err(|_| DomainError::Internal("quota lock poisoned".into()))?;
         let live = self.live.read().map(|live| live.values().filter(|s| s.owner == owner).count()).unwrap_or(0) as u64;
         let pending = starting.get(owner).copied().unwrap_or(0);
-        if live + pending >= self.settings.max_sandboxes_per_principal {
+        let max = self.limits_for(owner).max_sandboxes;
+        if live + pending >= max {
             return Err(DomainError::QuotaExceeded {
                 kind: "sandboxes",
-                message: format!(
-                    "{} running sandboxes is the limit; delete one first",
-                    self.settings.max_sandboxes_per_principal
-                ),
+                message: format!("{max} running sandboxes is the limit; delete one first"),
                 retry_after_seconds: 10,
             });
         }

@@ -137,7 +137,7 @@ mod tests {
             max_timeout_seconds: 86_400,
             default_limits: Limits { memory_mb: Some(512), cpus: Some(1.0), pids: Some(256), disk_mb: None },
             max_limits: Limits { memory_mb: Some(8192), cpus: Some(2.0), pids: Some(4096), disk_mb: Some(65_536) },
-            max_sandboxes_per_principal: 10,
+            quotas: crate::quotas::QuotaPolicy::default(),
             mount_allow: vec![],
             images_dir: None,
             warm_pool: 0,

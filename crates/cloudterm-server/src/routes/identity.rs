@@ -31,17 +31,12 @@ const DEV_TOKEN_TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=7 * 24 * 3600;
 )]
 pub async fn get_me(State(state): State<AppState>, caller: Caller) -> Result<Json<MeResponse>, ApiError> {
     let view = state.principals.whoami(&caller.principal).await?;
-    let running = state.sandboxes.running_count(caller.principal.id());
     Ok(Json(MeResponse {
         principal: view.principal,
         home_workspace_id: view.home_workspace_id,
         created_at: view.created_at,
         token_expires_at: caller.expires_at,
-        quota: vec![QuotaUsage {
-            kind: "sandboxes".into(),
-            used: running,
-            limit: Some(state.sandboxes.max_sandboxes()),
-        }],
+        quota: quota_usage(&state, &caller.principal),
     }))
 }
 
@@ -150,6 +145,24 @@ fn is_loopback_host(host: &str) -> bool {
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `/me`'s quotas: running sandboxes, and the exec rate of the caller's busiest sandbox.
+fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal) -> Vec<QuotaUsage> {
+    let sandboxes = state.sandboxes.sandbox_quota(caller.id());
+    let limits = state.sandboxes.limits_for(caller.id());
+    let busiest = state
+        .sandboxes
+        .running_ids()
+        .iter()
+        .filter_map(|id| state.sandboxes.exec_quota(caller, id))
+        .map(|status| status.used)
+        .max()
+        .unwrap_or(0);
+    vec![
+        QuotaUsage { kind: sandboxes.kind.into(), used: sandboxes.used, limit: Some(sandboxes.limit) },
+        QuotaUsage { kind: "exec_rate".into(), used: busiest, limit: limits.exec_per_hour },
+    ]
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::quota_warning::QuotaWarning;
 use crate::state::AppState;
 
 /// Creates and starts a sandbox; answers once its agent is ready.
@@ -44,7 +45,7 @@ pub async fn create_sandbox(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateSandboxRequest>,
-) -> Result<(StatusCode, Json<SandboxResponse>), ApiError> {
+) -> Result<(StatusCode, QuotaWarning, Json<SandboxResponse>), ApiError> {
     // The home workspace must exist before a sandbox can default to it.
     state.principals.whoami(&caller.principal).await?;
     let limits = body.limits.unwrap_or_default();
@@ -65,7 +66,8 @@ pub async fn create_sandbox(
         None => state.sandboxes.create(&caller.principal, request).await?,
     };
     state.metrics.sandboxes().created();
-    Ok((StatusCode::CREATED, Json(sandbox_response(sandbox))))
+    let warning = QuotaWarning(Some(state.sandboxes.sandbox_quota(caller.principal.id())));
+    Ok((StatusCode::CREATED, warning, Json(sandbox_response(sandbox))))
 }
 
 /// The caller's sandboxes.
@@ -125,13 +127,15 @@ pub async fn exec_sandbox(
     if wants_event_stream(&headers) {
         let busy = state.sandboxes.exec_stream(&caller.principal, &id, request).await?;
         state.metrics.sandboxes().exec_started(&id, &program);
-        return Ok(Sse::new(exec_events(busy)).keep_alive(KeepAlive::default()).into_response());
+        let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, &id));
+        return Ok((warning, Sse::new(exec_events(busy)).keep_alive(KeepAlive::default())).into_response());
     }
     let started = std::time::Instant::now();
     let result = state.sandboxes.exec(&caller.principal, &id, request).await?;
     state.metrics.sandboxes().exec_started(&id, &program);
     state.metrics.sandboxes().exec_finished(&program, started.elapsed().as_secs_f64());
-    Ok(Json(exec_response(result)).into_response())
+    let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, &id));
+    Ok((warning, Json(exec_response(result))).into_response())
 }
 
 /// Writes a file from JSON (`content` or `content_base64`).
@@ -300,10 +304,11 @@ pub async fn start_background(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BackgroundRequest>,
-) -> Result<(StatusCode, Json<JobResponse>), ApiError> {
+) -> Result<(StatusCode, QuotaWarning, Json<JobResponse>), ApiError> {
     let request = JobRequest { argv: body.argv, command: body.command, cwd: body.cwd, env: body.env };
     let job = state.sandboxes.start_job(&caller.principal, &id, request).await?;
-    Ok((StatusCode::CREATED, Json(job_response(job))))
+    let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, &id));
+    Ok((StatusCode::CREATED, warning, Json(job_response(job))))
 }
 
 /// The sandbox's background jobs.
