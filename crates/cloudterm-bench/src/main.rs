@@ -1,6 +1,8 @@
 //! `cloudterm-bench`: measures a running cloudterm server beside its peers, and prints one
 //! Markdown table row per measurement.
 
+mod terminal;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,32 @@ enum Bench {
         /// Iterations.
         #[arg(long, default_value_t = 2000)]
         n: usize,
+    },
+    /// Terminal over WebSocket: connect → first prompt, keystroke echo round trip, output flood
+    /// (`yes | head -c MB`), on cloudterm (a sandbox created on --url) or ttyd (--ws-url). Prints
+    /// one table row; bench/terminal.sh prints the header.
+    Terminal {
+        /// Whose protocol to speak.
+        #[arg(long, value_enum)]
+        protocol: terminal::Protocol,
+        /// ttyd's WebSocket URL (ws://HOST:PORT/ws). Unused for cloudterm.
+        #[arg(long)]
+        ws_url: Option<String>,
+        /// Connects (each a new shell) for connect → first prompt.
+        #[arg(long, default_value_t = 50)]
+        connects: usize,
+        /// Keystrokes for the echo round trip.
+        #[arg(long, default_value_t = 2000)]
+        keys: usize,
+        /// MiB of `yes` output per flood.
+        #[arg(long, default_value_t = 50)]
+        flood_mb: usize,
+        /// Floods (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        floods: usize,
+        /// Name of the row.
+        #[arg(long)]
+        label: String,
     },
     /// Host memory per idle sandbox with COUNT running.
     IdleMemory {
@@ -192,6 +220,45 @@ async fn main() -> anyhow::Result<()> {
             println!("| exec round trip | n | p50 | p99 |\n|---|---|---|---|");
             row("POST /sandboxes/{id}/exec `true`", &mut samples);
             client.delete(&id).await?;
+        }
+        Bench::Terminal { protocol, ws_url, connects, keys, flood_mb, floods, label } => {
+            let (url, sandbox) = match protocol {
+                terminal::Protocol::Ttyd => (ws_url.context("--ws-url is needed for ttyd")?, None),
+                terminal::Protocol::Cloudterm => {
+                    let id = client.create().await?;
+                    let base = client.url.replacen("http", "ws", 1);
+                    (format!("{base}/sandboxes/{id}/terminal?cols=80&rows=24"), Some(id))
+                }
+            };
+            let mut connect = terminal::connect_to_prompt(protocol, &url, &client.token, connects).await?;
+            let mut term = terminal::Term::connect(protocol, &url, &client.token).await?;
+            terminal::first_prompt(&mut term).await?;
+            term.drain(Duration::from_millis(200)).await;
+            let mut echo = terminal::echo_round_trip(&mut term, keys).await?;
+            let mut rates = Vec::with_capacity(floods);
+            let mut received = 0;
+            for _ in 0..floods {
+                let (elapsed, bytes) = terminal::flood(&mut term, flood_mb).await?;
+                rates.push((flood_mb << 20) as f64 / elapsed.as_secs_f64() / 1e6);
+                received = bytes;
+            }
+            rates.sort_by(f64::total_cmp);
+            term.close().await;
+            let ms = |samples: &mut [Duration], p| percentile(samples, p).as_secs_f64() * 1e3;
+            println!(
+                "| {label} | {:.2} ms | {:.2} ms | {:.3} ms | {:.3} ms | {:.0} MB/s ({:.0}–{:.0}) | {:.1} MB |",
+                ms(&mut connect, 0.5),
+                ms(&mut connect, 0.99),
+                ms(&mut echo, 0.5),
+                ms(&mut echo, 0.99),
+                rates[rates.len() / 2],
+                rates[0],
+                rates[rates.len() - 1],
+                received as f64 / 1e6
+            );
+            if let Some(id) = sandbox {
+                client.delete(&id).await?;
+            }
         }
         Bench::IdleMemory { count, server_pid } => {
             let available_before = mem_available_kib()?;

@@ -155,9 +155,9 @@ impl From<TerminalError> for ApiError {
     fn from(err: TerminalError) -> Self {
         match err {
             TerminalError::InvalidInput(message) => ApiError::Unprocessable(message),
-            err @ (TerminalError::TooManySessions { .. } | TerminalError::TooManyViewers { .. }) => {
-                ApiError::Conflict(err.to_string())
-            }
+            err @ (TerminalError::TooManySessions { .. }
+            | TerminalError::TooManyViewers { .. }
+            | TerminalError::TooManyCells { .. }) => ApiError::Conflict(err.to_string()),
             err @ TerminalError::ShuttingDown => ApiError::Unavailable(err.to_string()),
         }
     }

@@ -58,12 +58,33 @@ pub(crate) struct Shared {
     /// Set once, at shutdown: every session ends and no new one starts.
     pub(crate) stop: watch::Sender<bool>,
     entries: Mutex<HashMap<Key, Entry>>,
+    /// Screen cells held per sandbox, opening sessions included (see
+    /// [`TerminalSettings::max_cells_per_sandbox`]). Locked last, never held while taking
+    /// another lock.
+    cells: Mutex<HashMap<String, usize>>,
     next_id: AtomicU64,
 }
 
 impl Shared {
     fn entries(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes what a sandbox's screens hold from `release` cells to `take` (a new session:
+    /// 0 → its size; a resize: old → new size; an end: its size → 0). Refuses growth past the
+    /// budget; shrinking always succeeds.
+    pub(crate) fn swap_cells(&self, sandbox: &str, release: usize, take: usize) -> Result<(), TerminalError> {
+        let mut cells = self.cells.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = cells.get(sandbox).copied().unwrap_or(0).saturating_sub(release);
+        let limit = self.settings.max_cells_per_sandbox;
+        if take > release && held + take > limit {
+            return Err(TerminalError::TooManyCells { sandbox: sandbox.to_string(), limit });
+        }
+        match held + take {
+            0 => cells.remove(sandbox),
+            now => cells.insert(sandbox.to_string(), now),
+        };
+        Ok(())
     }
 
     /// Removes an ended session, unless its name already belongs to a newer one.
@@ -80,6 +101,8 @@ struct OpeningGuard<'a> {
     shared: &'a Shared,
     key: Key,
     id: u64,
+    /// Cells reserved for the session; handed over to it once it started (then 0).
+    cells: usize,
     _done: watch::Sender<()>,
 }
 
@@ -88,6 +111,10 @@ impl Drop for OpeningGuard<'_> {
         let mut entries = self.shared.entries();
         if matches!(entries.get(&self.key), Some(Entry::Opening { id, .. }) if *id == self.id) {
             entries.remove(&self.key);
+        }
+        drop(entries);
+        if self.cells > 0 {
+            let _ = self.shared.swap_cells(&self.key.0, self.cells, 0);
         }
     }
 }
@@ -114,6 +141,7 @@ impl TerminalHub {
                 observer,
                 stop,
                 entries: Mutex::new(HashMap::new()),
+                cells: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -157,6 +185,7 @@ impl TerminalHub {
                         if entries.keys().filter(|(sandbox, _)| *sandbox == key.0).count() >= limit {
                             return Err(TerminalError::TooManySessions { sandbox: key.0.clone(), limit }.into());
                         }
+                        shared.swap_cells(&key.0, 0, usize::from(cols) * usize::from(rows))?;
                         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                         let (tx, rx) = watch::channel(());
                         entries.insert(key.clone(), Entry::Opening { id, done: rx });
@@ -182,7 +211,8 @@ impl TerminalHub {
             }
         };
         // This call opens the session; others attaching to the name meanwhile wait for it.
-        let guard = OpeningGuard { shared, key: key.clone(), id, _done: done };
+        let cells = usize::from(cols) * usize::from(rows);
+        let mut guard = OpeningGuard { shared, key: key.clone(), id, cells, _done: done };
         let opened = open(cols, rows).await.map_err(AttachError::Open)?;
         let (session, viewer) = Session::start(
             shared.clone(),
@@ -194,6 +224,8 @@ impl TerminalHub {
             read_only,
         );
         shared.entries().insert(key, Entry::Live(session));
+        // The session holds the cells now and gives them back when it ends.
+        guard.cells = 0;
         drop(guard);
         Ok(viewer)
     }

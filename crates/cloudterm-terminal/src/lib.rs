@@ -60,6 +60,11 @@ pub struct TerminalSettings {
     /// resynchronised with a repaint instead of being queued for, so memory stays bounded
     /// whatever a client does.
     pub queue_chunks: usize,
+    /// Screen cells (columns × rows) the sessions of one sandbox may hold together. A cell costs
+    /// the `vt100` screen about 32 bytes, twice that once a program used the alternate screen,
+    /// so the default (one million) keeps a sandbox's screens under about 64 MiB whatever its
+    /// clients ask for: one 1000 × 1000 terminal fits, and so do 16 of 250 × 250.
+    pub max_cells_per_sandbox: usize,
 }
 
 impl Default for TerminalSettings {
@@ -69,6 +74,7 @@ impl Default for TerminalSettings {
             max_sessions_per_sandbox: 16,
             max_viewers_per_session: 16,
             queue_chunks: 256,
+            max_cells_per_sandbox: 1_000_000,
         }
     }
 }
@@ -92,6 +98,14 @@ pub enum TerminalError {
     TooManyViewers {
         /// The session's name.
         session: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The sandbox's sessions would hold more screen cells than it may.
+    #[error("the terminal sessions of sandbox {sandbox} would hold more than {limit} screen cells (columns × rows); use a smaller terminal or end a session")]
+    TooManyCells {
+        /// The sandbox.
+        sandbox: String,
         /// The limit.
         limit: usize,
     },

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::hub::Shared;
 use crate::screen::Screen;
 use crate::viewer::Viewer;
-use crate::PtyStream;
+use crate::{PtyStream, TerminalError};
 
 /// Input frames queued towards the agent per session. A client typing faster than the program
 /// reads waits here (its own socket then fills), which never blocks output.
@@ -135,7 +135,9 @@ impl Session {
         let Some(output) = &state.output else { return Err(JoinError::Ended) };
         let rx = output.subscribe();
         if !read_only {
-            self.resize_locked(&mut state, cols, rows);
+            // Over the sandbox's cell budget, the viewer still joins, at the session's size
+            // (as a read-only viewer would): its resizes say why if it asks again.
+            let _ = self.resize_locked(&mut state, cols, rows);
         }
         self.viewers.send_modify(|n| *n += 1);
         let repaint = state.screen.repaint();
@@ -154,17 +156,23 @@ impl Session {
         }
     }
 
-    /// Resizes the screen now and the PTY as soon as the writer gets to it.
-    pub(crate) fn resize(&self, cols: u16, rows: u16) {
+    /// Resizes the screen now and the PTY as soon as the writer gets to it; refused when the
+    /// sandbox's screens would hold more cells than it may.
+    pub(crate) fn resize(&self, cols: u16, rows: u16) -> Result<(), TerminalError> {
         let mut state = self.lock();
-        self.resize_locked(&mut state, cols, rows);
+        self.resize_locked(&mut state, cols, rows)
     }
 
-    fn resize_locked(&self, state: &mut State, cols: u16, rows: u16) {
-        if state.screen.size() != (cols, rows) {
-            state.screen.resize(cols, rows);
-            self.size.send_replace((cols, rows));
+    fn resize_locked(&self, state: &mut State, cols: u16, rows: u16) -> Result<(), TerminalError> {
+        let now = state.screen.size();
+        // After the end the cells were given back: nothing may take them again.
+        if now == (cols, rows) || state.ended.is_some() {
+            return Ok(());
         }
+        self.shared.swap_cells(&self.key.0, cells(now), cells((cols, rows)))?;
+        state.screen.resize(cols, rows);
+        self.size.send_replace((cols, rows));
+        Ok(())
     }
 
     /// Program output: into the screen, then to the viewers.
@@ -203,6 +211,11 @@ impl Session {
         Self::finish_locked(&mut state, end);
         true
     }
+}
+
+/// Screen cells of a `(cols, rows)` size.
+fn cells((cols, rows): (u16, u16)) -> usize {
+    usize::from(cols) * usize::from(rows)
 }
 
 /// Why a viewer could not join an existing session.
@@ -322,6 +335,10 @@ async fn supervise(
         let _ = reader.await;
     }
     let _ = writer.await;
+    // Ended, so the size no longer changes: give its cells back (before the hub forgets it, so
+    // a session gone from the hub holds no cells).
+    let size = session.lock().screen.size();
+    let _ = session.shared.swap_cells(&session.key.0, cells(size), 0);
     session.shared.forget(&session);
     drop(keepalive);
     session.shared.observer.session_ended();

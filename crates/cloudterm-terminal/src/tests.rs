@@ -349,3 +349,32 @@ async fn garbage_from_the_agent_ends_the_session_without_a_panic() {
     agent.io.write_all(&[0, 0xff, 0xff, 0xff, 0xff]).await.expect("write");
     assert_eq!(next(&mut viewer).await, ViewerEvent::Ended(End::Lost));
 }
+
+#[tokio::test]
+async fn a_sandboxs_screens_stay_within_its_cell_budget() {
+    let settings = TerminalSettings { max_cells_per_sandbox: 100 * 50, ..Default::default() };
+    let (hub, _) = hub_with(settings);
+    let (a, agent_a) = attach(&hub, request(Some("a"), 100, 30)).await;
+    // 3000 + 2400 cells is over 5000: refused before anything is opened.
+    let refused = hub.attach(request(Some("b"), 80, 30), |_, _| async { Err::<Opened, _>("not called") }).await;
+    assert!(matches!(refused, Err(AttachError::Terminal(TerminalError::TooManyCells { limit: 5000, .. }))));
+    // Agents are kept: dropping one ends its session.
+    let (b, _agent_b) = attach(&hub, request(Some("b"), 80, 20)).await;
+    // Growing past the budget is refused and changes nothing; shrinking always works.
+    assert!(matches!(a.resize(100, 40), Err(TerminalError::TooManyCells { .. })));
+    b.resize(40, 20).expect("shrink");
+    a.resize(100, 40).expect("grow into the freed cells");
+    // Another sandbox has a budget of its own.
+    let other = AttachRequest { sandbox_id: "sbx_2".into(), ..request(Some("a"), 100, 50) };
+    let (_other, _agent_other) = attach(&hub, other).await;
+    // A viewer asking for more than fits still joins, at the session's size.
+    let (mut big, _) = attach(&hub, request(Some("a"), 200, 40)).await;
+    assert!(matches!(next(&mut big).await, ViewerEvent::Repaint(_)));
+    // An ended session gives its cells back.
+    drop((a, big));
+    let mut agent_a = agent_a.expect("session a");
+    agent_a.exit(0).await;
+    agent_a.closed().await;
+    eventually("session a ended", || hub.sessions() == 2).await;
+    let (_c, _agent_c) = attach(&hub, request(Some("c"), 100, 40)).await;
+}

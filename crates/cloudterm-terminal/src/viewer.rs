@@ -115,11 +115,12 @@ impl Viewer {
         }
     }
 
-    /// Resizes the session's terminal; ignored for a read-only viewer.
+    /// Resizes the session's terminal; ignored for a read-only viewer. Refused when the
+    /// sandbox's screens would hold more cells than it may (the size stays as it was).
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), TerminalError> {
         check_size(cols, rows)?;
         if !self.read_only {
-            self.session.resize(cols, rows);
+            self.session.resize(cols, rows)?;
         }
         Ok(())
     }

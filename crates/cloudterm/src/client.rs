@@ -1,4 +1,5 @@
-//! Client commands (`cloudterm sandbox …`, `cloudterm exec …`, `cloudterm snapshot …`): a thin
+//! Client commands (`cloudterm sandbox …`, `cloudterm exec …`, `cloudterm snapshot …`, and the
+//! connection details of `cloudterm attach`): a thin
 //! HTTP client of a running server, configured by `CLOUDTERM_URL` and `CLOUDTERM_TOKEN`.
 
 use anyhow::{bail, Context};
@@ -20,6 +21,16 @@ impl Client {
             .context("no token: set CLOUDTERM_TOKEN (e.g. export CLOUDTERM_TOKEN=$(cloudterm token alice))")?;
         let http = reqwest::blocking::Client::builder().timeout(None).build()?;
         Ok(Client { url: url.trim_end_matches('/').to_string(), token, http })
+    }
+
+    /// The server URL, as given.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {

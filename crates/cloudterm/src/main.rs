@@ -1,5 +1,5 @@
 //! The `cloudterm` command: `serve` runs the platform, `token` mints a dev token, and client
-//! commands (`sandbox`, `exec`, `snapshot`) drive a running server.
+//! commands (`sandbox`, `exec`, `attach`, `snapshot`) drive a running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use cloudterm_identity::DevIssuer;
 use cloudterm_server::config::settings_help;
 use cloudterm_server::{Config, Overrides};
 
+mod attach;
 mod client;
 mod image;
 mod snapshot_cli;
@@ -72,6 +73,15 @@ enum Command {
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         argv: Vec<String>,
+    },
+    /// Attach this terminal to a shell in a sandbox (a terminal session that outlives attach).
+    /// Ctrl-] detaches and leaves the shell running (`--detach-keys` to change it); exits with
+    /// the shell's exit code when it exits, 0 on detach, 2 on an error.
+    Attach {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: attach::AttachArgs,
     },
     /// Take, restore, list, pin, delete, download and import workspace snapshots on a running
     /// server (CLOUDTERM_URL, CLOUDTERM_TOKEN).
@@ -160,6 +170,15 @@ fn main() -> ExitCode {
         Command::Token { principal, ttl, config, data_dir } => token(&principal, ttl, config, data_dir),
         Command::Sandbox { server, action } => sandbox(server, action),
         Command::Exec { server, timeout, sandbox, argv } => return exec(server, &sandbox, &argv, timeout),
+        Command::Attach { server, args } => {
+            return match client::Client::new(server.url, server.token) {
+                Ok(client) => attach::run(&client, args),
+                Err(err) => {
+                    eprintln!("cloudterm: {err:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Snapshot { server, action } => {
             client::Client::new(server.url, server.token).and_then(|client| snapshot_cli::run(&client, action))
         }

@@ -1,5 +1,7 @@
 //! End-to-end tests of the real `cloudterm` binary: what a new user types.
 
+mod attach;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
