@@ -188,6 +188,14 @@ fn summary(snapshot: &SnapshotResponse) -> String {
         HumanBytes(snapshot.stored_bytes),
         snapshot.workspace_id
     );
+    if let Some(layer) = &snapshot.layer {
+        line.push_str(&format!(
+            ", writable layer {} files, {} ({} stored)",
+            layer.file_count,
+            HumanBytes(layer.size_bytes),
+            HumanBytes(layer.stored_bytes)
+        ));
+    }
     if snapshot.pinned {
         line.push_str(", pinned");
     }
@@ -388,6 +396,15 @@ mod tests {
         assert_eq!(
             line,
             "snap_x: 12 files, 3.00 MiB (2.00 KiB stored), workspace ws_x, pinned, label \"before upgrade\""
+        );
+        let mut with_layer = snapshot("00");
+        with_layer.label = None;
+        with_layer.layer =
+            typed(json!({"size_bytes": 5 << 20, "stored_bytes": 1 << 20, "file_count": 40, "sha256": "ab"})).ok();
+        assert_eq!(
+            summary(&with_layer),
+            "snap_x: 12 files, 3.00 MiB (2.00 KiB stored), workspace ws_x, writable layer 40 files, 5.00 MiB \
+             (1.00 MiB stored), pinned"
         );
     }
 }
