@@ -1,5 +1,5 @@
 //! The `cloudterm` command: `serve` runs the platform, `token` mints a dev token, and client
-//! commands (`sandbox`, `exec`, `snapshot`) drive a running server.
+//! commands (`sandbox`, `exec`, `snapshot`, `workspace`, `marketplace`) drive a running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,7 @@ use cloudterm_server::{Config, Overrides};
 mod client;
 mod image;
 mod snapshot_cli;
+mod workspace_cli;
 
 /// Self-hosted cloud terminals: isolated sandboxes, workspaces and snapshots over HTTP.
 #[derive(Parser)]
@@ -80,6 +81,21 @@ enum Command {
         server: ServerArgs,
         #[command(subcommand)]
         action: snapshot_cli::SnapshotAction,
+    },
+    /// Create, list, share, revoke, delete workspaces and run commands in them (CLOUDTERM_URL,
+    /// CLOUDTERM_TOKEN).
+    Workspace {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: workspace_cli::WorkspaceAction,
+    },
+    /// Publish, search, show and run marketplace workers (CLOUDTERM_URL, CLOUDTERM_TOKEN).
+    Marketplace {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: workspace_cli::MarketplaceAction,
     },
     /// How to make a sandbox image (a root file system directory), and `check DIR`.
     Image {
@@ -163,6 +179,16 @@ fn main() -> ExitCode {
         Command::Snapshot { server, action } => {
             client::Client::new(server.url, server.token).and_then(|client| snapshot_cli::run(&client, action))
         }
+        Command::Workspace { server, action } => {
+            return client_exit(
+                client::Client::new(server.url, server.token).and_then(|c| workspace_cli::workspace(&c, action)),
+            )
+        }
+        Command::Marketplace { server, action } => {
+            return client_exit(
+                client::Client::new(server.url, server.token).and_then(|c| workspace_cli::marketplace(&c, action)),
+            )
+        }
         Command::Image { action: None } => {
             print!("{}", image::GUIDE);
             Ok(())
@@ -184,6 +210,14 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The exit code of a client command that may pass on a remote command's, or 2 on failure.
+fn client_exit(outcome: anyhow::Result<ExitCode>) -> ExitCode {
+    outcome.unwrap_or_else(|err| {
+        eprintln!("cloudterm: {err:#}");
+        ExitCode::from(2)
+    })
 }
 
 fn serve(config_file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {

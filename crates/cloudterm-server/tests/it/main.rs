@@ -17,3 +17,4 @@ mod snapshots;
 mod spec;
 mod terminal;
 mod warm_pool;
+mod workspaces;
