@@ -75,6 +75,8 @@ pub enum WorkspaceAction {
 #[derive(Subcommand)]
 pub enum MarketplaceAction {
     /// Publish a worker version and print the worker's id.
+    // `--version` names the worker's version here, not cloudterm's.
+    #[command(disable_version_flag = true)]
     Publish {
         /// The worker's name (a-z 0-9 . _ -).
         #[arg(long)]
@@ -113,6 +115,7 @@ pub enum MarketplaceAction {
         worker: String,
     },
     /// Install a worker into a workspace and run it there; exits with its exit code.
+    #[command(disable_version_flag = true)]
     Run {
         /// The worker id.
         worker: String,
