@@ -551,4 +551,12 @@ fn workspace_and_marketplace_commands_drive_a_server() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("quoter 1.0.0"));
     let output = run(&bob, &["marketplace", "run", &worker, "--workspace", &ws]);
     assert_eq!(output.status.code(), Some(2), "bob no longer has access");
+
+    // Sandboxes outlive `serve` on purpose: remove the one the workspace exec started.
+    let listed = stdout_of(&run(&alice, &["sandbox", "ls"]));
+    for id in listed.lines().skip(1).filter_map(|line| line.split_whitespace().next()) {
+        stdout_of(&run(&alice, &["sandbox", "rm", id]));
+    }
+    let output = run(&alice, &["workspace", "rm", &ws]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
