@@ -7,13 +7,19 @@
 mod error;
 mod health;
 mod identity;
+mod marketplace;
 mod sandbox;
 mod snapshot;
 mod terminal;
+mod workspace;
 
 pub use error::{ErrorBody, ErrorEnvelope};
 pub use health::{CheckResult, HealthResponse, ReadinessResponse};
 pub use identity::{DevTokenRequest, DevTokenResponse, Jwks, MeResponse, QuotaUsage};
+pub use marketplace::{
+    PublishRequest, PublishResponse, WorkerFileBody, WorkerHit, WorkerResponse, WorkerSearchResponse,
+    WorkerVersionResponse,
+};
 pub use sandbox::{
     BackgroundRequest, CreateSandboxRequest, ExecRequestBody, ExecResponseBody, FileEntry, FileList, FileWritten,
     JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxLimits, SandboxList,
@@ -24,3 +30,7 @@ pub use snapshot::{
     SnapshotList, SnapshotResponse,
 };
 pub use terminal::{TerminalClientMessage, TerminalServerMessage};
+pub use workspace::{
+    AuditEntry, AuditList, Collaborator, CollaboratorList, CreateWorkspaceRequest, RunWorkerRequest, RunWorkerResponse,
+    ShareRequest, ShareResponse, WorkspaceList, WorkspaceResponse,
+};

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::middleware;
-use crate::routes::{console, health, identity, sandboxes, snapshots, terminal};
+use crate::routes::{console, health, identity, marketplace, sandboxes, snapshots, terminal, workspaces};
 use crate::state::AppState;
 
 /// The services a listener can serve. Identity, health, metrics and docs come with every one.
@@ -85,6 +85,8 @@ pub const UNTIMED_ROUTES: &[&str] = &[
     "/sandboxes/{id}/files/{*path}",
     "/sandboxes/{id}/background/{job_id}/logs",
     "/sandboxes/{id}/terminal",
+    "/workspaces/{id}/exec",
+    "/workspaces/{id}/workers/{worker_id}/run",
     "/snapshot/create",
     "/snapshot/restore",
     "/snapshot/import",
@@ -125,7 +127,19 @@ fn service_routes(service: Service) -> OpenApiRouter<AppState> {
             .routes(routes!(snapshots::pin_snapshot))
             .routes(routes!(snapshots::download_snapshot))
             .routes(routes!(snapshots::import_snapshot)),
-        Service::Workspace | Service::Preview => OpenApiRouter::new(),
+        Service::Workspace => OpenApiRouter::new()
+            .routes(routes!(workspaces::create_workspace, workspaces::list_workspaces))
+            .routes(routes!(workspaces::get_workspace, workspaces::delete_workspace))
+            .routes(routes!(workspaces::exec_workspace))
+            .routes(routes!(workspaces::share_workspace))
+            .routes(routes!(workspaces::revoke_share))
+            .routes(routes!(workspaces::list_collaborators))
+            .routes(routes!(workspaces::workspace_audit))
+            .routes(routes!(workspaces::run_worker))
+            .routes(routes!(marketplace::publish_worker))
+            .routes(routes!(marketplace::search_workers))
+            .routes(routes!(marketplace::get_worker)),
+        Service::Preview => OpenApiRouter::new(),
     }
 }
 

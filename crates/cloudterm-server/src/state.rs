@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cloudterm_blobstore::{BlobStore, BlobStoreConfig, S3Config};
-use cloudterm_domain::{PrincipalService, SandboxService, SandboxSettings, SnapshotService, SnapshotSettings};
+use cloudterm_domain::{
+    MarketplaceService, MarketplaceSettings, PrincipalService, SandboxService, SandboxSettings, SnapshotService,
+    SnapshotSettings, WorkspaceService,
+};
 use cloudterm_identity::{DevIssuer, Verifier, VerifierConfig};
 use cloudterm_runtime::{Limits, ProcessRuntime, ProcessRuntimeConfig, Runtime, RuntimeChoice, RuntimeKind, Selection};
 use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig};
@@ -37,7 +40,11 @@ pub struct App {
     /// Sandboxes.
     pub sandboxes: Arc<SandboxService>,
     /// Snapshots of workspaces.
-    pub snapshots: SnapshotService,
+    pub snapshots: Arc<SnapshotService>,
+    /// Workspaces, sharing, exec delegation and worker runs.
+    pub workspaces: WorkspaceService,
+    /// The worker marketplace.
+    pub marketplace: Arc<MarketplaceService>,
     /// Terminal sessions, which outlive their WebSocket connections.
     pub terminals: cloudterm_terminal::TerminalHub,
     /// Where the runtime keeps per-sandbox state.
@@ -96,12 +103,27 @@ impl AppState {
             tracing::info!(reattached = ?recovered.reattached, stopped = ?recovered.marked_stopped, cleaned_up = ?recovered.cleaned_up, "recovered sandboxes after a restart");
         }
         sandboxes.fill_pool();
-        let snapshots =
-            SnapshotService::new(store.clone(), blobs.clone(), Arc::clone(&sandboxes), snapshot_settings(&config)?);
+        let snapshots = Arc::new(SnapshotService::new(
+            store.clone(),
+            blobs.clone(),
+            Arc::clone(&sandboxes),
+            snapshot_settings(&config)?,
+        ));
         let cleaned = snapshots.recover().await.map_err(|err| anyhow::anyhow!("cannot recover snapshots: {err}"))?;
         if cleaned != Default::default() {
             tracing::info!(pending = ?cleaned.removed_pending, strays = ?cleaned.removed_strays, aborted_uploads = cleaned.aborted_uploads, "cleaned up after interrupted snapshots");
         }
+        // Worker files are staged here while packed or read back; leftovers of a crash go.
+        let scratch_dir = config.data_dir.join("marketplace-tmp");
+        let _ = std::fs::remove_dir_all(&scratch_dir);
+        let marketplace =
+            Arc::new(MarketplaceService::new(store.clone(), blobs.clone(), MarketplaceSettings { scratch_dir }));
+        let workspaces = WorkspaceService::new(
+            store.clone(),
+            Arc::clone(&sandboxes),
+            Arc::clone(&snapshots),
+            Arc::clone(&marketplace),
+        );
         let metrics = Metrics::new();
         let terminals = cloudterm_terminal::TerminalHub::new(terminal_settings(&config), Arc::new(metrics.clone()));
         Ok(AppState(Arc::new(App {
@@ -114,6 +136,8 @@ impl AppState {
             principals,
             sandboxes,
             snapshots,
+            workspaces,
+            marketplace,
             terminals,
             runtime_state_root: state_root_for_app,
             metrics,

@@ -1,5 +1,5 @@
 //! The `cloudterm` command: `serve` runs the platform, `token` mints a dev token, and client
-//! commands (`sandbox`, `exec`, `attach`, `snapshot`) drive a running server.
+//! commands (`sandbox`, `exec`, `attach`, `snapshot`, `workspace`, `marketplace`) drive a running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,7 @@ mod attach;
 mod client;
 mod image;
 mod snapshot_cli;
+mod workspace_cli;
 
 /// Self-hosted cloud terminals: isolated sandboxes, workspaces and snapshots over HTTP.
 #[derive(Parser)]
@@ -90,6 +91,21 @@ enum Command {
         server: ServerArgs,
         #[command(subcommand)]
         action: snapshot_cli::SnapshotAction,
+    },
+    /// Create, list, share, revoke, delete workspaces and run commands in them (CLOUDTERM_URL,
+    /// CLOUDTERM_TOKEN).
+    Workspace {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: workspace_cli::WorkspaceAction,
+    },
+    /// Publish, search, show and run marketplace workers (CLOUDTERM_URL, CLOUDTERM_TOKEN).
+    Marketplace {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: workspace_cli::MarketplaceAction,
     },
     /// How to make a sandbox image (a root file system directory), and `check DIR`.
     Image {
@@ -182,6 +198,16 @@ fn main() -> ExitCode {
         Command::Snapshot { server, action } => {
             client::Client::new(server.url, server.token).and_then(|client| snapshot_cli::run(&client, action))
         }
+        Command::Workspace { server, action } => {
+            return client_exit(
+                client::Client::new(server.url, server.token).and_then(|c| workspace_cli::workspace(&c, action)),
+            )
+        }
+        Command::Marketplace { server, action } => {
+            return client_exit(
+                client::Client::new(server.url, server.token).and_then(|c| workspace_cli::marketplace(&c, action)),
+            )
+        }
         Command::Image { action: None } => {
             print!("{}", image::GUIDE);
             Ok(())
@@ -203,6 +229,14 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The exit code of a client command that may pass on a remote command's, or 2 on failure.
+fn client_exit(outcome: anyhow::Result<ExitCode>) -> ExitCode {
+    outcome.unwrap_or_else(|err| {
+        eprintln!("cloudterm: {err:#}");
+        ExitCode::from(2)
+    })
 }
 
 fn serve(config_file: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
@@ -294,6 +328,12 @@ fn token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn ttls_parse_with_units() {

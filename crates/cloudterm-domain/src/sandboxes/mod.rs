@@ -10,6 +10,6 @@ mod validate;
 
 pub use live::{ActivityGuard, LiveSandbox};
 pub use model::{state, CreateSandbox, Sandbox, SandboxSettings};
-pub use ops::{agent_error, exec_timeout, Busy};
+pub use ops::{agent_error, check_command, exec_timeout, Busy};
 pub use pty::open_terminal;
 pub use service::{runtime_error, RecoveryReport, SandboxService};

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use cloudterm_agent_protocol::{ExecRequest, FileInfo, JobInfo, JobRequest, ListResponse, WriteFileResponse};
 use cloudterm_runtime::{AgentError, ByteStream, ExecResult, ExecStream, JobLogs};
 
+use crate::access::Access;
 use crate::error::DomainError;
 use crate::principal::Principal;
 use crate::quotas::QuotaStatus;
@@ -82,18 +83,19 @@ impl SandboxService {
         })
     }
 
-    /// The exec-rate use of a running sandbox of the caller's, for `X-Quota-Warning`; `None`
-    /// when the rate is unlimited or the sandbox is not running.
+    /// The exec-rate use of a running sandbox under the caller's limit, for `X-Quota-Warning`
+    /// after a command the caller was allowed to run there; `None` when the rate is unlimited
+    /// or the sandbox is not running.
     pub fn exec_quota(&self, caller: &Principal, id: &str) -> Option<QuotaStatus> {
         let limit = self.limits_for(caller.id()).exec_per_hour?;
-        let live = self.live_sandbox(id).filter(|live| live.owner == caller.id())?;
+        let live = self.live_sandbox(id)?;
         Some(QuotaStatus { kind: "exec_rate", used: live.execs.used(Instant::now()), limit })
     }
 
     /// Runs a command to completion and returns its output (capped).
     pub async fn exec(&self, caller: &Principal, id: &str, request: ExecRequest) -> Result<ExecResult, DomainError> {
         check_command(&request.command, &request.argv)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Write).await?;
         self.admit_exec(caller, &guard)?;
         guard.sandbox().agent.exec(&request).await.map_err(agent_error)
     }
@@ -106,7 +108,7 @@ impl SandboxService {
         request: ExecRequest,
     ) -> Result<Busy<ExecStream>, DomainError> {
         check_command(&request.command, &request.argv)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Write).await?;
         self.admit_exec(caller, &guard)?;
         let value = guard.sandbox().agent.exec_stream(&request).await.map_err(agent_error)?;
         Ok(Busy { guard, value })
@@ -123,7 +125,7 @@ impl SandboxService {
     ) -> Result<WriteFileResponse, DomainError> {
         check_path(path)?;
         check_mode(mode)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Write).await?;
         guard.sandbox().agent.write_file_bytes(path, mode, data).await.map_err(agent_error)
     }
 
@@ -142,14 +144,14 @@ impl SandboxService {
     {
         check_path(path)?;
         check_mode(mode)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Write).await?;
         guard.sandbox().agent.write_file(path, mode, body).await.map_err(agent_error)
     }
 
     /// Streams a file out.
     pub async fn read_file(&self, caller: &Principal, id: &str, path: &str) -> Result<Busy<ByteStream>, DomainError> {
         check_path(path)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Read).await?;
         let value = guard.sandbox().agent.read_file(path).await.map_err(agent_error)?;
         Ok(Busy { guard, value })
     }
@@ -157,28 +159,28 @@ impl SandboxService {
     /// Lists a directory.
     pub async fn list_files(&self, caller: &Principal, id: &str, path: &str) -> Result<ListResponse, DomainError> {
         check_path(path)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Read).await?;
         guard.sandbox().agent.list(path).await.map_err(agent_error)
     }
 
     /// Metadata of one path.
     pub async fn stat_file(&self, caller: &Principal, id: &str, path: &str) -> Result<FileInfo, DomainError> {
         check_path(path)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Read).await?;
         guard.sandbox().agent.stat(path).await.map_err(agent_error)
     }
 
     /// Starts a background job; its output is kept by the agent beyond this request.
     pub async fn start_job(&self, caller: &Principal, id: &str, request: JobRequest) -> Result<JobInfo, DomainError> {
         check_command(&request.command, &request.argv)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Write).await?;
         self.admit_exec(caller, &guard)?;
         guard.sandbox().agent.start_job(&request).await.map_err(agent_error)
     }
 
     /// The sandbox's background jobs.
     pub async fn list_jobs(&self, caller: &Principal, id: &str) -> Result<Vec<JobInfo>, DomainError> {
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Read).await?;
         guard.sandbox().agent.list_jobs().await.map_err(agent_error)
     }
 
@@ -192,7 +194,7 @@ impl SandboxService {
         offset: u64,
     ) -> Result<Busy<JobLogs>, DomainError> {
         check_job_id(job_id)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Read).await?;
         let value = guard.sandbox().agent.job_logs(job_id, follow, offset).await.map_err(agent_error)?;
         Ok(Busy { guard, value })
     }
@@ -200,7 +202,7 @@ impl SandboxService {
     /// Stops a job: SIGTERM, then SIGKILL after the agent's grace period.
     pub async fn stop_job(&self, caller: &Principal, id: &str, job_id: &str) -> Result<JobInfo, DomainError> {
         check_job_id(job_id)?;
-        let guard = self.use_running(caller, id).await?;
+        let guard = self.use_running(caller, id, Access::Write).await?;
         guard.sandbox().agent.stop_job(job_id, None).await.map_err(agent_error)
     }
 }

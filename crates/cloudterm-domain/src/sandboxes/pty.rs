@@ -1,8 +1,9 @@
 //! Interactive terminals: a PTY inside a running sandbox, opened through its agent.
 //!
 //! The caller first gets an [`ActivityGuard`] from `SandboxService::use_running` (which is the
-//! access check: another principal's sandbox is "not found"), so a terminal session can check
-//! access when a viewer attaches and open the PTY only when no session of that name runs yet.
+//! access check: `read` on the sandbox's workspace to watch, `write` to type; a non-member gets
+//! "not found"), so a terminal session can check access when a viewer attaches and open the PTY
+//! only when no session of that name runs yet.
 
 use cloudterm_runtime::UpgradedStream;
 

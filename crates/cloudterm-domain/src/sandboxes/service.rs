@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cloudterm_runtime::{AgentClient, Limits, Mount, Runtime, SandboxRuntimeError, SandboxSpec};
-use cloudterm_store::{SandboxRecord, Store, StoreError};
+use cloudterm_store::{SandboxRecord, Store, StoreError, WorkspaceRecord};
 
+use crate::access::{Access, AccessControl};
 use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::principal::{storage_name, Principal};
@@ -28,6 +29,7 @@ const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Sandboxes: records in the store, boundaries in the runtime, agents reached through clients.
 pub struct SandboxService {
     store: Arc<dyn Store>,
+    access: AccessControl,
     runtime: Arc<dyn Runtime>,
     settings: SandboxSettings,
     live: RwLock<HashMap<String, Arc<LiveSandbox>>>,
@@ -43,12 +45,19 @@ impl SandboxService {
         let pool = WarmPool::new(Arc::clone(&runtime), settings.state_dir.clone(), pool_limits, settings.warm_pool);
         SandboxService {
             pool,
+            access: AccessControl::new(Arc::clone(&store)),
             store,
             runtime,
             settings,
             live: RwLock::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The permission check every operation here goes through (shared with the services that
+    /// build on sandboxes).
+    pub fn access(&self) -> &AccessControl {
+        &self.access
     }
 
     /// The runtime in use.
@@ -75,6 +84,12 @@ impl SandboxService {
     /// Ids of every running sandbox (what `sandbox_active` counts and the usage gauges cover).
     pub fn running_ids(&self) -> Vec<String> {
         self.live.read().map(|live| live.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Ids of the running sandboxes `owner` started.
+    pub fn running_ids_of(&self, owner: &str) -> Vec<String> {
+        let live = self.live.read();
+        live.map(|live| live.values().filter(|s| s.owner == owner).map(|s| s.id.clone()).collect()).unwrap_or_default()
     }
 
     /// Running (or starting) sandboxes of `owner`: what the quota counts.
@@ -127,7 +142,7 @@ impl SandboxService {
         validate::environment(&request.env)?;
         validate::metadata(&request.metadata)?;
         let image = self.resolve_image(request.image.as_deref())?;
-        let workspace = self.resolve_workspace(caller, request.workspace_id.as_deref()).await?;
+        let workspace = self.resolve_workspace(caller, request.workspace_id.as_deref(), Access::Write).await?;
         let _reservation = self.reserve(caller.id())?;
 
         let poolable = image.is_none() && request.env.is_empty() && layer_dir.is_none() && self.pool.fits(&limits);
@@ -146,7 +161,7 @@ impl SandboxService {
         let record = SandboxRecord {
             id: id.clone(),
             owner: caller.id().to_string(),
-            workspace_id: Some(workspace.clone()),
+            workspace_id: Some(workspace.id.clone()),
             state: state::STARTING.to_string(),
             runtime: self.runtime.kind().as_str().to_string(),
             image: request.image.clone(),
@@ -158,7 +173,7 @@ impl SandboxService {
         };
         self.store.insert_sandbox(&record).await?;
 
-        let workspace_dir = self.workspace_dir(caller.id(), &workspace);
+        let workspace_dir = self.workspace_dir(&workspace.owner, &workspace.id);
         let spec = SandboxSpec {
             id: id.clone(),
             workspace_dir: Some(workspace_dir.clone()),
@@ -213,7 +228,7 @@ impl SandboxService {
     /// registry. On failure the pooled sandbox is stopped and nothing is recorded.
     async fn claim(&self, pooled: PooledSandbox, claim: Claim<'_>) -> Result<Sandbox, DomainError> {
         let id = pooled.id.clone();
-        let workspace_dir = self.workspace_dir(claim.caller.id(), claim.workspace);
+        let workspace_dir = self.workspace_dir(&claim.workspace.owner, &claim.workspace.id);
         let claimed = async {
             tokio::fs::create_dir_all(&workspace_dir)
                 .await
@@ -224,7 +239,7 @@ impl SandboxService {
             let record = SandboxRecord {
                 id: id.clone(),
                 owner: claim.caller.id().to_string(),
-                workspace_id: Some(claim.workspace.to_string()),
+                workspace_id: Some(claim.workspace.id.clone()),
                 state: state::RUNNING.to_string(),
                 runtime: self.runtime.kind().as_str().to_string(),
                 image: None,
@@ -266,16 +281,17 @@ impl SandboxService {
         Ok(records.into_iter().map(|record| self.view(record)).collect())
     }
 
-    /// One of the caller's sandboxes; another principal's is "not found".
+    /// A sandbox the caller may read (one on a workspace they own or were granted); anyone
+    /// else's is "not found".
     pub async fn get(&self, caller: &Principal, id: &str) -> Result<Sandbox, DomainError> {
-        let record = self.owned_record(caller, id).await?;
+        let (record, _) = self.access.sandbox(caller, id, Access::Read).await?;
         Ok(self.view(record))
     }
 
     /// Stops the sandbox, removes everything it held on the host and forgets it. The
     /// workspace stays.
     pub async fn delete(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {
-        self.owned_record(caller, id).await?;
+        self.access.sandbox(caller, id, Access::Write).await?;
         self.forget_live(id);
         self.runtime.stop(id).await.map_err(runtime_error)?;
         match self.store.delete_sandbox(id).await {
@@ -291,7 +307,7 @@ impl SandboxService {
         id: &str,
         timeout_seconds: Option<u64>,
     ) -> Result<DateTime<Utc>, DomainError> {
-        let live = self.running(caller, id).await?;
+        let live = self.running(caller, id, Access::Write).await?;
         let seconds = match timeout_seconds {
             Some(seconds) => validate::timeout_seconds(Some(seconds), &self.settings)?,
             None => {
@@ -317,7 +333,7 @@ impl SandboxService {
         target: &str,
         read_only: bool,
     ) -> Result<Mount, DomainError> {
-        let live = self.running(caller, id).await?;
+        let live = self.running(caller, id, Access::Write).await?;
         let target = validate::mount_target(target)?;
         let host_path = validate::allowed_host_path(host_path, &self.settings.mount_allow)?.ok_or_else(|| {
             DomainError::Forbidden("host_path is not under an allowed directory (CLOUDTERM_MOUNT_ALLOW)".into())
@@ -328,21 +344,30 @@ impl SandboxService {
         Ok(mount)
     }
 
-    /// A running sandbox of the caller's, marked busy for as long as the guard lives. Every
-    /// operation that reaches the agent goes through here.
-    pub async fn use_running(&self, caller: &Principal, id: &str) -> Result<ActivityGuard, DomainError> {
-        Ok(self.running(caller, id).await?.activity())
+    /// A running sandbox on which the caller has at least `needed`, marked busy for as long as
+    /// the guard lives. Every operation that reaches the agent goes through here, so the
+    /// permission check cannot be skipped.
+    pub async fn use_running(
+        &self,
+        caller: &Principal,
+        id: &str,
+        needed: Access,
+    ) -> Result<ActivityGuard, DomainError> {
+        Ok(self.running(caller, id, needed).await?.activity())
     }
 
-    async fn running(&self, caller: &Principal, id: &str) -> Result<Arc<LiveSandbox>, DomainError> {
-        if let Some(live) = self.live_sandbox(id) {
-            if live.owner == caller.id() {
-                return Ok(live);
-            }
-            return Err(not_found(id));
+    /// The caller's access to a sandbox (through its workspace); "not found" when none.
+    pub async fn access_to(&self, caller: &Principal, id: &str) -> Result<Access, DomainError> {
+        Ok(self.access.sandbox(caller, id, Access::Read).await?.1)
+    }
+
+    async fn running(&self, caller: &Principal, id: &str, needed: Access) -> Result<Arc<LiveSandbox>, DomainError> {
+        // The check reads the store even for a live sandbox: a grant may have been revoked.
+        let (record, _) = self.access.sandbox(caller, id, needed).await?;
+        match self.live_sandbox(id) {
+            Some(live) => Ok(live),
+            None => Err(DomainError::Conflict(format!("sandbox {id} is {}, not running", record.state))),
         }
-        let record = self.owned_record(caller, id).await?;
-        Err(DomainError::Conflict(format!("sandbox {id} is {}, not running", record.state)))
     }
 
     /// Stops every running sandbox whose idle deadline passed. Returns the stopped ids.
@@ -470,51 +495,49 @@ impl SandboxService {
         self.live.write().ok().and_then(|mut live| live.remove(id))
     }
 
-    async fn owned_record(&self, caller: &Principal, id: &str) -> Result<SandboxRecord, DomainError> {
-        match self.store.get_sandbox(id).await {
-            Ok(record) if record.owner == caller.id() => Ok(record),
-            Ok(_) | Err(StoreError::NotFound) => Err(not_found(id)),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// The caller's workspace `id`, or their home workspace when `None`; another principal's
-    /// is "not found".
-    pub async fn resolve_workspace(&self, caller: &Principal, id: Option<&str>) -> Result<String, DomainError> {
+    /// Workspace `id` if the caller has at least `needed` on it, or their home workspace when
+    /// `None`; a workspace they are not a member of is "not found".
+    pub async fn resolve_workspace(
+        &self,
+        caller: &Principal,
+        id: Option<&str>,
+        needed: Access,
+    ) -> Result<WorkspaceRecord, DomainError> {
         match id {
-            Some(id) => self.owned_workspace(caller, id).await,
+            Some(id) => Ok(self.access.workspace(caller, id, needed).await?.0),
             None => {
                 let principal = self.store.get_principal(caller.id()).await.map_err(|err| match err {
                     StoreError::NotFound => DomainError::Internal("principal has no record".into()),
                     other => other.into(),
                 })?;
-                Ok(principal.home_workspace_id)
+                Ok(self.store.get_workspace(&principal.home_workspace_id).await?)
             }
         }
     }
 
-    /// The workspace of one of the caller's sandboxes.
-    pub async fn workspace_of(&self, caller: &Principal, sandbox_id: &str) -> Result<String, DomainError> {
-        let record = self.owned_record(caller, sandbox_id).await?;
-        record.workspace_id.ok_or_else(|| DomainError::Conflict(format!("sandbox {sandbox_id} has no workspace")))
+    /// The workspace of a sandbox on which the caller has at least `needed`.
+    pub async fn workspace_of(
+        &self,
+        caller: &Principal,
+        sandbox_id: &str,
+        needed: Access,
+    ) -> Result<WorkspaceRecord, DomainError> {
+        let (record, _) = self.access.sandbox(caller, sandbox_id, needed).await?;
+        let id = record
+            .workspace_id
+            .ok_or_else(|| DomainError::Conflict(format!("sandbox {sandbox_id} has no workspace")))?;
+        Ok(self.store.get_workspace(&id).await?)
     }
 
-    /// Ids of the running sandboxes of `owner` that have `workspace_id` mounted.
-    pub async fn running_on_workspace(&self, owner: &str, workspace_id: &str) -> Result<Vec<String>, DomainError> {
-        let records = self.store.list_sandboxes_by_owner(owner).await?;
+    /// Ids of the running sandboxes that have `workspace_id` mounted, whoever started them
+    /// (collaborators start sandboxes on shared workspaces), oldest first.
+    pub async fn running_on_workspace(&self, workspace_id: &str) -> Result<Vec<String>, DomainError> {
+        let records = self.store.list_sandboxes_in_states(&[state::RUNNING]).await?;
         Ok(records
             .into_iter()
             .filter(|r| r.workspace_id.as_deref() == Some(workspace_id) && self.live_sandbox(&r.id).is_some())
             .map(|r| r.id)
             .collect())
-    }
-
-    async fn owned_workspace(&self, caller: &Principal, id: &str) -> Result<String, DomainError> {
-        match self.store.get_workspace(id).await {
-            Ok(workspace) if workspace.owner == caller.id() => Ok(workspace.id),
-            Ok(_) | Err(StoreError::NotFound) => Err(DomainError::NotFound(format!("workspace {id}"))),
-            Err(err) => Err(err.into()),
-        }
     }
 
     /// `DATA_DIR/workspaces`: every owner's workspace directories are below it.
@@ -600,7 +623,7 @@ pub struct RecoveryReport {
 /// What a warm-pool claim needs from the create request.
 struct Claim<'a> {
     caller: &'a Principal,
-    workspace: &'a str,
+    workspace: &'a WorkspaceRecord,
     limits: &'a Limits,
     timeout_seconds: u64,
     request: &'a CreateSandbox,
@@ -623,10 +646,6 @@ impl Drop for Reservation<'_> {
             }
         }
     }
-}
-
-fn not_found(id: &str) -> DomainError {
-    DomainError::NotFound(format!("sandbox {id}"))
 }
 
 /// Maps runtime failures: a missing sandbox is a conflict (it is not running), an

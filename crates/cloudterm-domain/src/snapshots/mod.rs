@@ -5,7 +5,7 @@
 mod layer;
 mod model;
 mod service;
-mod transfer;
+pub(crate) mod transfer;
 
 /// The snapshot encryption key type, for the server's configuration.
 pub use cloudterm_archive::Key;

@@ -9,9 +9,10 @@ use chrono::Utc;
 use cloudterm_archive::{PackOptions, UnpackOptions};
 use cloudterm_blobstore::{BlobStore, ObjectReader};
 use cloudterm_runtime::{Mount, SandboxRuntimeError, WritableLayer};
-use cloudterm_store::{SnapshotRecord, SnapshotState, Store, StoreError};
+use cloudterm_store::{SnapshotRecord, SnapshotState, Store, StoreError, WorkspaceRecord};
 use tokio::io::AsyncRead;
 
+use crate::access::Access;
 use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::principal::{storage_name, Principal};
@@ -60,17 +61,19 @@ impl SnapshotService {
             (Some(_), Some(_)) => {
                 return Err(DomainError::InvalidInput("give sandbox_id or workspace_id, not both".into()))
             }
-            (Some(sandbox), None) => (self.sandboxes.workspace_of(caller, sandbox).await?, Some(sandbox.clone())),
+            (Some(sandbox), None) => {
+                (self.sandboxes.workspace_of(caller, sandbox, Access::Write).await?, Some(sandbox.clone()))
+            }
             (None, workspace) => {
-                let workspace = self.sandboxes.resolve_workspace(caller, workspace.as_deref()).await?;
+                let workspace = self.sandboxes.resolve_workspace(caller, workspace.as_deref(), Access::Write).await?;
                 // The writable layer of the workspace's sandbox, when there is exactly one.
-                let running = self.sandboxes.running_on_workspace(caller.id(), &workspace).await?;
+                let running = self.sandboxes.running_on_workspace(&workspace.id).await?;
                 let only = if running.len() == 1 { running.into_iter().next() } else { None };
                 (workspace, only)
             }
         };
         let what = Taking { label, kind, pinned: request.pinned };
-        self.snapshot_workspace(caller.id(), &workspace, what, layer_of).await
+        self.snapshot_workspace(&workspace, what, layer_of).await
     }
 
     /// When the reaper takes an idle sandbox, before it stops it: snapshot its workspace and its
@@ -84,10 +87,15 @@ impl SnapshotService {
                 return None;
             }
         };
-        let workspace = record.workspace_id?;
+        let workspace = match self.store.get_workspace(record.workspace_id.as_deref()?).await {
+            Ok(workspace) => workspace,
+            Err(err) => {
+                tracing::warn!(sandbox = %sandbox_id, error = %err, "idle snapshot: no workspace");
+                return None;
+            }
+        };
         let layer_of = Some(sandbox_id.to_string());
-        match self.snapshot_workspace(&record.owner, &workspace, Taking::automatic(SnapshotKind::Idle), layer_of).await
-        {
+        match self.snapshot_workspace(&workspace, Taking::automatic(SnapshotKind::Idle), layer_of).await {
             Ok(snapshot) => {
                 tracing::info!(sandbox = %sandbox_id, snapshot = %snapshot.id, bytes = snapshot.stored_bytes, "idle snapshot taken");
                 Some(snapshot)
@@ -109,38 +117,46 @@ impl SnapshotService {
                 return Vec::new();
             }
         };
-        let mut workspaces: Vec<(String, String)> =
-            running.into_iter().filter_map(|r| r.workspace_id.map(|w| (r.owner, w))).collect();
+        let mut workspaces: Vec<String> = running.into_iter().filter_map(|r| r.workspace_id).collect();
         workspaces.sort();
         workspaces.dedup();
         let mut taken = Vec::new();
-        for (owner, workspace) in workspaces {
+        for id in workspaces {
+            let workspace = match self.store.get_workspace(&id).await {
+                Ok(workspace) => workspace,
+                Err(err) => {
+                    tracing::warn!(workspace = %id, error = %err, "periodic snapshot: no workspace");
+                    continue;
+                }
+            };
             // Which sandbox's layer is ambiguous when several share the workspace: the
             // workspace alone then, as for an explicit snapshot of the workspace.
-            let running = self.sandboxes.running_on_workspace(&owner, &workspace).await.unwrap_or_default();
+            let running = self.sandboxes.running_on_workspace(&id).await.unwrap_or_default();
             let layer_of = if running.len() == 1 { running.into_iter().next() } else { None };
-            match self.snapshot_workspace(&owner, &workspace, Taking::automatic(SnapshotKind::Daily), layer_of).await {
+            match self.snapshot_workspace(&workspace, Taking::automatic(SnapshotKind::Daily), layer_of).await {
                 Ok(snapshot) => taken.push(snapshot),
-                Err(err) => tracing::warn!(workspace = %workspace, error = %err, "periodic snapshot failed"),
+                Err(err) => tracing::warn!(workspace = %id, error = %err, "periodic snapshot failed"),
             }
         }
         taken
     }
 
+    /// Snapshots `workspace` (stored under its owner, whoever asked) and, with `layer_of`, that
+    /// sandbox's writable layer.
     async fn snapshot_workspace(
         &self,
-        owner: &str,
-        workspace: &str,
+        workspace: &WorkspaceRecord,
         what: Taking,
         layer_of: Option<String>,
     ) -> Result<Snapshot, DomainError> {
+        let (owner, workspace) = (workspace.owner.as_str(), workspace.id.as_str());
         let dir = self.sandboxes.workspace_dir(owner, workspace);
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
         // A live snapshot: the sandboxes writing this workspace (and the one whose layer is
         // taken) are frozen while it is read.
-        let mut running = self.sandboxes.running_on_workspace(owner, workspace).await?;
+        let mut running = self.sandboxes.running_on_workspace(workspace).await?;
         if let Some(id) = layer_of.as_ref().filter(|id| !running.contains(id)) {
             running.push(id.clone());
         }
@@ -283,12 +299,13 @@ impl SnapshotService {
         }
     }
 
-    /// The caller's snapshots of one workspace (default: all their workspaces), newest first.
+    /// The snapshots of one workspace the caller may read (default: of all the workspaces they
+    /// own), newest first.
     pub async fn list(&self, caller: &Principal, workspace_id: Option<&str>) -> Result<Vec<Snapshot>, DomainError> {
         let workspaces = match workspace_id {
-            Some(id) => vec![self.sandboxes.resolve_workspace(caller, Some(id)).await?],
+            Some(id) => vec![self.sandboxes.resolve_workspace(caller, Some(id), Access::Read).await?.id],
             None => {
-                let home = self.sandboxes.resolve_workspace(caller, None).await?;
+                let home = self.sandboxes.resolve_workspace(caller, None, Access::Read).await?.id;
                 let mut all: Vec<String> =
                     self.store.list_workspaces_by_owner(caller.id(), None).await?.into_iter().map(|w| w.id).collect();
                 if !all.contains(&home) {
@@ -305,22 +322,36 @@ impl SnapshotService {
         Ok(snapshots)
     }
 
-    /// One of the caller's ready snapshots.
+    /// A ready snapshot of a workspace the caller may read.
     pub async fn get(&self, caller: &Principal, id: &str) -> Result<Snapshot, DomainError> {
-        Ok(view(self.owned(caller, id).await?))
+        Ok(view(self.checked(caller, id, Access::Read).await?))
     }
 
-    /// Pins or unpins one of the caller's snapshots.
+    /// Pins or unpins a snapshot (needs `write` on its workspace).
     pub async fn set_pinned(&self, caller: &Principal, id: &str, pinned: bool) -> Result<Snapshot, DomainError> {
-        let mut record = self.owned(caller, id).await?;
+        let mut record = self.checked(caller, id, Access::Write).await?;
         self.store.set_snapshot_pinned(id, pinned).await?;
         record.pinned = pinned;
         Ok(view(record))
     }
 
-    /// Deletes a snapshot: its object, then its record.
+    /// Deletes a snapshot: its object, then its record (needs `admin` on its workspace: it
+    /// destroys what others may rely on).
     pub async fn delete(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {
-        let record = self.owned(caller, id).await?;
+        let record = self.checked(caller, id, Access::Admin).await?;
+        self.remove(&record).await
+    }
+
+    /// Deletes every snapshot of a workspace that is being deleted (objects, then records).
+    pub(crate) async fn delete_all_of(&self, workspace_id: &str) -> Result<(), DomainError> {
+        for record in self.store.list_snapshots(workspace_id).await? {
+            self.remove(&record).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, record: &SnapshotRecord) -> Result<(), DomainError> {
+        let id = &record.id;
         self.delete_objects(&record.object_key, record.layer.is_some()).await?;
         match self.store.delete_snapshot(id).await {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
@@ -330,7 +361,7 @@ impl SnapshotService {
 
     /// The stored archive, as stored (encrypted when the snapshot is).
     pub async fn download(&self, caller: &Principal, id: &str) -> Result<(Snapshot, ObjectReader), DomainError> {
-        let record = self.owned(caller, id).await?;
+        let record = self.checked(caller, id, Access::Read).await?;
         let reader = self.blobs.get_stream(&record.object_key).await.map_err(storage_error)?;
         Ok((view(record), reader))
     }
@@ -339,16 +370,18 @@ impl SnapshotService {
     /// it atomically; running sandboxes on the workspace are switched to the new files. A
     /// failure leaves the workspace exactly as it was.
     pub async fn restore(&self, caller: &Principal, request: RestoreSnapshot) -> Result<RestoredSnapshot, DomainError> {
-        let record = self.owned(caller, &request.snapshot_id).await?;
-        let workspace = match (&request.sandbox_id, &request.workspace_id) {
+        let record = self.checked(caller, &request.snapshot_id, Access::Read).await?;
+        // Reading the snapshot is enough to take it; the workspace it lands in needs `write`.
+        let target = match (&request.sandbox_id, &request.workspace_id) {
             (Some(_), Some(_)) => {
                 return Err(DomainError::InvalidInput("give sandbox_id or workspace_id, not both".into()))
             }
-            (Some(sandbox), None) => self.sandboxes.workspace_of(caller, sandbox).await?,
-            (None, Some(workspace)) => self.sandboxes.resolve_workspace(caller, Some(workspace)).await?,
-            (None, None) => self.sandboxes.resolve_workspace(caller, Some(&record.workspace_id)).await?,
+            (Some(sandbox), None) => self.sandboxes.workspace_of(caller, sandbox, Access::Write).await?,
+            (None, Some(workspace)) => self.sandboxes.resolve_workspace(caller, Some(workspace), Access::Write).await?,
+            (None, None) => self.sandboxes.resolve_workspace(caller, Some(&record.workspace_id), Access::Write).await?,
         };
-        let dir = self.sandboxes.workspace_dir(caller.id(), &workspace);
+        let workspace = target.id.clone();
+        let dir = self.sandboxes.workspace_dir(&target.owner, &workspace);
         let fresh = scratch_dir(&dir, "restore")?;
         let options = self.unpack_options(Some(&record))?;
         let stats = match transfer::unpack_from_store(&self.blobs, &record.object_key, &fresh, options).await {
@@ -365,7 +398,7 @@ impl SnapshotService {
         // `fresh` now holds the old files, still mounted in running sandboxes: switch them to
         // the new directory first (a mount onto a deleted directory fails), then delete.
         let mut updated = Vec::new();
-        for sandbox in self.sandboxes.running_on_workspace(caller.id(), &workspace).await? {
+        for sandbox in self.sandboxes.running_on_workspace(&workspace).await? {
             let mount = Mount { host_path: dir.clone(), target: PathBuf::from("/workspace"), read_only: false };
             match self.sandboxes.runtime().mount(&sandbox, &mount).await {
                 Ok(()) => updated.push(sandbox),
@@ -394,9 +427,45 @@ impl SnapshotService {
         &self,
         caller: &Principal,
         snapshot_id: &str,
-        mut request: CreateSandbox,
+        request: CreateSandbox,
     ) -> Result<Sandbox, DomainError> {
-        let record = self.owned(caller, snapshot_id).await?;
+        let record = self.checked(caller, snapshot_id, Access::Read).await?;
+        self.start_from(caller, record, request, true).await
+    }
+
+    /// Starts a sandbox on `workspace` from its newest snapshot (`POST /workspaces/{id}/exec`
+    /// when nothing runs there): the snapshot's writable layer brings back what was installed.
+    /// The workspace's files are *not* rolled back: they persist on disk across sandboxes and
+    /// may be newer than the snapshot (a sandbox deleted without one), so they are restored
+    /// from it only when the workspace directory is gone (a new disk under the same store).
+    /// Without a snapshot, an ordinary sandbox starts.
+    pub async fn resume_workspace(
+        &self,
+        caller: &Principal,
+        workspace: &WorkspaceRecord,
+        request: CreateSandbox,
+    ) -> Result<Sandbox, DomainError> {
+        let request = CreateSandbox { workspace_id: Some(workspace.id.clone()), ..request };
+        let latest = self.store.list_snapshots(&workspace.id).await?.into_iter().next();
+        let Some(latest) = latest else {
+            return self.sandboxes.create(caller, request).await;
+        };
+        // Checked like any other use of the snapshot, though it is the workspace's own.
+        let record = self.checked(caller, &latest.id, Access::Read).await?;
+        let missing = !self.sandboxes.workspace_dir(&workspace.owner, &workspace.id).exists();
+        self.start_from(caller, record, request, missing).await
+    }
+
+    /// [`start_sandbox`](Self::start_sandbox) from a checked snapshot record; `restore_files`
+    /// says whether the workspace's files are restored from it too.
+    async fn start_from(
+        &self,
+        caller: &Principal,
+        record: SnapshotRecord,
+        mut request: CreateSandbox,
+        restore_files: bool,
+    ) -> Result<Sandbox, DomainError> {
+        let snapshot_id = record.id.clone();
         let owners = self.sandboxes.runtime().layer_owners();
         let layer = record.layer.clone().filter(|_| owners.is_some());
         if let Some(layer) = &layer {
@@ -429,16 +498,18 @@ impl SnapshotService {
             _ => None,
         };
         let workspace = request.workspace_id.clone().unwrap_or_else(|| record.workspace_id.clone());
-        let restore = RestoreSnapshot {
-            snapshot_id: snapshot_id.to_string(),
-            sandbox_id: None,
-            workspace_id: Some(workspace.clone()),
-        };
-        if let Err(err) = self.restore(caller, restore).await {
-            if let Some(dir) = layer_dir {
-                remove_in_background(dir);
+        if restore_files {
+            let restore = RestoreSnapshot {
+                snapshot_id: snapshot_id.clone(),
+                sandbox_id: None,
+                workspace_id: Some(workspace.clone()),
+            };
+            if let Err(err) = self.restore(caller, restore).await {
+                if let Some(dir) = layer_dir {
+                    remove_in_background(dir);
+                }
+                return Err(err);
             }
-            return Err(err);
         }
         request.workspace_id = Some(workspace);
         self.sandboxes.create_with_layer(caller, request, layer_dir).await
@@ -455,13 +526,13 @@ impl SnapshotService {
         body: impl AsyncRead + Unpin + Send + 'static,
     ) -> Result<Snapshot, DomainError> {
         let label = validate_label(label)?;
-        let workspace = self.sandboxes.resolve_workspace(caller, workspace_id).await?;
-        let dir = self.sandboxes.workspace_dir(caller.id(), &workspace);
+        let workspace = self.sandboxes.resolve_workspace(caller, workspace_id, Access::Write).await?;
+        let dir = self.sandboxes.workspace_dir(&workspace.owner, &workspace.id);
         let scratch = scratch_dir(&dir, "import")?;
         let result = async {
             transfer::unpack_reader(body, &scratch, self.unpack_options(None)?).await?;
             let what = Taking { label, kind: SnapshotKind::Import, pinned: false };
-            self.store_dir(caller.id(), &workspace, scratch.clone(), what, None).await
+            self.store_dir(&workspace.owner, &workspace.id, scratch.clone(), what, None).await
         }
         .await;
         remove_in_background(scratch);
@@ -514,12 +585,9 @@ impl SnapshotService {
         Ok(report)
     }
 
-    async fn owned(&self, caller: &Principal, id: &str) -> Result<SnapshotRecord, DomainError> {
-        match self.store.get_snapshot(id).await {
-            Ok(record) if record.owner == caller.id() && record.state == SnapshotState::Ready => Ok(record),
-            Ok(_) | Err(StoreError::NotFound) => Err(DomainError::NotFound(format!("snapshot {id}"))),
-            Err(err) => Err(err.into()),
-        }
+    /// A ready snapshot on whose workspace the caller has at least `needed`.
+    async fn checked(&self, caller: &Principal, id: &str, needed: Access) -> Result<SnapshotRecord, DomainError> {
+        Ok(self.sandboxes.access().snapshot(caller, id, needed).await?.0)
     }
 
     fn unpack_options(&self, record: Option<&SnapshotRecord>) -> Result<UnpackOptions, DomainError> {

@@ -153,7 +153,7 @@ fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal
     let limits = state.sandboxes.limits_for(caller.id());
     let busiest = state
         .sandboxes
-        .running_ids()
+        .running_ids_of(caller.id())
         .iter()
         .filter_map(|id| state.sandboxes.exec_quota(caller, id))
         .map(|status| status.used)

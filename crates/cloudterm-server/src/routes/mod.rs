@@ -4,6 +4,8 @@
 pub mod console;
 pub mod health;
 pub mod identity;
+pub mod marketplace;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod terminal;
+pub mod workspaces;

@@ -394,7 +394,7 @@ fn sandbox_response(sandbox: Sandbox) -> SandboxResponse {
     }
 }
 
-fn exec_request(body: ExecRequestBody) -> Result<ExecRequest, ApiError> {
+pub(crate) fn exec_request(body: ExecRequestBody) -> Result<ExecRequest, ApiError> {
     let stdin_base64 = match (body.stdin, body.stdin_base64) {
         (Some(_), Some(_)) => return Err(ApiError::Unprocessable("give stdin or stdin_base64, not both".into())),
         (Some(text), None) => Some(B64.encode(text)),
@@ -420,7 +420,7 @@ fn exit_code(code: Option<i32>, signal: Option<i32>) -> i32 {
     code.unwrap_or_else(|| 128 + signal.unwrap_or(0))
 }
 
-fn exec_response(result: ExecResult) -> ExecResponseBody {
+pub(crate) fn exec_response(result: ExecResult) -> ExecResponseBody {
     ExecResponseBody {
         exit_code: exit_code(result.exit_code, result.signal),
         stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
@@ -451,7 +451,7 @@ fn job_response(job: JobInfo) -> JobResponse {
     }
 }
 
-fn wants_event_stream(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_event_stream(headers: &HeaderMap) -> bool {
     headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/event-stream"))
 }
 
@@ -479,7 +479,9 @@ impl Utf8Chunker {
 }
 
 /// The SSE events of a streamed exec: `stdout`, `stderr`, then `exit` with a JSON body.
-fn exec_events(busy: Busy<cloudterm_runtime::ExecStream>) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+pub(crate) fn exec_events(
+    busy: Busy<cloudterm_runtime::ExecStream>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let state = (busy, Utf8Chunker::default(), Utf8Chunker::default(), false);
     stream::unfold(state, |(mut busy, mut out, mut err, finished)| async move {
         if finished {

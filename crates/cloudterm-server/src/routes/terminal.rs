@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cloudterm_api_types::{ErrorEnvelope, TerminalClientMessage, TerminalServerMessage};
 use cloudterm_domain::sandboxes::open_terminal;
-use cloudterm_domain::{DomainError, Principal};
+use cloudterm_domain::{Access, DomainError, Principal};
 use cloudterm_terminal::{check_session_name, check_size, AttachRequest, End, Opened, Viewer, ViewerEvent};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -58,7 +58,9 @@ pub struct TerminalQuery {
     /// A session to create or re-attach: 1 to 64 characters of `A-Z a-z 0-9 _ -`. Without it,
     /// a private session that ends when this connection closes.
     pub session: Option<String>,
-    /// `write` (default) or `read`: a read-only viewer's input and resizes are ignored.
+    /// `write` or `read`: a read-only viewer's input and resizes are ignored, and it can only
+    /// watch a running named session. The default is `write` for callers who may write on the
+    /// sandbox's workspace and `read` for those with `read` only.
     pub mode: Option<String>,
     /// The token, for clients that cannot send `Authorization` (browsers). The header wins
     /// when both are given.
@@ -93,12 +95,17 @@ pub async fn terminal(
     if let Some(name) = &query.session {
         check_session_name(name)?;
     }
-    let read_only = match query.mode.as_deref() {
-        None | Some("write") => false,
-        Some("read") => true,
+    let asked = match query.mode.as_deref() {
+        None => None,
+        Some("write") => Some(Access::Write),
+        Some("read") => Some(Access::Read),
         Some(other) => return Err(ApiError::Unprocessable(format!("mode must be read or write, got {other:?}"))),
     };
-    let guard = state.sandboxes.use_running(&caller.principal, &id).await?;
+    // A collaborator with `read` watches: read-only by default, refused when asking to type.
+    let access = state.sandboxes.access_to(&caller.principal, &id).await?;
+    let needed = asked.unwrap_or(if access >= Access::Write { Access::Write } else { Access::Read });
+    let read_only = needed == Access::Read;
+    let guard = state.sandboxes.use_running(&caller.principal, &id, needed).await?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::BadRequest(format!("this route needs a WebSocket upgrade: {}", rejection.body_text()))
     })?;
@@ -106,6 +113,12 @@ pub async fn terminal(
     let viewer = state
         .terminals
         .attach(request, |cols, rows| async move {
+            // Reached only when no session of that name runs: a watcher cannot start a shell.
+            if read_only {
+                return Err(DomainError::Conflict(
+                    "a read-only viewer can only watch a running named session (?session=NAME)".into(),
+                ));
+            }
             let busy = open_terminal(guard, cols, rows).await?;
             Ok::<_, DomainError>(Opened { stream: Box::new(busy.value), keepalive: Box::new(busy.guard) })
         })

@@ -19,3 +19,4 @@ mod snapshots;
 mod spec;
 mod terminal;
 mod warm_pool;
+mod workspaces;

@@ -464,3 +464,101 @@ fn snapshot_commands_drive_a_server() {
     // Sandboxes outlive their server on purpose: remove this one so no agent is left running.
     run(&["sandbox", "rm", sandbox]);
 }
+
+fn stdout_of(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout.clone()).expect("utf8")
+}
+
+#[test]
+fn workspace_and_marketplace_commands_drive_a_server() {
+    let home = tempfile::tempdir().expect("home");
+    let served = serve(home.path(), &[], &[("CLOUDTERM_RUNTIME", "process")]);
+    let alice = mint(home.path(), "alice");
+    let bob = mint(home.path(), "bob");
+    let run = |token: &str, args: &[&str]| client(home.path(), &served, token).args(args).output().expect("run");
+
+    let ws = stdout_of(&run(&alice, &["workspace", "create", "ml", "--tag", "gpu", "--description", "models"]));
+    let ws = ws.trim().to_string();
+    assert!(ws.starts_with("ws_"), "{ws:?}");
+    let output = run(&alice, &["workspace", "exec", &ws, "--", "sh", "-c", "echo in-$0 > f.txt; cat f.txt; exit 3"]);
+    assert_eq!(output.status.code(), Some(3), "the command's exit code is ours");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "in-sh\n");
+
+    // Bob sees nothing until Alice shares; then the workspace is listed with his permission.
+    assert!(!stdout_of(&run(&bob, &["workspace", "ls", "--shared"])).contains(&ws));
+    let output = run(&bob, &["workspace", "exec", &ws, "--", "true"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("404"), "{}", String::from_utf8_lossy(&output.stderr));
+    stdout_of(&run(&alice, &["workspace", "share", &ws, "bob", "read"]));
+    let listed = stdout_of(&run(&bob, &["workspace", "ls", "--shared"]));
+    let line = listed.lines().find(|l| l.contains(&ws)).unwrap_or_else(|| panic!("not listed: {listed}"));
+    assert!(line.contains("read") && line.contains("alice") && line.contains("gpu"), "{line}");
+    let output = run(&bob, &["workspace", "exec", &ws, "--", "true"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("403"));
+    stdout_of(&run(&alice, &["workspace", "share", &ws, "bob", "write"]));
+    let output = run(&bob, &["workspace", "exec", &ws, "--", "cat", "f.txt"]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "in-sh\n");
+    let bad = run(&alice, &["workspace", "share", &ws, "bob", "owner"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("422"));
+    stdout_of(&run(&alice, &["workspace", "revoke", &ws, "bob"]));
+    assert!(!stdout_of(&run(&bob, &["workspace", "ls", "--shared"])).contains(&ws));
+
+    // The marketplace: publish a worker with files, find it, show it, run it.
+    let files = tempfile::tempdir().expect("files");
+    std::fs::create_dir(files.path().join("lib")).expect("lib");
+    std::fs::write(files.path().join("run.sh"), "echo quoted: $(cat \"$CLOUDTERM_WORKER_DIR/lib/word\")\n")
+        .expect("run.sh");
+    std::fs::write(files.path().join("lib/word"), "hello\n").expect("word");
+    let files_dir = files.path().to_str().expect("utf8 path");
+    let publish = |version: &str| {
+        run(
+            &alice,
+            &[
+                "marketplace",
+                "publish",
+                "--name",
+                "quoter",
+                "--version",
+                version,
+                "--description",
+                "adds shell quoting",
+                "--tag",
+                "text",
+                "--command",
+                "sh \"$CLOUDTERM_WORKER_DIR/run.sh\"",
+                "--files",
+                files_dir,
+            ],
+        )
+    };
+    let worker = stdout_of(&publish("1.0.0")).trim().to_string();
+    assert!(worker.starts_with("wkr_"), "{worker:?}");
+    let again = publish("1.0.0");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("409"));
+    let not_semver = publish("1.0");
+    assert!(String::from_utf8_lossy(&not_semver.stderr).contains("422"));
+    stdout_of(&publish("1.1.0"));
+
+    let found = stdout_of(&run(&bob, &["marketplace", "search", "quoting"]));
+    assert!(found.lines().any(|l| l.contains(&worker) && l.contains("1.1.0")), "{found}");
+    assert_eq!(stdout_of(&run(&bob, &["marketplace", "search", "nothing-like-it"])).lines().count(), 1, "header only");
+    let shown = stdout_of(&run(&bob, &["marketplace", "show", &worker]));
+    assert!(shown.contains("1.1.0") && shown.contains("1.0.0") && shown.contains("[files]"), "{shown}");
+    let output = run(&alice, &["marketplace", "run", &worker, "--workspace", &ws, "--version", "1.0.0"]);
+    assert_eq!(stdout_of(&output), "quoted: hello\n");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("quoter 1.0.0"));
+    let output = run(&bob, &["marketplace", "run", &worker, "--workspace", &ws]);
+    assert_eq!(output.status.code(), Some(2), "bob no longer has access");
+
+    // Sandboxes outlive `serve` on purpose: remove the one the workspace exec started.
+    let listed = stdout_of(&run(&alice, &["sandbox", "ls"]));
+    for id in listed.lines().skip(1).filter_map(|line| line.split_whitespace().next()) {
+        stdout_of(&run(&alice, &["sandbox", "rm", id]));
+    }
+    let output = run(&alice, &["workspace", "rm", &ws]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
