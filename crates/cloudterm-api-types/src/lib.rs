@@ -7,6 +7,7 @@
 mod error;
 mod health;
 mod identity;
+mod preview;
 mod sandbox;
 mod snapshot;
 mod terminal;
@@ -14,6 +15,10 @@ mod terminal;
 pub use error::{ErrorBody, ErrorEnvelope};
 pub use health::{CheckResult, HealthResponse, ReadinessResponse};
 pub use identity::{DevTokenRequest, DevTokenResponse, Jwks, MeResponse, QuotaUsage};
+pub use preview::{
+    PreviewKey, PreviewLinkRequest, PreviewLinkResponse, PreviewList, PreviewResponse, RegisterPreviewRequest,
+    SandboxPreviewRequest,
+};
 pub use sandbox::{
     BackgroundRequest, CreateSandboxRequest, ExecRequestBody, ExecResponseBody, FileEntry, FileList, FileWritten,
     JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxLimits, SandboxList,

@@ -6,12 +6,14 @@
 
 pub mod error;
 pub mod ids;
+pub mod previews;
 pub mod principal;
 pub mod principals;
 pub mod sandboxes;
 pub mod snapshots;
 
 pub use error::DomainError;
+pub use previews::{Preview, PreviewService};
 pub use principal::{storage_name, Principal};
 pub use principals::{PrincipalService, PrincipalView};
 pub use sandboxes::{CreateSandbox, Sandbox, SandboxService, SandboxSettings};

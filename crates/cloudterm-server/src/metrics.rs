@@ -65,6 +65,7 @@ pub struct Metrics {
     terminal_sessions: Gauge,
     terminal_connections: Gauge,
     terminal_resyncs: Counter,
+    preview_promotions: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -124,6 +125,12 @@ impl Metrics {
             "Times a terminal viewer fell behind the output queue and was sent a repaint instead",
             terminal_resyncs.clone(),
         );
+        let preview_promotions = Counter::default();
+        registry.register(
+            "preview_fallback_promotions",
+            "Times a preview's requests moved to its fallback sandbox because the primary failed",
+            preview_promotions.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             http_requests,
@@ -135,6 +142,7 @@ impl Metrics {
             terminal_sessions,
             terminal_connections,
             terminal_resyncs,
+            preview_promotions,
         }
     }
 
@@ -210,6 +218,15 @@ impl cloudterm_terminal::Observer for Metrics {
     fn viewer_resynced(&self) {
         self.terminal_resyncs.inc();
     }
+}
+
+/// The preview service reports fallback promotions here.
+impl cloudterm_domain::previews::PreviewObserver for Metrics {
+    fn promoted(&self, _sandbox_id: &str, _port: u16, _fallback: &str) {
+        self.preview_promotions.inc();
+    }
+
+    fn restored(&self, _sandbox_id: &str, _port: u16) {}
 }
 
 impl Default for Metrics {

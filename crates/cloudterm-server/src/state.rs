@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cloudterm_blobstore::{BlobStore, BlobStoreConfig, S3Config};
-use cloudterm_domain::{PrincipalService, SandboxService, SandboxSettings, SnapshotService, SnapshotSettings};
+use cloudterm_domain::previews::PreviewSettings;
+use cloudterm_domain::{
+    PreviewService, PrincipalService, SandboxService, SandboxSettings, SnapshotService, SnapshotSettings,
+};
 use cloudterm_identity::{DevIssuer, Verifier, VerifierConfig};
 use cloudterm_runtime::{Limits, ProcessRuntime, ProcessRuntimeConfig, Runtime, RuntimeChoice, RuntimeKind, Selection};
 use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig};
@@ -40,6 +43,10 @@ pub struct App {
     pub snapshots: SnapshotService,
     /// Terminal sessions, which outlive their WebSocket connections.
     pub terminals: cloudterm_terminal::TerminalHub,
+    /// Registered previews, their health and fallbacks.
+    pub previews: PreviewService,
+    /// The preview proxy's link key and connection pool.
+    pub preview_router: crate::preview::PreviewRouter,
     /// Where the runtime keeps per-sandbox state.
     pub runtime_state_root: std::path::PathBuf,
     /// Prometheus metrics.
@@ -103,6 +110,16 @@ impl AppState {
             tracing::info!(pending = ?cleaned.removed_pending, strays = ?cleaned.removed_strays, aborted_uploads = cleaned.aborted_uploads, "cleaned up after interrupted snapshots");
         }
         let metrics = Metrics::new();
+        let previews = PreviewService::new(
+            store.clone(),
+            Arc::clone(&sandboxes),
+            Arc::new(metrics.clone()),
+            PreviewSettings::default(),
+        );
+        let preview_router = crate::preview::PreviewRouter {
+            links: crate::preview::LinkSigner::load(config.preview.secret_file.as_deref(), &config.data_dir)?,
+            pool: crate::preview::pool::Pool::default(),
+        };
         let terminals = cloudterm_terminal::TerminalHub::new(terminal_settings(&config), Arc::new(metrics.clone()));
         Ok(AppState(Arc::new(App {
             config,
@@ -115,6 +132,8 @@ impl AppState {
             sandboxes,
             snapshots,
             terminals,
+            previews,
+            preview_router,
             runtime_state_root: state_root_for_app,
             metrics,
         })))

@@ -451,7 +451,10 @@ impl SandboxService {
         Ok(report)
     }
 
-    fn live_sandbox(&self, id: &str) -> Option<Arc<LiveSandbox>> {
+    /// The running sandbox `id`, whoever owns it. No access check: only for callers that did
+    /// their own (the preview router decides who may reach a preview) or act for the system
+    /// (health checks, which must not reset the idle clock, so they use the agent directly).
+    pub fn live_sandbox(&self, id: &str) -> Option<Arc<LiveSandbox>> {
         self.live.read().ok().and_then(|live| live.get(id).cloned())
     }
 

@@ -11,6 +11,7 @@ mod health;
 mod isolation;
 mod listeners;
 mod plumbing;
+mod previews;
 mod sandboxes;
 mod snapshot_layers;
 mod snapshots;
