@@ -32,7 +32,7 @@ json() { python3 -c "import sys,json; print(json.load(sys.stdin)$1)"; }
 SBX=$(api -X POST -d '{}' "$URL/sandboxes" | json '["id"]')
 api -X PUT --data-binary "@$APP" "$URL/sandboxes/$SBX/files/preview_app.py" >/dev/null
 APP_PORT=$([ "$RUNTIME" = process ] && free_port || echo 8080)
-api -X POST -d "{\"argv\": [\"python3\", \"/workspace/preview_app.py\", \"$APP_PORT\", \"bench\"]}" \
+api -X POST -d "{\"argv\": [\"python3\", \"preview_app.py\", \"$APP_PORT\", \"bench\"]}" \
   "$URL/sandboxes/$SBX/background" >/dev/null
 probe="python3 -c \\\"import socket; socket.create_connection(('127.0.0.1', $APP_PORT), 1)\\\" && echo up"
 until api -X POST -d "{\"command\": \"$probe\"}" "$URL/sandboxes/$SBX/exec" | grep -q '"up\\n"'; do sleep 0.2; done

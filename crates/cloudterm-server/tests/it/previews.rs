@@ -59,7 +59,7 @@ async fn sandbox_with_app(api: &Api, port: u16, name: &str) -> String {
 
 /// Starts the app in the sandbox and waits until it listens; returns the job id.
 async fn start_app(api: &Api, id: &str, port: u16, name: &str) -> String {
-    let argv = json!(["python3", "/workspace/preview_app.py", port.to_string(), name]);
+    let argv = json!(["python3", "preview_app.py", port.to_string(), name]);
     let (status, job) = api.call("POST", &format!("/sandboxes/{id}/background"), Some(json!({"argv": argv}))).await;
     assert_eq!(status, 201, "{job}");
     let probe = format!(
