@@ -16,10 +16,13 @@ use hyper::client::conn::http1::SendRequest;
 /// Most connections kept per target (ready or still answering).
 const MAX_PER_TARGET: usize = 64;
 
-/// Connections per `(sandbox, port)`.
+/// A target: `(sandbox, port)`.
+type Target = (String, u16);
+
+/// Connections per target.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<(String, u16), Vec<SendRequest<Body>>>>,
+    idle: Mutex<HashMap<Target, Vec<SendRequest<Body>>>>,
 }
 
 impl Pool {
