@@ -18,7 +18,13 @@ DATA=$(mktemp -d)
 chmod 711 "$DATA"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$DATA"' EXIT
+SBX=
+cleanup() {
+  # Sandboxes outlive their server on purpose: delete ours first.
+  [ -n "$SBX" ] && curl -fs -X DELETE -H "Authorization: Bearer $TOKEN" "$URL/sandboxes/$SBX" >/dev/null || true
+  kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$DATA"
+}
+trap cleanup EXIT
 
 CLOUDTERM_LOG=warn CLOUDTERM_RUNTIME=$RUNTIME CLOUDTERM_WARM_POOL=0 \
   "$BIN/cloudterm" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" &
