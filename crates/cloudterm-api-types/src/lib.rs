@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod identity;
 mod marketplace;
+mod preview;
 mod sandbox;
 mod snapshot;
 mod terminal;
@@ -19,6 +20,10 @@ pub use identity::{DevTokenRequest, DevTokenResponse, Jwks, MeResponse, QuotaUsa
 pub use marketplace::{
     PublishRequest, PublishResponse, WorkerFileBody, WorkerHit, WorkerResponse, WorkerSearchResponse,
     WorkerVersionResponse,
+};
+pub use preview::{
+    PreviewKey, PreviewLinkRequest, PreviewLinkResponse, PreviewList, PreviewResponse, RegisterPreviewRequest,
+    SandboxPreviewRequest,
 };
 pub use sandbox::{
     BackgroundRequest, CreateSandboxRequest, ExecRequestBody, ExecResponseBody, FileEntry, FileList, FileWritten,

@@ -43,6 +43,8 @@ pub struct Config {
     pub quotas: QuotaConfig,
     /// Terminal sessions.
     pub terminal: TerminalConfig,
+    /// The preview router.
+    pub preview: PreviewConfig,
 }
 
 /// Dedicated listeners: serve one service alone on its own address (the seed's 8000–8003).
@@ -264,6 +266,29 @@ impl Default for TerminalConfig {
     }
 }
 
+/// The preview router (`/preview/...`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreviewConfig {
+    /// The public base URL previews are reached at (`https://cloudterm.example.com`), used to
+    /// build the URLs the API hands out and `X-Forwarded-Proto`; unset, the request's `Host`
+    /// (or the dedicated preview listener's address) with `http`.
+    pub base_url: Option<String>,
+    /// A file holding the key that signs preview links (64+ hex characters); unset,
+    /// `DATA_DIR/preview/link.key`, created on first start. Servers sharing a store must share it.
+    pub secret_file: Option<PathBuf>,
+    /// Seconds between health checks of every registered preview (0: off).
+    pub health_interval_seconds: u64,
+    /// Lifetime of a signed link when the request names none, seconds.
+    pub link_ttl_seconds: u64,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        PreviewConfig { base_url: None, secret_file: None, health_interval_seconds: 10, link_ttl_seconds: 3600 }
+    }
+}
+
 /// Default limits per principal.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -303,6 +328,7 @@ impl Default for Config {
             sandboxes: SandboxConfig::default(),
             quotas: QuotaConfig::default(),
             terminal: TerminalConfig::default(),
+            preview: PreviewConfig::default(),
         }
     }
 }
@@ -378,6 +404,9 @@ pub fn default_data_dir() -> PathBuf {
     }
     PathBuf::from("cloudterm-data")
 }
+
+/// Longest lifetime of a signed preview link, seconds (a week).
+pub const MAX_LINK_TTL_SECONDS: u64 = 604_800;
 
 /// Why the configuration cannot be used. The message always names the key or variable.
 #[derive(Debug, thiserror::Error)]
@@ -873,6 +902,42 @@ pub const SETTINGS: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        key: "preview.base_url",
+        env: "CLOUDTERM_PREVIEW_BASE_URL",
+        help: "public base URL of the preview router, e.g. https://cloudterm.example.com (default: the request's Host, http)",
+        apply: |c, v| {
+            c.preview.base_url = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "preview.secret_file",
+        env: "CLOUDTERM_PREVIEW_SECRET_FILE",
+        help: "key that signs preview links, 64+ hex characters (default DATA_DIR/preview/link.key, created)",
+        apply: |c, v| {
+            c.preview.secret_file = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "preview.health_interval_seconds",
+        env: "CLOUDTERM_PREVIEW_HEALTH_INTERVAL_SECONDS",
+        help: "seconds between health checks of registered previews (default 10; 0 off)",
+        apply: |c, v| {
+            c.preview.health_interval_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "preview.link_ttl_seconds",
+        env: "CLOUDTERM_PREVIEW_LINK_TTL_SECONDS",
+        help: "lifetime of a signed preview link when the request names none (default 3600)",
+        apply: |c, v| {
+            c.preview.link_ttl_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
 ];
 
 /// The environment variable of a config key.
@@ -1002,6 +1067,23 @@ impl Config {
             .kind
             .parse::<cloudterm_runtime::RuntimeChoice>()
             .map_err(|message| invalid("runtime.kind", message))?;
+        if let Some(url) = &self.preview.base_url {
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(|host| host.is_empty() || host.contains(['/', '?', '#'])) {
+                return Err(invalid(
+                    "preview.base_url",
+                    format!(
+                        "expected an http(s) URL without a path, such as https://cloudterm.example.com, got {url:?}"
+                    ),
+                ));
+            }
+        }
+        if !(1..=MAX_LINK_TTL_SECONDS).contains(&self.preview.link_ttl_seconds) {
+            return Err(invalid(
+                "preview.link_ttl_seconds",
+                format!("must be 1 to {MAX_LINK_TTL_SECONDS}, got {}", self.preview.link_ttl_seconds),
+            ));
+        }
         Ok(())
     }
 

@@ -11,6 +11,8 @@ use cloudterm_domain::DomainError;
 use cloudterm_identity::AuthError;
 use cloudterm_terminal::{AttachError, TerminalError};
 
+use crate::preview::PreviewError;
+
 /// Every way a request can fail, as the HTTP contract sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -54,6 +56,10 @@ pub enum ApiError {
         /// Seconds until a retry may succeed.
         retry_after_seconds: u64,
     },
+    /// 502: a preview's target did not answer (nothing listens on the port, the sandbox is
+    /// not running, or the target broke the exchange).
+    #[error("{0}")]
+    BadGateway(String),
     /// 503: a dependency is down.
     #[error("{0}")]
     Unavailable(String),
@@ -77,6 +83,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -114,7 +121,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let detail = self.to_string();
-        let message = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) {
+        let message = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_) | ApiError::BadGateway(_))
+        {
             "internal error; the server log has the details".to_string()
         } else {
             detail.clone()
@@ -172,6 +180,19 @@ impl From<AttachError<DomainError>> for ApiError {
     }
 }
 
+impl From<PreviewError> for ApiError {
+    fn from(err: PreviewError) -> Self {
+        match err {
+            PreviewError::BadPort(message) => ApiError::BadRequest(message),
+            err @ (PreviewError::NoCredentials | PreviewError::LinkExpired) => ApiError::Unauthorized(err.to_string()),
+            PreviewError::LinkRefused(message) => ApiError::Forbidden(message),
+            err @ PreviewError::NotFound(_) => ApiError::NotFound(err.to_string()),
+            PreviewError::Unreachable(message) => ApiError::BadGateway(message),
+            PreviewError::Domain(err) => err.into(),
+        }
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
@@ -221,6 +242,21 @@ mod tests {
             (DomainError::Forbidden("x".into()), StatusCode::FORBIDDEN),
             (DomainError::Unavailable("x".into()), StatusCode::SERVICE_UNAVAILABLE),
             (DomainError::Internal("x".into()), StatusCode::INTERNAL_SERVER_ERROR),
+        ];
+        for (err, status) in cases {
+            assert_eq!(ApiError::from(err).status_and_code().0, status);
+        }
+    }
+
+    #[test]
+    fn preview_errors_map_to_the_contract() {
+        let cases = [
+            (PreviewError::BadPort("x".into()), StatusCode::BAD_REQUEST),
+            (PreviewError::NoCredentials, StatusCode::UNAUTHORIZED),
+            (PreviewError::LinkExpired, StatusCode::UNAUTHORIZED),
+            (PreviewError::LinkRefused("x".into()), StatusCode::FORBIDDEN),
+            (PreviewError::NotFound("x".into()), StatusCode::NOT_FOUND),
+            (PreviewError::Unreachable("x".into()), StatusCode::BAD_GATEWAY),
         ];
         for (err, status) in cases {
             assert_eq!(ApiError::from(err).status_and_code().0, status);

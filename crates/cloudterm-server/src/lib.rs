@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod preview;
 pub mod quota_warning;
 pub mod router;
 pub mod routes;

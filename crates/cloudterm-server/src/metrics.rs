@@ -79,6 +79,7 @@ pub struct Metrics {
     terminal_resyncs: Counter,
     quota_violations: Family<QuotaLabels, Counter>,
     sandboxes: SandboxSeries,
+    preview_promotions: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -145,6 +146,12 @@ impl Metrics {
             quota_violations.clone(),
         );
         let sandboxes = SandboxSeries::register(&mut registry);
+        let preview_promotions = Counter::default();
+        registry.register(
+            "preview_fallback_promotions",
+            "Times a preview's requests moved to its fallback sandbox because the primary failed",
+            preview_promotions.clone(),
+        );
         Metrics {
             quota_violations,
             sandboxes,
@@ -158,6 +165,7 @@ impl Metrics {
             terminal_sessions,
             terminal_connections,
             terminal_resyncs,
+            preview_promotions,
         }
     }
 
@@ -238,6 +246,15 @@ impl cloudterm_terminal::Observer for Metrics {
     fn viewer_resynced(&self) {
         self.terminal_resyncs.inc();
     }
+}
+
+/// The preview service reports fallback promotions here.
+impl cloudterm_domain::previews::PreviewObserver for Metrics {
+    fn promoted(&self, _sandbox_id: &str, _port: u16, _fallback: &str) {
+        self.preview_promotions.inc();
+    }
+
+    fn restored(&self, _sandbox_id: &str, _port: u16) {}
 }
 
 impl Default for Metrics {

@@ -70,7 +70,9 @@ async fn request_timeout(State(timeout): State<std::time::Duration>, request: Re
 async fn ensure_json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    // A preview target's own answers are its business, passed through as they are.
+    let proxied = response.extensions().get::<crate::preview::Proxied>().is_some();
+    if proxied || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let response = if response.extensions().get::<ErrorDetail>().is_some() {

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::middleware;
-use crate::routes::{console, health, identity, marketplace, sandboxes, snapshots, terminal, workspaces};
+use crate::routes::{console, health, identity, marketplace, previews, sandboxes, snapshots, terminal, workspaces};
 use crate::state::AppState;
 
 /// The services a listener can serve. Identity, health, metrics and docs come with every one.
@@ -91,6 +91,8 @@ pub const UNTIMED_ROUTES: &[&str] = &[
     "/snapshot/restore",
     "/snapshot/import",
     "/snapshot/{snapshot_id}/download",
+    "/preview/{sandbox_id}/{port}/",
+    "/preview/{sandbox_id}/{port}/{*path}",
 ];
 
 /// Routes every listener serves: health, metrics, identity.
@@ -118,7 +120,8 @@ fn service_routes(service: Service) -> OpenApiRouter<AppState> {
             .routes(routes!(sandboxes::start_background, sandboxes::list_background))
             .routes(routes!(sandboxes::background_logs))
             .routes(routes!(sandboxes::stop_background))
-            .routes(routes!(terminal::terminal)),
+            .routes(routes!(terminal::terminal))
+            .routes(routes!(previews::create_sandbox_preview)),
         Service::Snapshot => OpenApiRouter::new()
             .routes(routes!(snapshots::create_snapshot))
             .routes(routes!(snapshots::restore_snapshot))
@@ -139,7 +142,14 @@ fn service_routes(service: Service) -> OpenApiRouter<AppState> {
             .routes(routes!(marketplace::publish_worker))
             .routes(routes!(marketplace::search_workers))
             .routes(routes!(marketplace::get_worker)),
-        Service::Preview => OpenApiRouter::new(),
+        Service::Preview => OpenApiRouter::new()
+            .routes(routes!(previews::register_preview))
+            .routes(routes!(previews::list_previews))
+            .routes(routes!(previews::unregister_preview))
+            .routes(routes!(previews::create_preview_link))
+            .routes(routes!(previews::proxy_bare))
+            .routes(routes!(previews::proxy_root))
+            .routes(routes!(previews::proxy_path)),
     }
 }
 

@@ -47,7 +47,8 @@ pub async fn start(state: AppState) -> anyhow::Result<RunningServer> {
     let main_addr = main.local_addr()?;
     spawn(&mut tasks, main, app(&state, &main_services), stopped.clone());
     spawn_reaper(&mut tasks, state.clone(), stopped.clone());
-    spawn_periodic_snapshots(&mut tasks, state.clone(), stopped);
+    spawn_periodic_snapshots(&mut tasks, state.clone(), stopped.clone());
+    spawn_preview_health(&mut tasks, state.clone(), stopped);
     let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
     Ok(RunningServer { main_addr, service_addrs, state, stop, tasks, grace })
 }
@@ -125,6 +126,27 @@ fn spawn_periodic_snapshots(
                 state.metrics.snapshot_stored(snapshot);
             }
             tracing::info!(snapshots = taken.len(), "periodic snapshots taken");
+        }
+    });
+}
+
+/// Checks every registered preview's targets (and promotes fallbacks), until shutdown.
+fn spawn_preview_health(tasks: &mut JoinSet<std::io::Result<()>>, state: AppState, mut stopped: watch::Receiver<bool>) {
+    let seconds = state.config.preview.health_interval_seconds;
+    if seconds == 0 {
+        return;
+    }
+    tasks.spawn(async move {
+        loop {
+            state.previews.check_all().await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
+                changed = stopped.changed() => {
+                    if changed.is_err() || *stopped.borrow() {
+                        return Ok(());
+                    }
+                }
+            }
         }
     });
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cloudterm_blobstore::{BlobStore, BlobStoreConfig, S3Config};
+use cloudterm_domain::previews::PreviewSettings;
 use cloudterm_domain::{
-    MarketplaceService, MarketplaceSettings, PrincipalService, SandboxService, SandboxSettings, SnapshotService,
-    SnapshotSettings, WorkspaceService,
+    MarketplaceService, MarketplaceSettings, PreviewService, PrincipalService, SandboxService, SandboxSettings,
+    SnapshotService, SnapshotSettings, WorkspaceService,
 };
 use cloudterm_identity::{DevIssuer, Verifier, VerifierConfig};
 use cloudterm_runtime::{Limits, ProcessRuntime, ProcessRuntimeConfig, Runtime, RuntimeChoice, RuntimeKind, Selection};
@@ -47,6 +48,10 @@ pub struct App {
     pub marketplace: Arc<MarketplaceService>,
     /// Terminal sessions, which outlive their WebSocket connections.
     pub terminals: cloudterm_terminal::TerminalHub,
+    /// Registered previews, their health and fallbacks.
+    pub previews: PreviewService,
+    /// The preview proxy's link key and connection pool.
+    pub preview_router: crate::preview::PreviewRouter,
     /// Where the runtime keeps per-sandbox state.
     pub runtime_state_root: std::path::PathBuf,
     /// Prometheus metrics.
@@ -125,6 +130,16 @@ impl AppState {
             Arc::clone(&marketplace),
         );
         let metrics = Metrics::new();
+        let previews = PreviewService::new(
+            store.clone(),
+            Arc::clone(&sandboxes),
+            Arc::new(metrics.clone()),
+            PreviewSettings::default(),
+        );
+        let preview_router = crate::preview::PreviewRouter {
+            links: crate::preview::LinkSigner::load(config.preview.secret_file.as_deref(), &config.data_dir)?,
+            pool: crate::preview::pool::Pool::default(),
+        };
         let terminals = cloudterm_terminal::TerminalHub::new(terminal_settings(&config), Arc::new(metrics.clone()));
         Ok(AppState(Arc::new(App {
             config,
@@ -139,6 +154,8 @@ impl AppState {
             workspaces,
             marketplace,
             terminals,
+            previews,
+            preview_router,
             runtime_state_root: state_root_for_app,
             metrics,
         })))

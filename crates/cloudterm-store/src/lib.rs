@@ -235,6 +235,9 @@ pub trait Store: Send + Sync + 'static {
     /// The owner's previews, oldest first.
     async fn list_previews_by_owner(&self, owner: &str) -> Result<Vec<PreviewRecord>, StoreError>;
 
+    /// Every preview, oldest first (the preview router's health checker walks them all).
+    async fn list_previews(&self) -> Result<Vec<PreviewRecord>, StoreError>;
+
     /// The sandbox's previews, by port.
     async fn list_previews_by_sandbox(&self, sandbox_id: &str) -> Result<Vec<PreviewRecord>, StoreError>;
 

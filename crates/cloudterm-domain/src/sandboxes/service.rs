@@ -288,6 +288,13 @@ impl SandboxService {
         Ok(self.view(record))
     }
 
+    /// Checks that the caller has at least `needed` on the sandbox's workspace (`NotFound` for
+    /// a non-member, `Forbidden` below the level): for services that act on a sandbox without
+    /// going through its agent (previews).
+    pub async fn check_access(&self, caller: &Principal, id: &str, needed: Access) -> Result<(), DomainError> {
+        self.access.sandbox(caller, id, needed).await.map(|_| ())
+    }
+
     /// Stops the sandbox, removes everything it held on the host and forgets it. The
     /// workspace stays.
     pub async fn delete(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {
@@ -487,7 +494,10 @@ impl SandboxService {
         Ok(report)
     }
 
-    pub(crate) fn live_sandbox(&self, id: &str) -> Option<Arc<LiveSandbox>> {
+    /// The running sandbox `id`, whoever owns it. No access check: only for callers that did
+    /// their own (the preview router decides who may reach a preview) or act for the system
+    /// (health checks, which must not reset the idle clock, so they use the agent directly).
+    pub fn live_sandbox(&self, id: &str) -> Option<Arc<LiveSandbox>> {
         self.live.read().ok().and_then(|live| live.get(id).cloned())
     }
 

@@ -64,6 +64,8 @@ fn every_setting_has_a_working_override() {
             "snapshots.on_idle" => "false",
             "snapshots.periodic_seconds" => "3600",
             "snapshots.key_file" => "/etc/cloudterm/snapshot.key",
+            "preview.base_url" => "https://preview.example.com",
+            "preview.secret_file" => "/etc/cloudterm/preview.key",
             key if key.ends_with("seconds") || key.ends_with("bytes") || key.starts_with("quotas.") => "7",
             _ => "something",
         };
@@ -163,4 +165,25 @@ fn store_passwords_never_reach_logs_or_errors() {
     let err = Config::load(None, env_of(&[("CLOUDTERM_STORE_URL", "mysql://u:hunter2@h/d")]), &Overrides::default())
         .expect_err("mysql is refused");
     assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn preview_settings_are_checked() {
+    for bad in ["ftp://x", "https://", "https://host/path", "host.example.com"] {
+        let err =
+            Config::load(None, env_of(&[("CLOUDTERM_PREVIEW_BASE_URL", bad)]), &Overrides::default()).expect_err(bad);
+        assert!(err.to_string().contains("preview.base_url"), "{err}");
+    }
+    for bad in ["0", "604801"] {
+        let err = Config::load(None, env_of(&[("CLOUDTERM_PREVIEW_LINK_TTL_SECONDS", bad)]), &Overrides::default())
+            .expect_err(bad);
+        assert!(err.to_string().contains("preview.link_ttl_seconds"), "{err}");
+    }
+    let config = Config::load(
+        None,
+        env_of(&[("CLOUDTERM_PREVIEW_BASE_URL", "https://p.example.com:8443")]),
+        &Overrides::default(),
+    )
+    .expect("load");
+    assert_eq!(config.preview.base_url.as_deref(), Some("https://p.example.com:8443"));
 }

@@ -5,6 +5,7 @@ pub mod console;
 pub mod health;
 pub mod identity;
 pub mod marketplace;
+pub mod previews;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod terminal;

@@ -169,6 +169,10 @@ async fn every_route_enforces_the_permission_matrix() {
         row("POST", "/snapshot/restore".into(), Body::Json(json!({"snapshot_id": snap})), write),
         // Past the check, a body that is not an archive is refused (422).
         row("POST", format!("/snapshot/import?workspace_id={ws}"), Body::Raw(b"not a tar"), [422, 422, 422, 403, 404]),
+        // Previews of the workspace's sandbox: exposing a port is a write; members may reach a
+        // private one with their token (nothing listens there: 502 past the check).
+        row("POST", format!("/sandboxes/{sbx}/preview"), Body::Json(json!({"port": 8765})), write),
+        row("GET", format!("/preview/{sbx}/8765/"), Body::None, [502, 502, 502, 502, 404]),
     ];
     let mut failures = Vec::new();
     for (role, api) in ROLES.iter().zip(&apis) {

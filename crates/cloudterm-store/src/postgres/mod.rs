@@ -361,6 +361,10 @@ impl Store for PgStore {
         previews::list_by_owner(&self.pool, owner).await
     }
 
+    async fn list_previews(&self) -> Result<Vec<PreviewRecord>, StoreError> {
+        previews::list_all(&self.pool).await
+    }
+
     async fn list_previews_by_sandbox(&self, sandbox_id: &str) -> Result<Vec<PreviewRecord>, StoreError> {
         if absent(sandbox_id) {
             return Ok(Vec::new());

@@ -295,6 +295,10 @@ impl Store for SqliteStore {
         previews::list_by_owner(&self.pool, owner).await
     }
 
+    async fn list_previews(&self) -> Result<Vec<PreviewRecord>, StoreError> {
+        previews::list_all(&self.pool).await
+    }
+
     async fn list_previews_by_sandbox(&self, sandbox_id: &str) -> Result<Vec<PreviewRecord>, StoreError> {
         previews::list_by_sandbox(&self.pool, sandbox_id).await
     }

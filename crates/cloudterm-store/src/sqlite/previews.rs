@@ -65,6 +65,14 @@ pub(super) async fn list_by_owner(pool: &SqlitePool, owner: &str) -> Result<Vec<
     rows.iter().map(from_row).collect()
 }
 
+/// Every preview, oldest first.
+pub(super) async fn list_all(pool: &SqlitePool) -> Result<Vec<PreviewRecord>, StoreError> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM previews ORDER BY created_at, sandbox_id, port"))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
 /// The sandbox's previews, by port.
 pub(super) async fn list_by_sandbox(pool: &SqlitePool, sandbox_id: &str) -> Result<Vec<PreviewRecord>, StoreError> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM previews WHERE sandbox_id = $1 ORDER BY port"))

@@ -49,6 +49,9 @@ async fn listings_and_delete(db: TestDb) {
     let by_sandbox = db.store.list_previews_by_sandbox("sbx_1").await.expect("sbx");
     let ports: Vec<u16> = by_sandbox.iter().map(|p| p.port).collect();
     assert_eq!(ports, [3000, 8080], "by port");
+    let all = db.store.list_previews().await.expect("all");
+    let keys: Vec<(&str, u16)> = all.iter().map(|p| (p.sandbox_id.as_str(), p.port)).collect();
+    assert_eq!(keys, [("sbx_2", 80), ("sbx_1", 8080), ("sbx_1", 3000)], "every owner's, oldest first");
 
     db.store.delete_preview("sbx_1", 8080).await.expect("delete");
     assert!(matches!(db.store.get_preview("sbx_1", 8080).await, Err(StoreError::NotFound)));

@@ -1,0 +1,88 @@
+//! Who may reach a preview: anyone when it is public; otherwise its owner's bearer token, or a
+//! signed link (in the query once, then as a cookie scoped to the preview's path).
+//!
+//! The answers never reveal a private preview to someone who may not see it: no credentials
+//! is 401 whether the preview exists or not, another principal's token is 404 either way.
+
+use axum::http::header::{self, HeaderMap};
+use cloudterm_domain::access::Access;
+use cloudterm_domain::Preview;
+
+use crate::error::ApiError;
+use crate::preview::link::LinkError;
+use crate::preview::{rewrite, PreviewError};
+use crate::state::AppState;
+
+/// Why a request may go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// The preview is public.
+    Public,
+    /// The owner's bearer token.
+    Owner,
+    /// A valid signed link.
+    Link {
+        /// The link's token.
+        token: String,
+        /// It came in the query (not yet a cookie): set the cookie.
+        from_query: bool,
+        /// When it expires, Unix seconds.
+        expires: i64,
+    },
+}
+
+/// Decides whether the request may reach `sandbox_id:port` (whose registration is `preview`,
+/// if any). `query_token` is the link parameter, already taken out of the query.
+pub async fn authorize(
+    state: &AppState,
+    sandbox_id: &str,
+    port: u16,
+    preview: Option<&Preview>,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Grant, ApiError> {
+    let not_found = || ApiError::from(PreviewError::NotFound(format!("{sandbox_id}:{port}")));
+    if preview.is_some_and(|preview| preview.public) {
+        return Ok(Grant::Public);
+    }
+    if let Some(token) = bearer(headers) {
+        let verified = state.verifier.verify(token).await?;
+        return match preview {
+            Some(preview) if preview.owner == verified.principal => Ok(Grant::Owner),
+            // A member of the sandbox's workspace (read or better) sees its previews too.
+            Some(_) => {
+                let member = cloudterm_domain::principal::Principal::new(verified.principal.clone());
+                match state.sandboxes.check_access(&member, sandbox_id, Access::Read).await {
+                    Ok(()) => Ok(Grant::Owner),
+                    Err(_) => Err(not_found()),
+                }
+            }
+            None => Err(not_found()),
+        };
+    }
+    let (token, from_query) = match (query_token, rewrite::link_cookie(headers)) {
+        (Some(token), _) => (token.to_owned(), true),
+        (None, Some(token)) => (token, false),
+        (None, None) => return Err(PreviewError::NoCredentials.into()),
+    };
+    let claims =
+        state.preview_router.links.verify(&token, chrono::Utc::now().timestamp()).map_err(|err| match err {
+            LinkError::Expired => PreviewError::LinkExpired,
+            LinkError::Invalid => PreviewError::LinkRefused("the preview link is not valid".into()),
+        })?;
+    if claims.sandbox_id != sandbox_id || claims.port != port {
+        return Err(PreviewError::LinkRefused("the preview link is for another preview".into()).into());
+    }
+    let preview = preview.ok_or_else(not_found)?;
+    if claims.generation != preview.generation() {
+        return Err(PreviewError::LinkRefused("the preview link was revoked".into()).into());
+    }
+    Ok(Grant::Link { token, from_query, expires: claims.expires })
+}
+
+/// The bearer token, if the request sends one (`Authorization: Basic` is the target's).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|token| !token.is_empty())
+}
