@@ -233,12 +233,17 @@ pub async fn connect(mut req: Request<Incoming>, q: Vec<(String, String)>) -> Re
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "connect_timeout", format!("port {port} did not answer"))
         })?
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "connect_failed", format!("port {port}: {e}")))?;
+    // A pipe, not a stream of its own: forward each write as it comes (previews' small
+    // requests and answers would otherwise wait on Nagle's algorithm).
+    let _ = tcp.set_nodelay(true);
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let mut io = TokioIo::new(upgraded);
         let mut tcp = tcp;
-        let _ = tokio::io::copy_bidirectional(&mut io, &mut tcp).await;
+        // 64 KiB each way instead of tokio's 8 KiB: a bulk download through a preview is
+        // copied here once more than direct, so fewer, larger reads and writes matter.
+        let _ = tokio::io::copy_bidirectional_with_sizes(&mut io, &mut tcp, 64 << 10, 64 << 10).await;
     });
     Ok(switching(UPGRADE_TCP))
 }

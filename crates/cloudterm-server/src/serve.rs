@@ -65,6 +65,13 @@ fn spawn(
     mut stopped: watch::Receiver<bool>,
 ) {
     tasks.spawn(async move {
+        // TCP_NODELAY: answers, terminal keystrokes and proxied previews are small writes that
+        // Nagle's algorithm would hold back until the peer's delayed ACK (up to 40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
+            }
+        });
         // With the peer's address: `POST /dev/token` answers only connections from loopback.
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
