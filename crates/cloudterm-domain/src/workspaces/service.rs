@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use chrono::Utc;
 use cloudterm_agent_protocol::ExecRequest;
-use cloudterm_runtime::{ExecResult, ExecStream};
 use cloudterm_store::{AuditRecord, NewAuditRecord, ShareRecord, Store, StoreError, WorkspaceRecord};
 
 use crate::access::{Access, AccessControl, Grant};
@@ -15,7 +14,7 @@ use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::marketplace::{self, MarketplaceService};
 use crate::principal::Principal;
-use crate::sandboxes::{Busy, CreateSandbox, SandboxService};
+use crate::sandboxes::{CreateSandbox, SandboxService};
 use crate::snapshots::SnapshotService;
 use crate::workspaces::model::{CreateWorkspace, RunWorker, WorkerRun, Workspace};
 use crate::workspaces::validate;
@@ -245,23 +244,17 @@ impl WorkspaceService {
         found
     }
 
-    /// Runs a command in the workspace's sandbox (write), starting one if none runs.
-    pub async fn exec(&self, caller: &Principal, id: &str, request: ExecRequest) -> Result<ExecResult, DomainError> {
-        crate::sandboxes::check_command(&request.command, &request.argv)?;
-        let sandbox = self.sandbox_for(caller, id).await?;
-        self.sandboxes.exec(caller, &sandbox, request).await
-    }
-
-    /// Like [`exec`](Self::exec), streaming the output.
-    pub async fn exec_stream(
+    /// The sandbox a command for the workspace runs in (write), starting one if none runs. The
+    /// command is checked first, so a bad one never starts a sandbox; the caller then runs it
+    /// through the sandbox's own exec (quota, metrics and all).
+    pub async fn exec_target(
         &self,
         caller: &Principal,
         id: &str,
-        request: ExecRequest,
-    ) -> Result<Busy<ExecStream>, DomainError> {
+        request: &ExecRequest,
+    ) -> Result<String, DomainError> {
         crate::sandboxes::check_command(&request.command, &request.argv)?;
-        let sandbox = self.sandbox_for(caller, id).await?;
-        self.sandboxes.exec_stream(caller, &sandbox, request).await
+        self.sandbox_for(caller, id).await
     }
 
     /// Installs a worker's files into `.workers/NAME/` of the workspace (replacing an earlier

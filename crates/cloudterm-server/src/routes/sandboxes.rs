@@ -123,18 +123,31 @@ pub async fn exec_sandbox(
     ApiJson(body): ApiJson<ExecRequestBody>,
 ) -> Result<Response, ApiError> {
     let request = exec_request(body)?;
+    run_exec(&state, &caller, &id, request, &headers).await
+}
+
+/// Runs a command in sandbox `id` for the caller, as JSON or as an SSE stream, counting it in
+/// the exec metrics and answering `X-Quota-Warning`: the one exec path of the sandbox and
+/// workspace routes.
+pub(crate) async fn run_exec(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    request: ExecRequest,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let program = crate::metrics::program_name(request.argv.as_deref(), request.command.as_deref());
-    if wants_event_stream(&headers) {
-        let busy = state.sandboxes.exec_stream(&caller.principal, &id, request).await?;
-        state.metrics.sandboxes().exec_started(&id, &program);
-        let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, &id));
+    if wants_event_stream(headers) {
+        let busy = state.sandboxes.exec_stream(&caller.principal, id, request).await?;
+        state.metrics.sandboxes().exec_started(id, &program);
+        let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, id));
         return Ok((warning, Sse::new(exec_events(busy)).keep_alive(KeepAlive::default())).into_response());
     }
     let started = std::time::Instant::now();
-    let result = state.sandboxes.exec(&caller.principal, &id, request).await?;
-    state.metrics.sandboxes().exec_started(&id, &program);
+    let result = state.sandboxes.exec(&caller.principal, id, request).await?;
+    state.metrics.sandboxes().exec_started(id, &program);
     state.metrics.sandboxes().exec_finished(&program, started.elapsed().as_secs_f64());
-    let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, &id));
+    let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, id));
     Ok((warning, Json(exec_response(result))).into_response())
 }
 

@@ -4,8 +4,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
 use cloudterm_api_types::{
@@ -20,7 +19,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Caller};
-use crate::routes::sandboxes::{exec_events, exec_request, exec_response, wants_event_stream};
+use crate::routes::sandboxes::{exec_request, exec_response, run_exec};
 use crate::state::AppState;
 
 /// Creates a named workspace owned by the caller.
@@ -113,12 +112,8 @@ pub async fn exec_workspace(
 ) -> Result<Response, ApiError> {
     state.principals.whoami(&caller.principal).await?;
     let request = exec_request(body)?;
-    if wants_event_stream(&headers) {
-        let busy = state.workspaces.exec_stream(&caller.principal, &id, request).await?;
-        return Ok(Sse::new(exec_events(busy)).keep_alive(KeepAlive::default()).into_response());
-    }
-    let result = state.workspaces.exec(&caller.principal, &id, request).await?;
-    Ok(Json(exec_response(result)).into_response())
+    let sandbox = state.workspaces.exec_target(&caller.principal, &id, &request).await?;
+    run_exec(&state, &caller, &sandbox, request, &headers).await
 }
 
 /// Grants a collaborator `read`, `write` or `admin` (or changes their grant). Needs `admin`.
