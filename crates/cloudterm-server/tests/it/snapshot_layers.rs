@@ -7,9 +7,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use chrono::Utc;
 use cloudterm_server::config::Config;
-use cloudterm_store::{SnapshotRecord, SnapshotState};
 use cloudterm_test_support::{GarageServer, TestServer};
 use serde_json::{json, Value};
 
@@ -214,22 +212,7 @@ async fn an_idle_stop_snapshots_the_layer_before_stopping() {
 async fn recovery_collects_layer_objects_of_crashed_snapshots() {
     let server = TestServer::start().await;
     let state = server.state();
-    let pending = SnapshotRecord {
-        id: "snap_crashed".into(),
-        workspace_id: "ws_x".into(),
-        owner: "alice".into(),
-        label: None,
-        kind: "manual".into(),
-        pinned: false,
-        state: SnapshotState::Pending,
-        object_key: "snapshots/alice/snap_crashed.tar.zst".into(),
-        size_bytes: 0,
-        stored_bytes: 0,
-        file_count: 0,
-        sha256: None,
-        layer: None,
-        created_at: Utc::now(),
-    };
+    let pending = crate::snapshots::crashed_snapshot("alice", "snap_crashed");
     state.store.insert_snapshot(&pending).await.expect("pending");
     for key in [
         "snapshots/alice/snap_crashed.tar.zst",

@@ -47,6 +47,26 @@ fn local_objects(server: &TestServer) -> Vec<PathBuf> {
     out
 }
 
+/// What a crash mid-snapshot leaves in the store: a pending record of `owner`'s `id`.
+pub fn crashed_snapshot(owner: &str, id: &str) -> SnapshotRecord {
+    SnapshotRecord {
+        id: id.into(),
+        workspace_id: "ws_x".into(),
+        owner: owner.into(),
+        label: None,
+        kind: "manual".into(),
+        pinned: false,
+        state: SnapshotState::Pending,
+        object_key: format!("snapshots/{owner}/{id}.tar.zst"),
+        size_bytes: 0,
+        stored_bytes: 0,
+        file_count: 0,
+        sha256: None,
+        layer: None,
+        created_at: Utc::now(),
+    }
+}
+
 async fn stored_keys(server: &TestServer) -> Vec<String> {
     server.state().blobs.list("snapshots").await.expect("list").into_iter().map(|o| o.key).collect()
 }
@@ -365,22 +385,7 @@ async fn a_restart_after_a_crash_removes_partial_snapshots() {
     // What a crash mid-snapshot leaves: a pending record with part of its object, and an
     // object whose record never made it.
     let state = server.state();
-    let pending = SnapshotRecord {
-        id: "snap_crashed".into(),
-        workspace_id: "ws_x".into(),
-        owner: "alice".into(),
-        label: None,
-        kind: "manual".into(),
-        pinned: false,
-        state: SnapshotState::Pending,
-        object_key: "snapshots/alice/snap_crashed.tar.zst".into(),
-        size_bytes: 0,
-        stored_bytes: 0,
-        file_count: 0,
-        sha256: None,
-        layer: None,
-        created_at: Utc::now(),
-    };
+    let pending = crashed_snapshot("alice", "snap_crashed");
     state.store.insert_snapshot(&pending).await.expect("pending");
     state.blobs.put_stream(&pending.object_key, &b"half an archive"[..]).await.expect("put");
     state.blobs.put_stream("snapshots/alice/snap_stray.tar.zst", &b"stray"[..]).await.expect("put");
