@@ -194,10 +194,13 @@ impl RunningServer {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::telemetry::init(&config.log);
     let started = std::time::Instant::now();
+    // Listen for the signals before anything listens on a socket: a SIGTERM that arrives as soon as
+    // `/health` answers must shut down gracefully, not hit the default action and kill the process.
+    let shutdown = shutdown_signal()?;
     let state = AppState::build(config).await?;
     let server = start(state.clone()).await?;
     log_startup(&server, started.elapsed());
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: finishing requests in flight");
     server.shutdown().await
 }
@@ -240,23 +243,23 @@ fn log_startup(server: &RunningServer, took: Duration) {
     tracing::info!(took_ms = took.as_millis() as u64, docs = %format!("http://{}/docs", server.main_addr), "listening on http://{}", server.main_addr);
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Registers SIGINT and SIGTERM handlers now and returns the future that resolves on either.
+/// Registration is synchronous so no signal can slip between start-up and the first poll.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = interrupt.await;
-                return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+        })
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
