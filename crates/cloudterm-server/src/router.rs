@@ -116,6 +116,8 @@ fn service_routes(service: Service) -> OpenApiRouter<AppState> {
             .routes(routes!(sandboxes::write_file, sandboxes::list_files))
             .routes(routes!(sandboxes::upload_file, sandboxes::download_file))
             .routes(routes!(sandboxes::keepalive_sandbox))
+            .routes(routes!(sandboxes::pause_sandbox))
+            .routes(routes!(sandboxes::resume_sandbox))
             .routes(routes!(sandboxes::mount_sandbox))
             .routes(routes!(sandboxes::start_background, sandboxes::list_background))
             .routes(routes!(sandboxes::background_logs))

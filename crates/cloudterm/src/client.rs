@@ -118,6 +118,12 @@ impl Client {
         self.call(reqwest::Method::DELETE, &format!("/sandboxes/{id}"), None).map(|_| ())
     }
 
+    /// `POST /sandboxes/{id}/pause` or `/resume` (`action`); returns the sandbox.
+    pub fn pause_or_resume(&self, id: &str, action: &str) -> anyhow::Result<Value> {
+        let url = self.endpoint(&["sandboxes", id, action], &[])?;
+        self.call_url(reqwest::Method::POST, url, None)
+    }
+
     /// `POST /sandboxes/{id}/exec` with `argv`; returns the result.
     pub fn exec(&self, id: &str, argv: &[String], timeout_seconds: Option<f64>) -> anyhow::Result<Value> {
         let mut body = json!({ "argv": argv });

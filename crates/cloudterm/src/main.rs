@@ -149,6 +149,16 @@ enum SandboxAction {
         /// The sandbox id.
         sandbox: String,
     },
+    /// Freeze every process of a sandbox; the next command (or `resume`) thaws it.
+    Pause {
+        /// The sandbox id.
+        sandbox: String,
+    },
+    /// Thaw a paused sandbox.
+    Resume {
+        /// The sandbox id.
+        sandbox: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -283,6 +293,12 @@ fn sandbox(server: ServerArgs, action: SandboxAction) -> anyhow::Result<()> {
             }
         }
         SandboxAction::Rm { sandbox } => client.delete(&sandbox)?,
+        SandboxAction::Pause { sandbox } => {
+            println!("{}", client.pause_or_resume(&sandbox, "pause")?["state"].as_str().unwrap_or_default())
+        }
+        SandboxAction::Resume { sandbox } => {
+            println!("{}", client.pause_or_resume(&sandbox, "resume")?["state"].as_str().unwrap_or_default())
+        }
     }
     Ok(())
 }

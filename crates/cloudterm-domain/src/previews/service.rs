@@ -124,6 +124,7 @@ impl PreviewService {
             .sandboxes
             .live_sandbox(sandbox_id)
             .ok_or_else(|| DomainError::Conflict(format!("sandbox {sandbox_id} is not running")))?;
+        self.sandboxes.wake(&live).await?;
         match tokio::time::timeout(self.settings.connect_timeout, live.agent.connect_port(port)).await {
             Ok(result) => result.map_err(agent_error),
             Err(_) => Err(DomainError::Unavailable(format!(
@@ -206,9 +207,14 @@ impl PreviewService {
         }
     }
 
-    /// Whether something accepts connections on the port inside the sandbox.
+    /// Whether something accepts connections on the port inside the sandbox. A paused sandbox
+    /// counts as answering without being asked (asking would hang on its frozen agent, and
+    /// the first request through the preview resumes it).
     async fn answers(&self, sandbox_id: &str, port: u16) -> bool {
         let Some(live) = self.sandboxes.live_sandbox(sandbox_id) else { return false };
+        if live.is_paused() {
+            return true;
+        }
         matches!(tokio::time::timeout(self.settings.connect_timeout, live.agent.connect_port(port)).await, Ok(Ok(_)))
     }
 

@@ -4,7 +4,7 @@
 //! has (a connection to its agent, work in flight). It is rebuilt from the store and the
 //! runtime at start-up (`SandboxService::recover`), so it holds no state the two do not.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ pub struct LiveSandbox {
     inflight: AtomicUsize,
     /// Its execs over the last hour, for the exec-rate quota.
     pub execs: ExecWindow,
+    paused: AtomicBool,
+    /// Held across a pause or resume, so two of them never interleave their runtime calls and
+    /// the flag always says what the runtime did last.
+    transition: tokio::sync::Mutex<()>,
 }
 
 impl LiveSandbox {
@@ -45,6 +49,8 @@ impl LiveSandbox {
             expires_at: Mutex::new(expires_at),
             inflight: AtomicUsize::new(0),
             execs: ExecWindow::default(),
+            paused: AtomicBool::new(false),
+            transition: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -80,6 +86,28 @@ impl LiveSandbox {
     /// True when the deadline passed and no operation is in flight.
     pub fn is_idle(&self, now: DateTime<Utc>) -> bool {
         self.inflight.load(Ordering::SeqCst) == 0 && now >= self.expires_at()
+    }
+
+    /// True while its processes are frozen by a pause (not by a snapshot's short freeze).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Runs a pause or resume (`pause` says which) under the transition lock: `act` is called
+    /// only when the sandbox is not already in that state, and the flag is set only when it
+    /// succeeds. Returns whether anything changed.
+    pub async fn transition<F, Fut, E>(&self, pause: bool, act: F) -> Result<bool, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        let _held = self.transition.lock().await;
+        if self.is_paused() == pause {
+            return Ok(false);
+        }
+        act().await?;
+        self.paused.store(pause, Ordering::SeqCst);
+        Ok(true)
     }
 
     /// Marks an operation in flight until the guard drops; the idle clock restarts then.

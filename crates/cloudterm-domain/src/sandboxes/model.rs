@@ -12,6 +12,9 @@ pub mod state {
     pub const STARTING: &str = "starting";
     /// The agent answers; the sandbox takes work.
     pub const RUNNING: &str = "running";
+    /// Frozen by `POST /sandboxes/{id}/pause`: holds its memory and files, runs nothing, and
+    /// resumes on the next operation that reaches it (or `/resume`).
+    pub const PAUSED: &str = "paused";
     /// Stopped: deleted by its idle TTL, or found dead after a restart.
     pub const STOPPED: &str = "stopped";
     /// Could not be started.

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ pub struct SandboxService {
     /// Sandboxes being created, per owner: counted against the quota before they run.
     starting: Mutex<HashMap<String, u64>>,
     pool: Arc<WarmPool>,
+    /// Sandboxes handed to a caller since start-up, however they were asked for (create,
+    /// workspace exec, a start from a snapshot): what `sandbox_created_total` counts.
+    created: AtomicU64,
 }
 
 impl SandboxService {
@@ -51,7 +55,13 @@ impl SandboxService {
             settings,
             live: RwLock::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
+            created: AtomicU64::new(0),
         }
+    }
+
+    /// How many sandboxes were handed to callers since start-up.
+    pub fn created_total(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
     }
 
     /// The permission check every operation here goes through (shared with the services that
@@ -220,6 +230,7 @@ impl SandboxService {
         if let Ok(mut registry) = self.live.write() {
             registry.insert(id.clone(), live);
         }
+        self.created.fetch_add(1, Ordering::Relaxed);
         tracing::info!(sandbox = %id, owner = %caller.id(), runtime = %self.runtime.kind(), "sandbox started");
         self.get(caller, &id).await
     }
@@ -271,6 +282,7 @@ impl SandboxService {
         if let Ok(mut registry) = self.live.write() {
             registry.insert(id.clone(), live);
         }
+        self.created.fetch_add(1, Ordering::Relaxed);
         tracing::info!(sandbox = %id, owner = %claim.caller.id(), runtime = %self.runtime.kind(), "sandbox claimed from the warm pool");
         Ok(self.view(record))
     }
@@ -372,9 +384,46 @@ impl SandboxService {
         // The check reads the store even for a live sandbox: a grant may have been revoked.
         let (record, _) = self.access.sandbox(caller, id, needed).await?;
         match self.live_sandbox(id) {
-            Some(live) => Ok(live),
+            Some(live) => {
+                self.wake(&live).await?;
+                Ok(live)
+            }
             None => Err(DomainError::Conflict(format!("sandbox {id} is {}, not running", record.state))),
         }
+    }
+
+    /// Freezes every process of a running sandbox (`POST /sandboxes/{id}/pause`): it keeps its
+    /// memory, files and terminals, uses no CPU, and its idle clock keeps running. Any later
+    /// operation that reaches it resumes it first. Pausing a paused sandbox changes nothing.
+    pub async fn pause(&self, caller: &Principal, id: &str) -> Result<Sandbox, DomainError> {
+        let (record, _) = self.access.sandbox(caller, id, Access::Write).await?;
+        let live = self
+            .live_sandbox(id)
+            .ok_or_else(|| DomainError::Conflict(format!("sandbox {id} is {}, not running", record.state)))?;
+        let runtime = &self.runtime;
+        if live.transition(true, || runtime.pause(id)).await.map_err(runtime_error)? {
+            tracing::info!(sandbox = %id, "paused");
+            self.store.update_sandbox_state(id, state::PAUSED, Utc::now()).await?;
+        }
+        self.get(caller, id).await
+    }
+
+    /// Thaws a paused sandbox (`POST /sandboxes/{id}/resume`); resuming a running one changes
+    /// nothing.
+    pub async fn resume(&self, caller: &Principal, id: &str) -> Result<Sandbox, DomainError> {
+        self.running(caller, id, Access::Write).await?;
+        self.get(caller, id).await
+    }
+
+    /// Resumes `live` if it is paused, so the operation about to reach its agent is answered.
+    /// For callers that reach a sandbox without [`use_running`](Self::use_running) (previews).
+    pub async fn wake(&self, live: &LiveSandbox) -> Result<(), DomainError> {
+        let runtime = &self.runtime;
+        if live.transition(false, || runtime.resume(&live.id)).await.map_err(runtime_error)? {
+            tracing::info!(sandbox = %live.id, "resumed");
+            self.store.update_sandbox_state(&live.id, state::RUNNING, Utc::now()).await?;
+        }
+        Ok(())
     }
 
     /// Stops every running sandbox whose idle deadline passed. Returns the stopped ids.
@@ -449,8 +498,13 @@ impl SandboxService {
     /// clean up whatever the runtime holds that the store does not know as running.
     pub async fn recover(&self) -> Result<RecoveryReport, DomainError> {
         let mut report = RecoveryReport::default();
-        let records = self.store.list_sandboxes_in_states(&[state::STARTING, state::RUNNING]).await?;
+        let records = self.store.list_sandboxes_in_states(&[state::STARTING, state::RUNNING, state::PAUSED]).await?;
         for record in records {
+            let was_paused = record.state == state::PAUSED;
+            if was_paused {
+                // Its agent is frozen: thaw it to see that it still answers, freeze it again below.
+                let _ = self.runtime.resume(&record.id).await;
+            }
             let attached = match self.runtime.attach(&record.id).await {
                 Ok(handle) => {
                     let agent = AgentClient::new(handle.agent);
@@ -459,7 +513,7 @@ impl SandboxService {
                 Err(_) => None,
             };
             match attached {
-                Some(agent) if record.state == state::RUNNING => {
+                Some(agent) if record.state != state::STARTING => {
                     let timeout = record
                         .limits
                         .get("timeout_seconds")
@@ -472,6 +526,13 @@ impl SandboxService {
                         Duration::from_secs(timeout),
                         record.expires_at,
                     );
+                    if was_paused {
+                        let runtime = &self.runtime;
+                        if let Err(err) = live.transition(true, || runtime.pause(&record.id)).await {
+                            tracing::warn!(sandbox = %record.id, error = %err, "cannot pause again after a restart; it runs");
+                            self.store.update_sandbox_state(&record.id, state::RUNNING, Utc::now()).await?;
+                        }
+                    }
                     if let Ok(mut registry) = self.live.write() {
                         registry.insert(record.id.clone(), live);
                     }
@@ -542,7 +603,7 @@ impl SandboxService {
     /// Ids of the running sandboxes that have `workspace_id` mounted, whoever started them
     /// (collaborators start sandboxes on shared workspaces), oldest first.
     pub async fn running_on_workspace(&self, workspace_id: &str) -> Result<Vec<String>, DomainError> {
-        let records = self.store.list_sandboxes_in_states(&[state::RUNNING]).await?;
+        let records = self.store.list_sandboxes_in_states(&[state::RUNNING, state::PAUSED]).await?;
         Ok(records
             .into_iter()
             .filter(|r| r.workspace_id.as_deref() == Some(workspace_id) && self.live_sandbox(&r.id).is_some())

@@ -110,7 +110,8 @@ impl SnapshotService {
     /// The periodic ("daily") snapshot: every workspace with a running sandbox, once. Returns
     /// the snapshots taken; failures are logged.
     pub async fn periodic(&self) -> Vec<Snapshot> {
-        let running = match self.store.list_sandboxes_in_states(&[crate::sandboxes::state::RUNNING]).await {
+        let states = [crate::sandboxes::state::RUNNING, crate::sandboxes::state::PAUSED];
+        let running = match self.store.list_sandboxes_in_states(&states).await {
             Ok(records) => records,
             Err(err) => {
                 tracing::warn!(error = %err, "periodic snapshots: cannot list running sandboxes");
@@ -632,6 +633,10 @@ impl<'a> Frozen<'a> {
     async fn freeze(sandboxes: &'a SandboxService, running: &[String]) -> Frozen<'a> {
         let mut ids = Vec::new();
         for id in running {
+            // A paused sandbox is frozen already and must stay so after the snapshot.
+            if sandboxes.live_sandbox(id).is_some_and(|live| live.is_paused()) {
+                continue;
+            }
             match sandboxes.runtime().pause(id).await {
                 Ok(()) => ids.push(id.clone()),
                 Err(SandboxRuntimeError::NotSupported { .. }) => {}

@@ -111,11 +111,6 @@ impl SandboxSeries {
         series
     }
 
-    /// A sandbox was created.
-    pub fn created(&self) {
-        self.created.inc();
-    }
-
     /// An exec of `program` started in `sandbox`.
     pub fn exec_started(&self, sandbox: &str, program: &str) {
         let command = {
@@ -156,9 +151,15 @@ impl SandboxSeries {
         }
     }
 
-    /// Replaces the running count and the per-sandbox gauges with a fresh reading: sandboxes
-    /// that stopped since the last scrape disappear.
-    pub fn refresh(&self, running: usize, usage: &[(String, SandboxUsage)]) {
+    /// Brings the series up to a fresh reading: `created` is the service's running total of
+    /// sandboxes handed out (counted there, so every way of starting one is counted), the
+    /// running count and per-sandbox gauges are replaced, and sandboxes that stopped since the
+    /// last scrape disappear.
+    pub fn refresh(&self, created: u64, running: usize, usage: &[(String, SandboxUsage)]) {
+        let counted = self.created.get();
+        if created > counted {
+            self.created.inc_by(created - counted);
+        }
         self.active.set(i64::try_from(running).unwrap_or(i64::MAX));
         self.memory.clear();
         self.cpu.clear();

@@ -110,5 +110,5 @@ async fn refresh_sandbox_gauges(state: &AppState) {
             usage.push((id.clone(), reading));
         }
     }
-    state.metrics.sandboxes().refresh(running.len(), &usage);
+    state.metrics.sandboxes().refresh(state.sandboxes.created_total(), running.len(), &usage);
 }

@@ -65,7 +65,6 @@ pub async fn create_sandbox(
         }
         None => state.sandboxes.create(&caller.principal, request).await?,
     };
-    state.metrics.sandboxes().created();
     let warning = QuotaWarning(Some(state.sandboxes.sandbox_quota(caller.principal.id())));
     Ok((StatusCode::CREATED, warning, Json(sandbox_response(sandbox))))
 }
@@ -256,6 +255,36 @@ pub async fn download_file(
 ) -> Result<Response, ApiError> {
     let busy = state.sandboxes.read_file(&caller.principal, &id, &path).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(byte_stream(busy))).into_response())
+}
+
+/// Freezes every process of the sandbox: it keeps its memory, files and terminal sessions and
+/// uses no CPU. The next operation that reaches it (exec, files, terminal, preview) or `/resume`
+/// thaws it. Needs `write`.
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    responses((status = 200, body = SandboxResponse, description = "the sandbox, now `paused`"),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope, description = "not running, or a runtime that cannot pause (process)")))]
+pub async fn pause_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxResponse>, ApiError> {
+    Ok(Json(sandbox_response(state.sandboxes.pause(&caller.principal, &id).await?)))
+}
+
+/// Thaws a paused sandbox; a running one is left as it is. Needs `write`.
+#[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "sandboxes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "sandbox id")),
+    responses((status = 200, body = SandboxResponse, description = "the sandbox, now `running`"),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope, description = "not running or paused")))]
+pub async fn resume_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxResponse>, ApiError> {
+    Ok(Json(sandbox_response(state.sandboxes.resume(&caller.principal, &id).await?)))
 }
 
 /// Restarts the idle clock, optionally with a new TTL.

@@ -64,6 +64,15 @@ async fn the_seed_series_are_exported(runtime: &str) {
     let text = scrape(&server).await;
     assert!(!text.contains(&sandbox), "series of a deleted sandbox remain:\n{text}");
     assert_eq!(sample(&text, "sandbox_active"), Some(0.0), "{text}");
+
+    // A sandbox started on demand by a workspace exec counts as created too.
+    let (_, me) = alice.call("GET", "/me", None).await;
+    let home = me["home_workspace_id"].as_str().expect("home workspace").to_string();
+    let (status, ran) = alice.call("POST", &format!("/workspaces/{home}/exec"), Some(json!({"command": "true"}))).await;
+    assert_eq!(status, 200, "{ran}");
+    let text = scrape(&server).await;
+    assert_eq!(sample(&text, "sandbox_created_total"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "sandbox_active"), Some(1.0), "{text}");
 }
 
 on_every_runtime!(the_seed_series_are_exported);

@@ -451,3 +451,23 @@ async fn a_failing_primary_promotes_its_fallback_and_gets_it_back() {
     assert!(metrics.contains("preview_fallback_promotions_total 2"), "{metrics}");
     assert_eq!(alice.text(&whoami).await, "fallback");
 }
+
+/// A paused sandbox stays paused through health checks (counted healthy, not woken) and wakes
+/// for the first request through its preview.
+#[tokio::test]
+async fn a_paused_sandbox_wakes_for_a_request_through_its_preview() {
+    let Some(server) = server("linux").await else { return };
+    let alice = Api::new(&server, "alice");
+    let port = 8080;
+    let id = sandbox_with_app(&alice, port, "sleeper").await;
+    register(&alice, json!({"sandbox_id": id, "port": port})).await;
+    let (status, paused) = alice.call("POST", &format!("/sandboxes/{id}/pause"), None).await;
+    assert_eq!((status, paused["state"].as_str()), (200, Some("paused")), "{paused}");
+    // Health checks run every second here: a few pass without waking it or failing it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(alice.call("GET", &format!("/sandboxes/{id}"), None).await.1["state"], "paused");
+    let (_, listed) = alice.call("GET", "/preview/list", None).await;
+    assert_eq!(listed["previews"][0]["healthy"], true, "{listed}");
+    assert_eq!(alice.text(&format!("/preview/{id}/{port}/whoami")).await, "sleeper");
+    assert_eq!(alice.call("GET", &format!("/sandboxes/{id}"), None).await.1["state"], "running");
+}

@@ -442,7 +442,109 @@ async fn long_execs_are_not_cut_by_the_request_timeout(runtime: &str) {
     assert_eq!(api.call("GET", &format!("/sandboxes/{id}"), None).await.0, 200);
 }
 
+/// The freezer state of a linux-runtime sandbox (`FROZEN`, `THAWED`), read on the host.
+fn freezer_state(id: &str) -> Option<String> {
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup/freezer")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().contains(id) {
+                return std::fs::read_to_string(path.join("freezer.state")).ok().map(|s| s.trim().to_string());
+            }
+            stack.push(path);
+        }
+    }
+    None
+}
+
+/// The first file called `name` below `dir`.
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if entry.file_name() == name {
+            return Some(path);
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+async fn pause_freezes_resume_and_the_next_exec_thaw(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
+    let api = Api::new(&server, "alice");
+    let id = id_of(&api.create(json!({})).await);
+    let (status, stranger) = Api::new(&server, "mallory").call("POST", &format!("/sandboxes/{id}/pause"), None).await;
+    assert_eq!(status, 404, "a stranger cannot pause: {stranger}");
+    if runtime == "process" {
+        let (status, body) = api.call("POST", &format!("/sandboxes/{id}/pause"), None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains("pause"), "{body}");
+        assert_eq!(api.sh(&id, "echo still").await["stdout"], "still\n");
+        return;
+    }
+    let (status, job) = api
+        .call(
+            "POST",
+            &format!("/sandboxes/{id}/background"),
+            Some(json!({"command": "i=0; while true; do i=$((i+1)); echo $i > /workspace/tick; sleep 0.05; done"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let mut tick = None;
+    eventually("the ticker writes", Duration::from_secs(10), async || {
+        tick = find_file(server.data_dir(), "tick");
+        tick.is_some()
+    })
+    .await;
+    let tick = tick.expect("tick file");
+    let read_tick = || std::fs::read_to_string(&tick).unwrap_or_default();
+
+    let (status, paused) = api.call("POST", &format!("/sandboxes/{id}/pause"), None).await;
+    assert_eq!((status, paused["state"].as_str()), (200, Some("paused")), "{paused}");
+    assert_eq!(freezer_state(&id).as_deref(), Some("FROZEN"));
+    let frozen_at = read_tick();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(read_tick(), frozen_at, "a paused sandbox runs nothing");
+    assert_eq!(api.call("GET", &format!("/sandboxes/{id}"), None).await.1["state"], "paused");
+    let (status, again) = api.call("POST", &format!("/sandboxes/{id}/pause"), None).await;
+    assert_eq!((status, again["state"].as_str()), (200, Some("paused")), "pausing twice is no error: {again}");
+
+    let (status, resumed) = api.call("POST", &format!("/sandboxes/{id}/resume"), None).await;
+    assert_eq!((status, resumed["state"].as_str()), (200, Some("running")), "{resumed}");
+    assert_eq!(freezer_state(&id).as_deref(), Some("THAWED"));
+    eventually("the ticker runs again", Duration::from_secs(5), async || read_tick() != frozen_at).await;
+
+    // A paused sandbox answers the next command: it resumes first.
+    assert_eq!(api.call("POST", &format!("/sandboxes/{id}/pause"), None).await.0, 200);
+    assert_eq!(api.sh(&id, "echo awake").await["stdout"], "awake\n");
+    assert_eq!(api.call("GET", &format!("/sandboxes/{id}"), None).await.1["state"], "running");
+
+    // Paused across a server restart: still paused after, and a command still wakes it.
+    assert_eq!(api.call("POST", &format!("/sandboxes/{id}/pause"), None).await.0, 200);
+    let token = api.token.clone();
+    let data_dir = server.stop().await;
+    let kind = runtime.to_string();
+    let server = TestServer::restart_on(data_dir, move |config| config.runtime.kind = kind).await;
+    let api = Api { base: server.url(""), token, client: reqwest::Client::new() };
+    assert_eq!(api.call("GET", &format!("/sandboxes/{id}"), None).await.1["state"], "paused");
+    assert_eq!(freezer_state(&id).as_deref(), Some("FROZEN"));
+    assert_eq!(api.sh(&id, "echo after-restart").await["stdout"], "after-restart\n");
+
+    // Deleting a paused sandbox leaves nothing behind.
+    assert_eq!(api.call("POST", &format!("/sandboxes/{id}/pause"), None).await.0, 200);
+    assert_eq!(api.call("DELETE", &format!("/sandboxes/{id}"), None).await.0, 204);
+    assert_eq!(sandbox_leftovers(&id), Vec::<String>::new());
+}
+
 on_every_runtime!(
+    pause_freezes_resume_and_the_next_exec_thaw,
     long_execs_are_not_cut_by_the_request_timeout,
     create_exec_list_delete_and_nothing_is_left,
     another_principal_gets_404_on_every_route,
