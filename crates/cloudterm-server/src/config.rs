@@ -209,6 +209,9 @@ pub struct SandboxConfig {
     /// Sandboxes kept started ahead of demand, so a create with the default image, limits and
     /// environment is a claim instead of a start (runtimes that support it: linux).
     pub warm_pool: usize,
+    /// Seconds an idle sandbox stays paused (frozen, resumed by its next operation) before it
+    /// is snapshotted and stopped; 0 stops it as soon as its idle TTL runs out.
+    pub idle_pause_seconds: u64,
 }
 
 impl Default for SandboxConfig {
@@ -225,6 +228,7 @@ impl Default for SandboxConfig {
             mount_allow: Vec::new(),
             reap_interval_seconds: 1,
             warm_pool: 2,
+            idle_pause_seconds: 0,
         }
     }
 }
@@ -863,6 +867,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "sandboxes kept started ahead of demand with the default image and limits (default 2; 0 turns it off)",
         apply: |c, v| {
             c.sandboxes.warm_pool = usize::try_from(parse_u64(v)?).map_err(|_| "too large".to_string())?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.idle_pause_seconds",
+        env: "CLOUDTERM_IDLE_PAUSE_SECONDS",
+        help: "seconds an idle sandbox stays paused, resumed by its next use, before it is snapshotted and stopped (default 0: stop at once)",
+        apply: |c, v| {
+            c.sandboxes.idle_pause_seconds = parse_u64(v)?;
             Ok(())
         },
     },

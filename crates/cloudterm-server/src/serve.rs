@@ -94,8 +94,10 @@ fn spawn_reaper(tasks: &mut JoinSet<std::io::Result<()>>, state: AppState, mut s
                     }
                 }
             }
-            // Idle sandboxes are taken out of service, snapshotted with their writable layer
-            // while still running (frozen), then stopped.
+            // With an idle pause, idle sandboxes are paused first; those whose pause ran out
+            // (or that cannot pause) are taken out of service, snapshotted with their writable
+            // layer while still running (frozen), then stopped.
+            state.sandboxes.pause_idle().await;
             for idle in state.sandboxes.take_idle() {
                 if state.config.snapshots.on_idle {
                     if let Some(snapshot) = state.snapshots.before_idle_stop(&idle).await {

@@ -330,6 +330,8 @@ fn sandbox_settings(config: &Config, state_dir: std::path::PathBuf) -> anyhow::R
         mount_allow,
         images_dir: config.runtime.images_dir.clone(),
         warm_pool: sandboxes.warm_pool,
+        idle_pause: (sandboxes.idle_pause_seconds > 0)
+            .then(|| std::time::Duration::from_secs(sandboxes.idle_pause_seconds)),
     })
 }
 

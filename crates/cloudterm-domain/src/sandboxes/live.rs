@@ -71,6 +71,22 @@ impl LiveSandbox {
         deadline
     }
 
+    /// Restarts the idle clock from now with the sandbox's own TTL, even when that is earlier
+    /// than the current deadline (after a resume from an idle pause, whose deadline was the end
+    /// of the pause).
+    pub fn restart_clock(&self) -> DateTime<Utc> {
+        let timeout = self.timeout.lock().map(|t| *t).unwrap_or_else(|poisoned| *poisoned.into_inner());
+        self.hold_until(Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero()))
+    }
+
+    /// Sets the idle deadline to `deadline`, keeping the TTL (an idle pause's end).
+    pub fn hold_until(&self, deadline: DateTime<Utc>) -> DateTime<Utc> {
+        if let Ok(mut expires_at) = self.expires_at.lock() {
+            *expires_at = deadline;
+        }
+        deadline
+    }
+
     /// Sets a new idle TTL and deadline (keepalive).
     pub fn set_timeout(&self, timeout: Duration) -> DateTime<Utc> {
         if let Ok(mut current) = self.timeout.lock() {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cloudterm_runtime::Limits;
@@ -90,4 +91,8 @@ pub struct SandboxSettings {
     /// Sandboxes kept started ahead of demand (default image, limits and environment), where
     /// the runtime supports it; 0 turns the warm pool off.
     pub warm_pool: usize,
+    /// When set, an idle sandbox is first paused (frozen, resumed by the next operation) and
+    /// only snapshotted and stopped after staying paused this long; `None` stops it at once.
+    /// Runtimes that cannot pause stop it at once either way.
+    pub idle_pause: Option<Duration>,
 }

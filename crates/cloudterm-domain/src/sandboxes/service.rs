@@ -421,9 +421,47 @@ impl SandboxService {
         let runtime = &self.runtime;
         if live.transition(false, || runtime.resume(&live.id)).await.map_err(runtime_error)? {
             tracing::info!(sandbox = %live.id, "resumed");
+            live.restart_clock();
             self.store.update_sandbox_state(&live.id, state::RUNNING, Utc::now()).await?;
         }
         Ok(())
+    }
+
+    /// With an idle pause configured: pauses every running sandbox whose idle deadline passed
+    /// and holds it paused for the pause's length (recorded, so it holds across a restart);
+    /// [`take_idle`](Self::take_idle) stops it when that runs out. A sandbox the runtime cannot
+    /// pause stays idle and is stopped as before. Returns the paused ids.
+    pub async fn pause_idle(&self) -> Vec<String> {
+        let Some(hold) = self.settings.idle_pause else { return Vec::new() };
+        let now = Utc::now();
+        let idle: Vec<Arc<LiveSandbox>> = match self.live.read() {
+            Ok(live) => live.values().filter(|s| !s.is_paused() && s.is_idle(now)).cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut paused = Vec::new();
+        for live in idle {
+            let runtime = &self.runtime;
+            match live.transition(true, || runtime.pause(&live.id)).await {
+                Ok(true) => {
+                    let until = live.hold_until(Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default());
+                    tracing::info!(sandbox = %live.id, %until, "idle timeout: paused");
+                    let now = Utc::now();
+                    if let Err(err) = self.store.update_sandbox_state(&live.id, state::PAUSED, now).await {
+                        tracing::warn!(sandbox = %live.id, error = %err, "cannot record the idle pause");
+                    }
+                    if let Err(err) = self.store.update_sandbox_expiry(&live.id, until, now).await {
+                        tracing::warn!(sandbox = %live.id, error = %err, "cannot record the idle pause's end");
+                    }
+                    paused.push(live.id.clone());
+                }
+                Ok(false) => {}
+                Err(SandboxRuntimeError::NotSupported { .. }) => {}
+                Err(err) => {
+                    tracing::warn!(sandbox = %live.id, error = %err, "cannot pause an idle sandbox; stopping it")
+                }
+            }
+        }
+        paused
     }
 
     /// Stops every running sandbox whose idle deadline passed. Returns the stopped ids.

@@ -141,6 +141,7 @@ mod tests {
             mount_allow: vec![],
             images_dir: None,
             warm_pool: 0,
+            idle_pause: None,
         }
     }
 

@@ -543,7 +543,33 @@ async fn pause_freezes_resume_and_the_next_exec_thaw(runtime: &str) {
     assert_eq!(sandbox_leftovers(&id), Vec::<String>::new());
 }
 
+async fn an_idle_pause_holds_sandboxes_paused_before_the_stop(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |config| config.sandboxes.idle_pause_seconds = 3).await
+    else {
+        return;
+    };
+    let api = Api::new(&server, "alice");
+    let id = id_of(&api.create(json!({"timeout_seconds": 1})).await);
+    let state = async || api.call("GET", &format!("/sandboxes/{id}"), None).await.1["state"].clone();
+    if runtime == "process" {
+        // It cannot pause: it stops at once, as without the setting.
+        eventually("the idle stop", Duration::from_secs(15), async || state().await == "stopped").await;
+        return;
+    }
+    eventually("the idle pause", Duration::from_secs(10), async || state().await == "paused").await;
+    assert_eq!(freezer_state(&id).as_deref(), Some("FROZEN"));
+    assert_eq!(api.sh(&id, "echo woke").await["stdout"], "woke\n", "a command wakes an idle-paused sandbox");
+    assert_eq!(state().await, "running");
+    // Its own one-second TTL counts again from the wake-up, then the three-second pause.
+    eventually("the second idle pause", Duration::from_secs(10), async || state().await == "paused").await;
+    let paused_at = Instant::now();
+    eventually("the stop after the pause", Duration::from_secs(15), async || state().await == "stopped").await;
+    assert!(paused_at.elapsed() >= Duration::from_secs(2), "stopped {:?} after the pause began", paused_at.elapsed());
+    assert_eq!(sandbox_leftovers(&id), Vec::<String>::new());
+}
+
 on_every_runtime!(
+    an_idle_pause_holds_sandboxes_paused_before_the_stop,
     pause_freezes_resume_and_the_next_exec_thaw,
     long_execs_are_not_cut_by_the_request_timeout,
     create_exec_list_delete_and_nothing_is_left,
