@@ -59,7 +59,7 @@ pub struct CreateSandboxRequest {
 pub struct SandboxResponse {
     /// `sbx_…`.
     pub id: String,
-    /// `starting`, `running`, `stopped` or `failed`.
+    /// `starting`, `running`, `paused`, `stopped` or `failed`.
     pub state: String,
     /// `linux`, `firecracker` or `process`.
     pub runtime: String,
@@ -78,12 +78,17 @@ pub struct SandboxResponse {
     pub limits: SandboxLimits,
     /// Labels.
     pub metadata: BTreeMap<String, String>,
+    /// The caller's permission on it (through its workspace): `owner`, `admin`, `write` or
+    /// `read`. Only in `GET /sandboxes?include_shared=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission: Option<String>,
 }
 
 /// `GET /sandboxes`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SandboxList {
-    /// The caller's sandboxes, oldest first.
+    /// The caller's sandboxes, oldest first; with `include_shared=true`, then the running
+    /// sandboxes on workspaces shared with the caller.
     pub sandboxes: Vec<SandboxResponse>,
 }
 

@@ -293,6 +293,29 @@ impl SandboxService {
         Ok(records.into_iter().map(|record| self.view(record)).collect())
     }
 
+    /// The running (or paused) sandboxes on workspaces shared with the caller, whoever started
+    /// them, each with the caller's access through the grant; oldest first.
+    pub async fn list_shared(&self, caller: &Principal) -> Result<Vec<(Sandbox, Access)>, DomainError> {
+        let mut shared = HashMap::new();
+        for (workspace, permission) in self.store.list_workspaces_shared_with(caller.id()).await? {
+            if let Ok(grant) = crate::access::Grant::parse(&permission) {
+                shared.insert(workspace.id, grant.access());
+            }
+        }
+        if shared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records = self.store.list_sandboxes_in_states(&[state::STARTING, state::RUNNING, state::PAUSED]).await?;
+        Ok(records
+            .into_iter()
+            .filter(|record| record.owner != caller.id())
+            .filter_map(|record| {
+                let access = *shared.get(record.workspace_id.as_deref()?)?;
+                Some((self.view(record), access))
+            })
+            .collect())
+    }
+
     /// A sandbox the caller may read (one on a workspace they own or were granted); anyone
     /// else's is "not found".
     pub async fn get(&self, caller: &Principal, id: &str) -> Result<Sandbox, DomainError> {

@@ -21,7 +21,7 @@ use cloudterm_api_types::{
     SandboxList, SandboxResponse, WriteFileRequest,
 };
 use cloudterm_domain::sandboxes::{exec_timeout, Busy};
-use cloudterm_domain::{CreateSandbox, Sandbox};
+use cloudterm_domain::{Access, CreateSandbox, Sandbox};
 use cloudterm_runtime::{ByteStream, ExecOutput, ExecResult, Limits};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
@@ -69,12 +69,39 @@ pub async fn create_sandbox(
     Ok((StatusCode::CREATED, warning, Json(sandbox_response(sandbox))))
 }
 
-/// The caller's sandboxes.
-#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", security(("bearer" = [])),
-    responses((status = 200, body = SandboxList), (status = 401, body = ErrorEnvelope)))]
-pub async fn list_sandboxes(State(state): State<AppState>, caller: Caller) -> Result<Json<SandboxList>, ApiError> {
-    let sandboxes = state.sandboxes.list(&caller.principal).await?;
-    Ok(Json(SandboxList { sandboxes: sandboxes.into_iter().map(sandbox_response).collect() }))
+/// `GET /sandboxes` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListSandboxesQuery {
+    /// Also list the running sandboxes on workspaces shared with the caller, and every
+    /// entry's `permission`.
+    #[serde(default)]
+    pub include_shared: bool,
+}
+
+/// The caller's sandboxes; with `include_shared=true` also the running ones on workspaces
+/// shared with the caller (started by a collaborator), each with the caller's `permission`.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", security(("bearer" = [])), params(ListSandboxesQuery),
+    responses((status = 200, body = SandboxList), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope)))]
+pub async fn list_sandboxes(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListSandboxesQuery>,
+) -> Result<Json<SandboxList>, ApiError> {
+    let owned = state.sandboxes.list(&caller.principal).await?;
+    if !query.include_shared {
+        return Ok(Json(SandboxList { sandboxes: owned.into_iter().map(sandbox_response).collect() }));
+    }
+    let with_permission = |sandbox, access: Access| SandboxResponse {
+        permission: Some(access.as_str().to_string()),
+        ..sandbox_response(sandbox)
+    };
+    let mut sandboxes: Vec<SandboxResponse> =
+        owned.into_iter().map(|sandbox| with_permission(sandbox, Access::Owner)).collect();
+    for (sandbox, access) in state.sandboxes.list_shared(&caller.principal).await? {
+        sandboxes.push(with_permission(sandbox, access));
+    }
+    Ok(Json(SandboxList { sandboxes }))
 }
 
 /// One sandbox.
@@ -433,6 +460,7 @@ fn sandbox_response(sandbox: Sandbox) -> SandboxResponse {
             disk_mb: sandbox.limits.disk_mb,
         },
         metadata: sandbox.metadata,
+        permission: None,
     }
 }
 

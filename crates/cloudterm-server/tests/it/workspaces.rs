@@ -565,3 +565,40 @@ async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers(
         assert_eq!(status, expected, "{path} {body}: {answer}");
     }
 }
+
+/// `GET /sandboxes?include_shared=true` adds the running sandboxes on workspaces shared with the
+/// caller, with the caller's permission; without it, or for a stranger, they stay out.
+#[tokio::test]
+async fn shared_sandboxes_are_listed_only_when_asked_and_only_to_members() {
+    let server = TestServer::start().await;
+    let crew = Crew { alice: Crew::api(&server, "alice") };
+    let ws = crew.shared_workspace("pair").await;
+    let sandbox = crew.sandbox_on(&ws).await;
+    let ids = |list: &Value| -> Vec<String> {
+        list["sandboxes"].as_array().expect("list").iter().map(|s| id_of(s, "id")).collect()
+    };
+    let wendy = Crew::api(&server, "wendy");
+    let own_sandbox = id_of(&wendy.create(json!({})).await, "id");
+    let (_, plain) = wendy.call("GET", "/sandboxes", None).await;
+    assert_eq!(ids(&plain), [own_sandbox.clone()], "{plain}");
+    assert!(plain["sandboxes"][0].get("permission").is_none(), "{plain}");
+    let (status, listed) = wendy.call("GET", "/sandboxes?include_shared=true", None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(ids(&listed), [own_sandbox, sandbox.clone()], "{listed}");
+    assert_eq!(listed["sandboxes"][0]["permission"], "owner");
+    assert_eq!(
+        (listed["sandboxes"][1]["permission"].as_str(), listed["sandboxes"][1]["workspace_id"].as_str()),
+        (Some("write"), Some(&*ws))
+    );
+    let (_, rita) = Crew::api(&server, "rita").call("GET", "/sandboxes?include_shared=true", None).await;
+    assert_eq!((ids(&rita), rita["sandboxes"][0]["permission"].as_str()), (vec![sandbox.clone()], Some("read")));
+    let (_, sam) = Crew::api(&server, "sam").call("GET", "/sandboxes?include_shared=true", None).await;
+    assert_eq!(ids(&sam), Vec::<String>::new(), "a stranger sees nothing: {sam}");
+    // Once it is deleted it leaves every list.
+    let (status, _) = crew.alice.call("DELETE", &format!("/sandboxes/{sandbox}"), None).await;
+    assert_eq!(status, 204);
+    let (_, after) = Crew::api(&server, "rita").call("GET", "/sandboxes?include_shared=true", None).await;
+    assert_eq!(ids(&after), Vec::<String>::new(), "{after}");
+    let (status, bad) = wendy.call("GET", "/sandboxes?include_shared=maybe", None).await;
+    assert_eq!((status, bad["error"]["code"].as_str()), (400, Some("bad_request")), "{bad}");
+}
