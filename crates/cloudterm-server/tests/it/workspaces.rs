@@ -580,7 +580,7 @@ async fn shared_sandboxes_are_listed_only_when_asked_and_only_to_members() {
     let wendy = Crew::api(&server, "wendy");
     let own_sandbox = id_of(&wendy.create(json!({})).await, "id");
     let (_, plain) = wendy.call("GET", "/sandboxes", None).await;
-    assert_eq!(ids(&plain), [own_sandbox.clone()], "{plain}");
+    assert_eq!(ids(&plain), std::slice::from_ref(&own_sandbox), "{plain}");
     assert!(plain["sandboxes"][0].get("permission").is_none(), "{plain}");
     let (status, listed) = wendy.call("GET", "/sandboxes?include_shared=true", None).await;
     assert_eq!(status, 200, "{listed}");
