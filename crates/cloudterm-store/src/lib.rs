@@ -186,6 +186,19 @@ pub trait Store: Send + Sync + 'static {
     /// Appends to the workspace's audit trail and returns the entry with its sequence number.
     async fn append_audit(&self, entry: &NewAuditRecord) -> Result<AuditRecord, StoreError>;
 
+    /// [`put_share`](Store::put_share) and [`append_audit`](Store::append_audit) in one
+    /// transaction: a grant is never in force unrecorded, nor recorded but not in force.
+    async fn grant_share(&self, share: &ShareRecord, audit: &NewAuditRecord) -> Result<AuditRecord, StoreError>;
+
+    /// [`delete_share`](Store::delete_share) and [`append_audit`](Store::append_audit) in one
+    /// transaction. `NotFound` (and nothing recorded) if there is no such grant.
+    async fn revoke_share(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+        audit: &NewAuditRecord,
+    ) -> Result<AuditRecord, StoreError>;
+
     /// The workspace's audit trail, oldest first (append order).
     async fn list_audit(&self, workspace_id: &str) -> Result<Vec<AuditRecord>, StoreError>;
 

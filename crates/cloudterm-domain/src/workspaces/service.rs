@@ -161,8 +161,8 @@ impl WorkspaceService {
             granted_by: caller.id().to_string(),
             granted_at: Utc::now(),
         };
-        self.store.put_share(&share).await?;
-        self.record(caller, id, "share", agent_id, Some(grant.as_str())).await?;
+        let entry = audit_entry(caller, id, "share", agent_id, Some(grant.as_str()));
+        self.store.grant_share(&share, &entry).await?;
         Ok(share)
     }
 
@@ -172,14 +172,14 @@ impl WorkspaceService {
         if agent_id == record.owner {
             return Err(DomainError::Forbidden("the owner of a workspace cannot be revoked".into()));
         }
-        match self.store.delete_share(id, agent_id).await {
-            Ok(()) => {}
+        let entry = audit_entry(caller, id, "revoke", agent_id, None);
+        match self.store.revoke_share(id, agent_id, &entry).await {
+            Ok(_) => Ok(()),
             Err(StoreError::NotFound) => {
-                return Err(DomainError::NotFound(format!("a share of workspace {id} with {agent_id}")))
+                Err(DomainError::NotFound(format!("a share of workspace {id} with {agent_id}")))
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => Err(err.into()),
         }
-        self.record(caller, id, "revoke", agent_id, None).await
     }
 
     /// The workspace's grants, oldest first (read).
@@ -192,26 +192,6 @@ impl WorkspaceService {
     pub async fn audit(&self, caller: &Principal, id: &str) -> Result<Vec<AuditRecord>, DomainError> {
         self.access().workspace(caller, id, Access::Admin).await?;
         Ok(self.store.list_audit(id).await?)
-    }
-
-    async fn record(
-        &self,
-        caller: &Principal,
-        id: &str,
-        action: &str,
-        subject: &str,
-        permission: Option<&str>,
-    ) -> Result<(), DomainError> {
-        let entry = NewAuditRecord {
-            workspace_id: id.to_string(),
-            actor: caller.id().to_string(),
-            action: action.to_string(),
-            subject: subject.to_string(),
-            permission: permission.map(str::to_string),
-            at: Utc::now(),
-        };
-        self.store.append_audit(&entry).await?;
-        Ok(())
     }
 
     /// The sandbox that serves a workspace (write): the oldest one running on it, or a new one
@@ -323,5 +303,17 @@ fn view(record: WorkspaceRecord, permission: Access) -> Workspace {
         is_home: record.is_home,
         created_at: record.created_at,
         permission,
+    }
+}
+
+/// An audit entry for `action` on `subject` by the caller, now.
+fn audit_entry(caller: &Principal, id: &str, action: &str, subject: &str, permission: Option<&str>) -> NewAuditRecord {
+    NewAuditRecord {
+        workspace_id: id.to_string(),
+        actor: caller.id().to_string(),
+        action: action.to_string(),
+        subject: subject.to_string(),
+        permission: permission.map(str::to_string),
+        at: Utc::now(),
     }
 }

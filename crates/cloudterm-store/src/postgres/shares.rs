@@ -38,7 +38,7 @@ fn audit_from_row(row: &PgRow) -> Result<AuditRecord, StoreError> {
 }
 
 /// Grants, or replaces an existing grant; `NotFound` if the workspace is missing.
-pub(super) async fn put(pool: &PgPool, share: &ShareRecord) -> Result<(), StoreError> {
+pub(super) async fn put(pool: impl sqlx::PgExecutor<'_>, share: &ShareRecord) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO shares ({SHARE_COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (workspace_id, agent_id) DO UPDATE SET permission = excluded.permission, \
@@ -78,7 +78,11 @@ pub(super) async fn list(pool: &PgPool, workspace_id: &str) -> Result<Vec<ShareR
 }
 
 /// Revokes a grant.
-pub(super) async fn delete(pool: &PgPool, workspace_id: &str, agent_id: &str) -> Result<(), StoreError> {
+pub(super) async fn delete(
+    pool: impl sqlx::PgExecutor<'_>,
+    workspace_id: &str,
+    agent_id: &str,
+) -> Result<(), StoreError> {
     let done = sqlx::query("DELETE FROM shares WHERE workspace_id = $1 AND agent_id = $2")
         .bind(workspace_id)
         .bind(agent_id)
@@ -87,8 +91,38 @@ pub(super) async fn delete(pool: &PgPool, workspace_id: &str, agent_id: &str) ->
     expect_one(done.rows_affected())
 }
 
+/// Grants (or replaces a grant) and appends `audit` in one transaction: both or neither.
+pub(super) async fn put_recorded(
+    pool: &PgPool,
+    share: &ShareRecord,
+    audit: &NewAuditRecord,
+) -> Result<AuditRecord, StoreError> {
+    let mut tx = pool.begin().await?;
+    put(&mut *tx, share).await?;
+    let entry = append_audit(&mut *tx, audit).await?;
+    tx.commit().await?;
+    Ok(entry)
+}
+
+/// Revokes a grant and appends `audit` in one transaction: both or neither.
+pub(super) async fn delete_recorded(
+    pool: &PgPool,
+    workspace_id: &str,
+    agent_id: &str,
+    audit: &NewAuditRecord,
+) -> Result<AuditRecord, StoreError> {
+    let mut tx = pool.begin().await?;
+    delete(&mut *tx, workspace_id, agent_id).await?;
+    let entry = append_audit(&mut *tx, audit).await?;
+    tx.commit().await?;
+    Ok(entry)
+}
+
 /// Appends an audit entry and returns it numbered.
-pub(super) async fn append_audit(pool: &PgPool, entry: &NewAuditRecord) -> Result<AuditRecord, StoreError> {
+pub(super) async fn append_audit(
+    pool: impl sqlx::PgExecutor<'_>,
+    entry: &NewAuditRecord,
+) -> Result<AuditRecord, StoreError> {
     let row = sqlx::query(&format!(
         "INSERT INTO share_audit (workspace_id, actor, action, subject, permission, at) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {AUDIT_COLUMNS}"

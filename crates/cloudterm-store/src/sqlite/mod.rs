@@ -250,6 +250,19 @@ impl Store for SqliteStore {
         shares::append_audit(&self.pool, entry).await
     }
 
+    async fn grant_share(&self, share: &ShareRecord, audit: &NewAuditRecord) -> Result<AuditRecord, StoreError> {
+        shares::put_recorded(&self.pool, share, audit).await
+    }
+
+    async fn revoke_share(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+        audit: &NewAuditRecord,
+    ) -> Result<AuditRecord, StoreError> {
+        shares::delete_recorded(&self.pool, workspace_id, agent_id, audit).await
+    }
+
     async fn list_audit(&self, workspace_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
         shares::list_audit(&self.pool, workspace_id).await
     }

@@ -69,3 +69,43 @@ async fn audit_is_append_ordered_and_outlives_the_workspace(db: TestDb) {
     db.store.delete_workspace("ws_1").await.expect("delete");
     assert_eq!(db.store.list_audit("ws_1").await.expect("kept").len(), 3);
 }
+
+backends!(grant_and_revoke_are_recorded_with_their_change_or_not_at_all);
+async fn grant_and_revoke_are_recorded_with_their_change_or_not_at_all(db: TestDb) {
+    // No workspace: the grant fails and nothing is recorded.
+    let got =
+        db.store.grant_share(&share("agent-b", "read", "alice", 1), &audit("share", "agent-b", Some("read"), 1)).await;
+    assert!(matches!(got, Err(StoreError::NotFound)), "{got:?}");
+    assert!(db.store.list_audit("ws_1").await.expect("trail").is_empty());
+
+    db.store.insert_workspace(&workspace("ws_1", "alice", "team", &[], 0)).await.expect("ws");
+    let entry = db
+        .store
+        .grant_share(&share("agent-b", "write", "alice", 2), &audit("share", "agent-b", Some("write"), 2))
+        .await
+        .expect("grant");
+    assert_eq!(db.store.get_share("ws_1", "agent-b").await.expect("in force").permission, "write");
+    assert_eq!(db.store.list_audit("ws_1").await.expect("trail"), std::slice::from_ref(&entry));
+
+    // Revoking a grant that is not there records nothing.
+    let got = db.store.revoke_share("ws_1", "agent-x", &audit("revoke", "agent-x", None, 3)).await;
+    assert!(matches!(got, Err(StoreError::NotFound)), "{got:?}");
+    assert_eq!(db.store.list_audit("ws_1").await.expect("trail").len(), 1);
+
+    // An audit entry that cannot be stored takes its grant down with it (PostgreSQL refuses
+    // text holding NUL; SQLite stores it, and then both are in).
+    let refused = db
+        .store
+        .grant_share(&share("agent-c", "read", "alice", 4), &audit("share", "agent-c\0", Some("read"), 4))
+        .await;
+    let in_force = db.store.get_share("ws_1", "agent-c").await.is_ok();
+    let recorded = db.store.list_audit("ws_1").await.expect("trail").len() == 2;
+    assert_eq!((in_force, recorded), (refused.is_ok(), refused.is_ok()), "{refused:?}");
+    if db.backend == crate::Backend::Postgres {
+        assert!(refused.is_err(), "PostgreSQL cannot store NUL");
+    }
+
+    let revoked = db.store.revoke_share("ws_1", "agent-b", &audit("revoke", "agent-b", None, 5)).await.expect("revoke");
+    assert!(matches!(db.store.get_share("ws_1", "agent-b").await, Err(StoreError::NotFound)));
+    assert_eq!(db.store.list_audit("ws_1").await.expect("trail").last(), Some(&revoked));
+}
