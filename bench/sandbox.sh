@@ -2,6 +2,7 @@
 # bench/sandbox.sh - sandbox benchmarks, each beside its peer in the same run:
 #   create → first exec (p50, p99) against bare `unshare` and `bwrap`;
 #   exec round trip of `true` over HTTP;
+#   pause, resume and the first exec on a paused sandbox (linux) against a bare cgroup freezer;
 #   host memory per idle sandbox with COUNT running.
 #
 # Usage: bench/sandbox.sh [RUNTIME] [N] [COUNT]   (RUNTIME linux|process, default linux)
@@ -31,4 +32,8 @@ sleep 1 # let the warm pool fill
 echo
 "$BIN/cloudterm-bench" exec-rtt --n 2000
 echo
+if [ "$RUNTIME" = linux ]; then
+  "$BIN/cloudterm-bench" pause --n 200
+  echo
+fi
 "$BIN/cloudterm-bench" idle-memory --count "$COUNT" --server-pid "$SERVER"

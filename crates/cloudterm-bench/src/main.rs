@@ -1,6 +1,7 @@
 //! `cloudterm-bench`: measures a running cloudterm server beside its peers, and prints one
 //! Markdown table row per measurement.
 
+mod pause;
 mod terminal;
 
 use std::process::{Command, Stdio};
@@ -72,6 +73,12 @@ enum Bench {
         /// Name of the row.
         #[arg(long)]
         label: String,
+    },
+    /// Pause, resume and the first exec on a paused sandbox, beside a bare cgroup freezer.
+    Pause {
+        /// Rounds.
+        #[arg(long, default_value_t = 200)]
+        n: usize,
     },
     /// Host memory per idle sandbox with COUNT running.
     IdleMemory {
@@ -260,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
                 client.delete(&id).await?;
             }
         }
+        Bench::Pause { n } => pause::run(&client, n).await?,
         Bench::IdleMemory { count, server_pid } => {
             let available_before = mem_available_kib()?;
             let server_before = rss_kib(server_pid)?;

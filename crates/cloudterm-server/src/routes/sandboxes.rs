@@ -71,6 +71,7 @@ pub async fn create_sandbox(
 
 /// `GET /sandboxes` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListSandboxesQuery {
     /// Also list the running sandboxes on workspaces shared with the caller, and every
