@@ -87,4 +87,6 @@ pub struct SandboxSettings {
     /// Sandboxes kept started ahead of demand (default image, limits and environment), where
     /// the runtime supports it; 0 turns the warm pool off.
     pub warm_pool: usize,
+    /// Where workspaces' files live: size-limited volumes (enforced) or plain directories.
+    pub volumes: std::sync::Arc<cloudterm_volumes::Volumes>,
 }

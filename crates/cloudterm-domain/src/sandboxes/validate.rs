@@ -141,6 +141,7 @@ mod tests {
             mount_allow: vec![],
             images_dir: None,
             warm_pool: 0,
+            volumes: std::sync::Arc::new(cloudterm_volumes::Volumes::reporting("unit test")),
         }
     }
 
