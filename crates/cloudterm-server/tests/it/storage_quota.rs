@@ -165,6 +165,19 @@ async fn restores_past_the_limit_are_refused_and_overrides_apply() {
     let (_, me) = alice.call("GET", "/me", None).await;
     assert_eq!(storage_of(&me)["limit"], 8 * MIB, "{me}");
 
+    // A full workspace can still be restored: the new tree is unpacked beside the old one in
+    // the volume's root reserve, so 6 MiB restore over 8 MiB of files in an 8 MiB limit.
+    alice.sh(&hers, "head -c 6M /dev/urandom > /workspace/six.bin").await;
+    let (status, own) = alice.call("POST", "/snapshot/create", Some(json!({"sandbox_id": hers}))).await;
+    assert_eq!(status, 201, "{own}");
+    let out = alice.sh(&hers, "head -c 8M /dev/zero > /workspace/fill.bin; echo $?").await;
+    assert_ne!(out["stdout"], "0\n", "the workspace is full: {out}");
+    let body = json!({"snapshot_id": own["snapshot_id"], "sandbox_id": hers});
+    let (status, restored) = alice.call("POST", "/snapshot/restore", Some(body)).await;
+    assert_eq!(status, 200, "{restored}");
+    let out = alice.sh(&hers, "ls -A /workspace; stat -c %s /workspace/six.bin").await;
+    assert_eq!(out["stdout"], format!("mine.txt\nsix.bin\n{}\n", 6 * MIB), "{out}");
+
     // Into Bob's own workspace it fits (old and new tree side by side while it is unpacked).
     let (status, body) = bob.call("POST", "/snapshot/restore", Some(json!({"snapshot_id": snapshot}))).await;
     assert_eq!(status, 200, "{body}");
