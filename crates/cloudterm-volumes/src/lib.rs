@@ -43,6 +43,8 @@ pub struct VolumeRecovery {
     pub mounted: Vec<PathBuf>,
     /// Image files a crash left half-made, deleted.
     pub removed_partial: Vec<PathBuf>,
+    /// Volumes that would not mount, and why (also logged).
+    pub failed: Vec<(PathBuf, String)>,
 }
 
 /// The workspaces' storage on this host.
@@ -126,8 +128,7 @@ impl Volumes {
                     return Ok(root.to_path_buf());
                 }
                 _ => {
-                    std::fs::create_dir_all(root)
-                        .map_err(|err| VolumeError::io(format!("cannot create {}", root.display()), err))?;
+                    ensure_dir(root)?;
                     return Ok(root.to_path_buf());
                 }
             }
@@ -144,13 +145,11 @@ impl Volumes {
                     tracing::warn!(image = %image.display(), error = %err, "cannot grow a workspace volume; mounting it as it is");
                 }
             }
-            std::fs::create_dir_all(root)
-                .map_err(|err| VolumeError::io(format!("cannot create {}", root.display()), err))?;
+            ensure_dir(root)?;
             image::mount(&image, root).await?;
         }
         let files = root.join(FILES_DIR);
-        std::fs::create_dir_all(&files)
-            .map_err(|err| VolumeError::io(format!("cannot create {}", files.display()), err))?;
+        ensure_dir(&files)?;
         if let Some(limit) = limit {
             let applied = read_limit(root);
             if applied != Some(limit) {
@@ -246,10 +245,15 @@ impl Volumes {
                 let lock = self.lock_for(&root);
                 let _held = lock.lock().await;
                 if !is_volume_mounted(&root) {
-                    std::fs::create_dir_all(&root)
-                        .map_err(|err| VolumeError::io(format!("cannot create {}", root.display()), err))?;
-                    image::mount(&path, &root).await?;
-                    report.mounted.push(root);
+                    // One volume that does not mount (a damaged image) must not keep the
+                    // server from starting: its workspace fails on use, and the log says why.
+                    match ensure_dir(&root) {
+                        Ok(()) => match image::mount(&path, &root).await {
+                            Ok(()) => report.mounted.push(root),
+                            Err(err) => report.failed.push((root, err.to_string())),
+                        },
+                        Err(err) => report.failed.push((root, err.to_string())),
+                    }
                 }
             }
         }
@@ -291,7 +295,7 @@ impl Volumes {
 /// Makes the image (under a temporary name, renamed once complete, so a crash never leaves a
 /// half-made image under the real name), mounts it at `root`, and applies the first limit.
 async fn create_volume(root: &Path, image: &Path, limit: u64) -> Result<(), VolumeError> {
-    std::fs::create_dir_all(root).map_err(|err| VolumeError::io(format!("cannot create {}", root.display()), err))?;
+    ensure_dir(root)?;
     let partial = partial_path(image);
     let _ = std::fs::remove_file(&partial);
     image::create(&partial, limit).await.inspect_err(|_| {
@@ -310,6 +314,10 @@ async fn create_volume(root: &Path, image: &Path, limit: u64) -> Result<(), Volu
     write_limit(root, enforced)?;
     tracing::info!(root = %root.display(), limit_bytes = limit, "workspace volume created");
     Ok(())
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(dir).map_err(|err| VolumeError::io(format!("cannot create {}", dir.display()), err))
 }
 
 fn partial_path(image: &Path) -> PathBuf {

@@ -448,6 +448,9 @@ impl SandboxService {
         let mut report = RecoveryReport::default();
         // Volumes first: a sandbox re-attached or started below needs its workspace mounted.
         let volumes = self.settings.volumes.recover(&self.settings.workspaces_dir).await.map_err(volume_error)?;
+        for (root, why) in &volumes.failed {
+            tracing::error!(root = %root.display(), error = %why, "a workspace volume does not mount; its workspace fails until an operator repairs it");
+        }
         report.volumes_mounted = volumes.mounted;
         let records = self.store.list_sandboxes_in_states(&[state::STARTING, state::RUNNING]).await?;
         for record in records {

@@ -138,8 +138,9 @@ async fn a_volume_is_mounted_again_after_a_reboot_with_its_files() {
     let root = data.path().join("bob").join("ws_2");
     let files = volumes.prepare(&root, Some(8 * MIB)).await.expect("prepare");
     std::fs::write(files.join("a.txt"), "persisted").expect("write");
-    // Made, then half-made by a crash.
+    // Made, then half-made by a crash, and one damaged (not a file system at all).
     std::fs::write(data.path().join("bob").join("ws_3.img.partial"), "").expect("partial");
+    std::fs::write(data.path().join("bob").join("ws_4.img"), vec![0u8; 1 << 20]).expect("damaged");
 
     // A reboot: nothing is mounted any more.
     assert!(Command::new("umount").arg(&root).status().expect("umount").success());
@@ -148,6 +149,8 @@ async fn a_volume_is_mounted_again_after_a_reboot_with_its_files() {
     let report = Volumes::enforcing().recover(data.path()).await.expect("recover");
     assert_eq!(report.mounted, vec![root.clone()]);
     assert_eq!(report.removed_partial.len(), 1);
+    let failed: Vec<&PathBuf> = report.failed.iter().map(|(root, _)| root).collect();
+    assert_eq!(failed, vec![&data.path().join("bob").join("ws_4")], "the damaged one fails alone");
     assert_eq!(std::fs::read_to_string(files.join("a.txt")).expect("read"), "persisted");
     // Mounting again keeps the applied limit.
     assert_eq!(volumes.usage(&root).await.expect("usage").enforced_limit_bytes, Some(8 * MIB));
