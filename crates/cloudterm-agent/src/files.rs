@@ -143,6 +143,9 @@ pub async fn upload(
     .await;
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
+        // Read the rest of the body before answering: a client still sending (a write that hit
+        // ENOSPC half-way) would otherwise see a broken connection instead of this answer.
+        while let Some(Ok(_)) = body.frame().await {}
         return Err(e);
     }
     if let Ok(d) = std::fs::File::open(&dir) {

@@ -23,13 +23,20 @@ pub struct MeResponse {
 /// One quota: how much is used of how much is allowed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QuotaUsage {
-    /// The quota kind, e.g. `sandboxes`.
+    /// The quota kind: `sandboxes`, `exec_rate` or `storage` (bytes).
     pub kind: String,
     /// Current use.
     pub used: u64,
     /// The limit; absent means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// `storage` only: whether a write past the limit fails (an ext4 volume per workspace) or
+    /// the limit is only reported (the process runtime, or a server that cannot mount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<bool>,
+    /// `storage` only: the workspace measured (in `/me`, the caller's home workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
 }
 
 /// A JSON Web Key Set (RFC 7517), as served at `/.well-known/jwks.json`.

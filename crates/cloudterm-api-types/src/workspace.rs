@@ -41,6 +41,9 @@ pub struct WorkspaceResponse {
     pub permission: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Storage used against the owner's per-workspace limit (`GET /workspaces/{id}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::QuotaUsage>,
 }
 
 /// `GET /workspaces`.

@@ -1,6 +1,7 @@
 //! Quota policy: the limits that apply to a principal (operator defaults, with per-principal
 //! overrides), how close a request brought someone to one of them, and the rolling-hour exec
-//! window each running sandbox keeps.
+//! window each running sandbox keeps. The storage limit applies to each workspace of the
+//! principal that owns it (whoever writes there).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -16,11 +17,20 @@ pub struct QuotaLimits {
     pub max_sandboxes: u64,
     /// Commands per sandbox over the last hour.
     pub exec_per_hour: Option<u64>,
+    /// MiB per workspace the principal owns.
+    pub storage_mb: Option<u64>,
+}
+
+impl QuotaLimits {
+    /// The storage limit per workspace in bytes.
+    pub fn storage_bytes(&self) -> Option<u64> {
+        self.storage_mb.map(|mb| mb.saturating_mul(1 << 20))
+    }
 }
 
 impl Default for QuotaLimits {
     fn default() -> Self {
-        QuotaLimits { max_sandboxes: 10, exec_per_hour: None }
+        QuotaLimits { max_sandboxes: 10, exec_per_hour: None, storage_mb: None }
     }
 }
 
@@ -31,6 +41,8 @@ pub struct QuotaOverride {
     pub max_sandboxes: Option<u64>,
     /// Commands per sandbox over the last hour; `Some(0)` lifts the limit.
     pub exec_per_hour: Option<u64>,
+    /// MiB per workspace; `Some(0)` lifts the limit.
+    pub storage_mb: Option<u64>,
 }
 
 /// The operator's quota settings.
@@ -53,6 +65,9 @@ impl QuotaPolicy {
             if let Some(rate) = changes.exec_per_hour {
                 limits.exec_per_hour = (rate > 0).then_some(rate);
             }
+            if let Some(mb) = changes.storage_mb {
+                limits.storage_mb = (mb > 0).then_some(mb);
+            }
         }
         limits
     }
@@ -61,7 +76,7 @@ impl QuotaPolicy {
 /// How much of a limit is in use after a request: what `X-Quota-Warning` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaStatus {
-    /// `sandboxes`, `exec_rate`…
+    /// `sandboxes`, `exec_rate`, `storage`…
     pub kind: &'static str,
     /// In use now.
     pub used: u64,
@@ -112,14 +127,20 @@ mod tests {
     #[test]
     fn overrides_change_only_what_they_name() {
         let mut policy = QuotaPolicy {
-            defaults: QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100) },
+            defaults: QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100), storage_mb: Some(64) },
             ..QuotaPolicy::default()
         };
-        policy.overrides.insert("ci-bot".into(), QuotaOverride { max_sandboxes: Some(20), exec_per_hour: Some(0) });
-        policy.overrides.insert("slow".into(), QuotaOverride { max_sandboxes: None, exec_per_hour: Some(5) });
-        assert_eq!(policy.limits_for("alice"), QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100) });
-        assert_eq!(policy.limits_for("ci-bot"), QuotaLimits { max_sandboxes: 20, exec_per_hour: None });
-        assert_eq!(policy.limits_for("slow"), QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(5) });
+        let ci_bot = QuotaOverride { max_sandboxes: Some(20), exec_per_hour: Some(0), storage_mb: Some(0) };
+        policy.overrides.insert("ci-bot".into(), ci_bot);
+        let slow = QuotaOverride { max_sandboxes: None, exec_per_hour: Some(5), storage_mb: Some(512) };
+        policy.overrides.insert("slow".into(), slow);
+        let alice = QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100), storage_mb: Some(64) };
+        assert_eq!(policy.limits_for("alice"), alice);
+        assert_eq!(alice.storage_bytes(), Some(64 << 20));
+        let ci_bot = QuotaLimits { max_sandboxes: 20, exec_per_hour: None, storage_mb: None };
+        assert_eq!(policy.limits_for("ci-bot"), ci_bot);
+        let slow = QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(5), storage_mb: Some(512) };
+        assert_eq!(policy.limits_for("slow"), slow);
     }
 
     #[test]

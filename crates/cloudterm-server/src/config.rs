@@ -301,6 +301,9 @@ pub struct QuotaConfig {
     pub max_sandboxes: u64,
     /// Commands (execs and background jobs) per sandbox over a rolling hour; 0: unlimited.
     pub exec_per_hour: u64,
+    /// MiB per workspace (enforced on the linux runtime as root: writes past it fail); 0:
+    /// unlimited.
+    pub storage_mb: u64,
     /// Per-principal overrides (`[quotas.principals.alice]`), file only.
     pub principals: std::collections::BTreeMap<String, QuotaOverrideConfig>,
 }
@@ -313,6 +316,8 @@ pub struct QuotaOverrideConfig {
     pub max_sandboxes: Option<u64>,
     /// Commands per sandbox and hour; 0: unlimited.
     pub exec_per_hour: Option<u64>,
+    /// MiB per workspace; 0: unlimited.
+    pub storage_mb: Option<u64>,
 }
 
 impl Default for Config {
@@ -393,7 +398,12 @@ impl Default for RuntimeConfig {
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        QuotaConfig { max_sandboxes: 10, exec_per_hour: 0, principals: std::collections::BTreeMap::new() }
+        QuotaConfig {
+            max_sandboxes: 10,
+            exec_per_hour: 0,
+            storage_mb: 0,
+            principals: std::collections::BTreeMap::new(),
+        }
     }
 }
 
@@ -903,6 +913,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "commands (execs and background jobs) per sandbox over a rolling hour; 0 = unlimited (default 0)",
         apply: |c, v| {
             c.quotas.exec_per_hour = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "quotas.storage_mb",
+        env: "CLOUDTERM_QUOTA_STORAGE_MB",
+        help: "MiB per workspace; enforced (writes past it fail) on the linux runtime as root, reported only otherwise; 0 = unlimited (default 0)",
+        apply: |c, v| {
+            c.quotas.storage_mb = parse_u64(v)?;
             Ok(())
         },
     },

@@ -21,7 +21,9 @@ impl IntoResponseParts for QuotaWarning {
         if let Some(status) = self.0.filter(QuotaStatus::near_limit) {
             let text = format!("{} {}/{}", status.kind, status.used, status.limit);
             if let Ok(value) = HeaderValue::from_str(&text) {
-                parts.headers_mut().insert(HEADER, value);
+                // Appended: a response may warn of several quotas (an exec: its rate and the
+                // workspace's storage), one header line each.
+                parts.headers_mut().append(HEADER, value);
             }
         }
         Ok(parts)

@@ -14,6 +14,7 @@ use cloudterm_identity::{DevIssuer, Verifier, VerifierConfig};
 use cloudterm_runtime::{Limits, ProcessRuntime, ProcessRuntimeConfig, Runtime, RuntimeChoice, RuntimeKind, Selection};
 use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig};
 use cloudterm_store::Store;
+use cloudterm_volumes::Volumes;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -101,11 +102,14 @@ impl AppState {
         let state_root = runtime_state_dir(&config, runtime.kind)?;
         let sandbox_runtime = build_runtime(&config, &runtime, state_root.clone())?;
         let state_root_for_app = state_root.clone();
-        let sandboxes =
-            Arc::new(SandboxService::new(store.clone(), sandbox_runtime, sandbox_settings(&config, state_root)?));
+        let sandboxes = Arc::new(SandboxService::new(
+            store.clone(),
+            sandbox_runtime,
+            sandbox_settings(&config, state_root, &runtime)?,
+        ));
         let recovered = sandboxes.recover().await.map_err(|err| anyhow::anyhow!("cannot recover sandboxes: {err}"))?;
         if recovered != Default::default() {
-            tracing::info!(reattached = ?recovered.reattached, stopped = ?recovered.marked_stopped, cleaned_up = ?recovered.cleaned_up, "recovered sandboxes after a restart");
+            tracing::info!(reattached = ?recovered.reattached, stopped = ?recovered.marked_stopped, cleaned_up = ?recovered.cleaned_up, volumes_mounted = ?recovered.volumes_mounted, "recovered sandboxes after a restart");
         }
         sandboxes.fill_pool();
         let snapshots = Arc::new(SnapshotService::new(
@@ -298,7 +302,36 @@ fn build_runtime(
     }
 }
 
-fn sandbox_settings(config: &Config, state_dir: std::path::PathBuf) -> anyhow::Result<SandboxSettings> {
+/// The workspaces' storage: size-limited volumes where limits can be enforced (the linux
+/// runtime, as root, with loop devices and e2fsprogs), plain directories whose usage is only
+/// reported otherwise; the log says which, and why.
+fn workspace_volumes(config: &Config, selection: &Selection) -> Volumes {
+    let limited = config.quotas.storage_mb > 0 || config.quotas.principals.values().any(|o| o.storage_mb > Some(0));
+    let enforceable = match selection.kind {
+        RuntimeKind::Linux => Volumes::probe(),
+        other => Err(format!("the {other} runtime shares the host's file system with its sandboxes")),
+    };
+    match enforceable {
+        Ok(()) => {
+            if limited {
+                tracing::info!("workspace storage limits are enforced (an ext4 volume per workspace)");
+            }
+            Volumes::enforcing()
+        }
+        Err(why) => {
+            if limited {
+                tracing::warn!(reason = %why, "workspace storage limits are only reported, not enforced");
+            }
+            Volumes::reporting(why)
+        }
+    }
+}
+
+fn sandbox_settings(
+    config: &Config,
+    state_dir: std::path::PathBuf,
+    selection: &Selection,
+) -> anyhow::Result<SandboxSettings> {
     let sandboxes = &config.sandboxes;
     let mut mount_allow = Vec::new();
     for dir in &sandboxes.mount_allow {
@@ -332,6 +365,7 @@ fn sandbox_settings(config: &Config, state_dir: std::path::PathBuf) -> anyhow::R
         warm_pool: sandboxes.warm_pool,
         idle_pause: (sandboxes.idle_pause_seconds > 0)
             .then(|| std::time::Duration::from_secs(sandboxes.idle_pause_seconds)),
+        volumes: Arc::new(workspace_volumes(config, selection)),
     })
 }
 
@@ -381,12 +415,18 @@ fn quota_policy(quotas: &crate::config::QuotaConfig) -> cloudterm_domain::quotas
         defaults: QuotaLimits {
             max_sandboxes: quotas.max_sandboxes,
             exec_per_hour: (quotas.exec_per_hour > 0).then_some(quotas.exec_per_hour),
+            storage_mb: (quotas.storage_mb > 0).then_some(quotas.storage_mb),
         },
         overrides: quotas
             .principals
             .iter()
             .map(|(id, o)| {
-                (id.clone(), QuotaOverride { max_sandboxes: o.max_sandboxes, exec_per_hour: o.exec_per_hour })
+                let changes = QuotaOverride {
+                    max_sandboxes: o.max_sandboxes,
+                    exec_per_hour: o.exec_per_hour,
+                    storage_mb: o.storage_mb,
+                };
+                (id.clone(), changes)
             })
             .collect(),
     }

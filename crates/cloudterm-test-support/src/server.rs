@@ -142,6 +142,9 @@ impl Drop for TestServer {
                         eprintln!("test clean-up: cannot stop sandbox {id}: {err}");
                     }
                 }
+                // Workspace volumes stay mounted across a server's stop (for sandboxes that
+                // outlive it); the temporary data dir goes, so they go first.
+                state.sandboxes.volumes().unmount_all(state.sandboxes.workspaces_root()).await;
             });
         });
         let _ = cleanup.join();

@@ -2,7 +2,7 @@
 
 mod live;
 mod model;
-mod ops;
+pub(crate) mod ops;
 mod pool;
 mod pty;
 mod service;
@@ -10,6 +10,6 @@ mod validate;
 
 pub use live::{ActivityGuard, LiveSandbox};
 pub use model::{state, CreateSandbox, Sandbox, SandboxSettings};
-pub use ops::{agent_error, check_command, exec_timeout, Busy};
+pub use ops::{agent_error, check_command, exec_timeout, storage_exceeded, Busy, STORAGE_RETRY_AFTER_SECONDS};
 pub use pty::open_terminal;
-pub use service::{runtime_error, RecoveryReport, SandboxService};
+pub use service::{runtime_error, volume_error, RecoveryReport, SandboxService, StorageUsage};

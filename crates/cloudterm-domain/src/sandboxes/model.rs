@@ -95,4 +95,6 @@ pub struct SandboxSettings {
     /// only snapshotted and stopped after staying paused this long; `None` stops it at once.
     /// Runtimes that cannot pause stop it at once either way.
     pub idle_pause: Option<Duration>,
+    /// Where workspaces' files live: size-limited volumes (enforced) or plain directories.
+    pub volumes: std::sync::Arc<cloudterm_volumes::Volumes>,
 }

@@ -29,9 +29,25 @@ pub struct Busy<T> {
     pub value: T,
 }
 
-/// Maps what the agent said to the domain: its 4xx answers keep their meaning.
+/// Seconds a client is told to wait after a write failed for lack of space: nothing frees
+/// space by itself, so this is a pause for deleting files (or asking for a bigger quota).
+pub const STORAGE_RETRY_AFTER_SECONDS: u64 = 60;
+
+/// The refusal of a write that did not fit in the workspace.
+pub fn storage_exceeded(detail: &str) -> DomainError {
+    DomainError::QuotaExceeded {
+        kind: "storage",
+        message: format!("the workspace is out of storage: {detail}"),
+        retry_after_seconds: STORAGE_RETRY_AFTER_SECONDS,
+    }
+}
+
+/// Maps what the agent said to the domain: its 4xx answers keep their meaning, and a write
+/// the workspace's file system refused for lack of space (`ENOSPC`/`EDQUOT`, the agent's
+/// `no_space`) is the storage quota.
 pub fn agent_error(err: AgentError) -> DomainError {
     match err {
+        AgentError::Remote { code, message, .. } if code == "no_space" => storage_exceeded(&message),
         AgentError::Remote { status: 404, message, .. } => DomainError::NotFound(message),
         AgentError::Remote { status: 409, message, .. } => DomainError::Conflict(message),
         AgentError::Remote { status, message, .. } if (400..500).contains(&status) => {

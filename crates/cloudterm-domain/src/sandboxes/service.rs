@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cloudterm_runtime::{AgentClient, Limits, Mount, Runtime, SandboxRuntimeError, SandboxSpec};
 use cloudterm_store::{SandboxRecord, Store, StoreError, WorkspaceRecord};
+use cloudterm_volumes::{VolumeError, Volumes};
 
 use crate::access::{Access, AccessControl};
 use crate::error::DomainError;
@@ -183,10 +184,10 @@ impl SandboxService {
         };
         self.store.insert_sandbox(&record).await?;
 
-        let workspace_dir = self.workspace_dir(&workspace.owner, &workspace.id);
         let spec = SandboxSpec {
             id: id.clone(),
-            workspace_dir: Some(workspace_dir.clone()),
+            // Set once the workspace's storage is ready, below.
+            workspace_dir: None,
             state_dir: self.settings.state_dir.join(&id),
             image,
             env: request.env.into_iter().collect(),
@@ -195,9 +196,8 @@ impl SandboxService {
             layer_dir,
         };
         let started = async {
-            tokio::fs::create_dir_all(&workspace_dir)
-                .await
-                .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
+            let files = self.prepare_workspace(&workspace).await?;
+            let spec = SandboxSpec { workspace_dir: Some(files), ..spec };
             let handle = self.runtime.start(&spec).await.map_err(runtime_error)?;
             let agent = AgentClient::new(handle.agent);
             agent
@@ -239,11 +239,8 @@ impl SandboxService {
     /// registry. On failure the pooled sandbox is stopped and nothing is recorded.
     async fn claim(&self, pooled: PooledSandbox, claim: Claim<'_>) -> Result<Sandbox, DomainError> {
         let id = pooled.id.clone();
-        let workspace_dir = self.workspace_dir(&claim.workspace.owner, &claim.workspace.id);
         let claimed = async {
-            tokio::fs::create_dir_all(&workspace_dir)
-                .await
-                .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
+            let workspace_dir = self.prepare_workspace(claim.workspace).await?;
             self.runtime.claim_workspace(&id, &workspace_dir).await.map_err(runtime_error)?;
             let now = Utc::now();
             let expires_at = now + chrono::Duration::seconds(claim.timeout_seconds as i64);
@@ -559,6 +556,12 @@ impl SandboxService {
     /// clean up whatever the runtime holds that the store does not know as running.
     pub async fn recover(&self) -> Result<RecoveryReport, DomainError> {
         let mut report = RecoveryReport::default();
+        // Volumes first: a sandbox re-attached or started below needs its workspace mounted.
+        let volumes = self.settings.volumes.recover(&self.settings.workspaces_dir).await.map_err(volume_error)?;
+        for (root, why) in &volumes.failed {
+            tracing::error!(root = %root.display(), error = %why, "a workspace volume does not mount; its workspace fails until an operator repairs it");
+        }
+        report.volumes_mounted = volumes.mounted;
         let records = self.store.list_sandboxes_in_states(&[state::STARTING, state::RUNNING, state::PAUSED]).await?;
         for record in records {
             let was_paused = record.state == state::PAUSED;
@@ -677,9 +680,75 @@ impl SandboxService {
         &self.settings.workspaces_dir
     }
 
-    /// `DATA_DIR/workspaces/<storage name of the owner>/<workspace id>`.
-    pub fn workspace_dir(&self, owner: &str, workspace_id: &str) -> PathBuf {
+    /// `DATA_DIR/workspaces/<storage name of the owner>/<workspace id>`: the workspace's
+    /// directory, or the mount point of its volume.
+    pub fn workspace_root(&self, owner: &str, workspace_id: &str) -> PathBuf {
         self.settings.workspaces_dir.join(storage_name(owner)).join(storage_name(workspace_id))
+    }
+
+    /// Where the workspace's files are (what sandboxes see at `/workspace`): its root, or the
+    /// `files` directory of its volume.
+    pub fn workspace_dir(&self, owner: &str, workspace_id: &str) -> PathBuf {
+        self.settings.volumes.files_dir(&self.workspace_root(owner, workspace_id))
+    }
+
+    /// The workspaces' storage.
+    pub fn volumes(&self) -> &Volumes {
+        &self.settings.volumes
+    }
+
+    /// Makes the workspace's storage ready (its volume created or mounted, with its owner's
+    /// storage limit, when limits are enforced) and returns where its files are. Every path
+    /// that puts files into a workspace or hands it to a sandbox comes through here.
+    pub async fn prepare_workspace(&self, workspace: &WorkspaceRecord) -> Result<PathBuf, DomainError> {
+        let root = self.workspace_root(&workspace.owner, &workspace.id);
+        let limit = self.limits_for(&workspace.owner).storage_bytes();
+        self.settings.volumes.prepare(&root, limit).await.map_err(volume_error)
+    }
+
+    /// The workspace's storage use against its owner's limit, for `/me`, the workspace's
+    /// `GET` and `X-Quota-Warning`; `None` for an unlimited plain directory (measuring one
+    /// walks its whole tree, which no limit asks for).
+    pub async fn storage_usage(&self, workspace: &WorkspaceRecord) -> Option<StorageUsage> {
+        let root = self.workspace_root(&workspace.owner, &workspace.id);
+        let limit = self.limits_for(&workspace.owner).storage_bytes();
+        if limit.is_none() && !Volumes::image_path(&root).exists() {
+            return None;
+        }
+        let usage = self.settings.volumes.usage(&root).await;
+        let (used_bytes, enforced_limit) = match usage {
+            Ok(usage) => (usage.used_bytes, usage.enforced_limit_bytes),
+            Err(err) => {
+                tracing::warn!(workspace = %workspace.id, error = %err, "cannot measure a workspace's storage");
+                (0, None)
+            }
+        };
+        Some(StorageUsage {
+            used_bytes,
+            // What the file system enforces when it does (a shrink it refused keeps the old).
+            limit_bytes: enforced_limit.or(limit),
+            enforced: enforced_limit.is_some(),
+        })
+    }
+
+    /// The storage quota of the workspace a sandbox runs on, for `X-Quota-Warning` after an
+    /// exec or a file write; `None` when there is no limit, the sandbox has no workspace, or
+    /// limits are only reported (measuring a plain directory walks its whole tree: too dear
+    /// for every command; `/me` and `GET /workspaces/{id}` still measure it).
+    pub async fn storage_quota_of_sandbox(&self, sandbox_id: &str) -> Option<QuotaStatus> {
+        if !self.settings.volumes.enforced() {
+            return None;
+        }
+        let record = self.store.get_sandbox(sandbox_id).await.ok()?;
+        let workspace = self.store.get_workspace(record.workspace_id.as_deref()?).await.ok()?;
+        self.limits_for(&workspace.owner).storage_mb?;
+        self.storage_usage(&workspace).await?.status()
+    }
+
+    /// Deletes the workspace's files and its volume.
+    pub async fn remove_workspace_storage(&self, workspace: &WorkspaceRecord) -> Result<(), DomainError> {
+        let root = self.workspace_root(&workspace.owner, &workspace.id);
+        self.settings.volumes.remove(&root).await.map_err(volume_error)
     }
 
     fn resolve_image(&self, image: Option<&str>) -> Result<Option<PathBuf>, DomainError> {
@@ -741,6 +810,33 @@ impl SandboxService {
     }
 }
 
+/// A workspace's storage use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageUsage {
+    /// Bytes its files take.
+    pub used_bytes: u64,
+    /// Its limit; `None`: unlimited.
+    pub limit_bytes: Option<u64>,
+    /// Whether writes past the limit fail (a volume), or the limit is only reported.
+    pub enforced: bool,
+}
+
+impl StorageUsage {
+    /// As a quota status (`storage <used>/<limit>`), when there is a limit.
+    pub fn status(&self) -> Option<QuotaStatus> {
+        Some(QuotaStatus { kind: "storage", used: self.used_bytes, limit: self.limit_bytes? })
+    }
+}
+
+/// Maps volume failures: a limit below use is a conflict the caller can resolve, the rest is
+/// the host's storage failing.
+pub fn volume_error(err: VolumeError) -> DomainError {
+    match err {
+        VolumeError::BelowUse { .. } => DomainError::Conflict(err.to_string()),
+        other => DomainError::Unavailable(format!("workspace storage: {other}")),
+    }
+}
+
 /// What `recover` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -750,6 +846,8 @@ pub struct RecoveryReport {
     pub marked_stopped: Vec<String>,
     /// Held by the runtime without a running record; removed.
     pub cleaned_up: Vec<String>,
+    /// Workspace volumes that were not mounted (after a reboot) and are again.
+    pub volumes_mounted: Vec<PathBuf>,
 }
 
 /// What a warm-pool claim needs from the create request.

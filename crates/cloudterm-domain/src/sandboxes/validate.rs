@@ -142,6 +142,7 @@ mod tests {
             images_dir: None,
             warm_pool: 0,
             idle_pause: None,
+            volumes: std::sync::Arc::new(cloudterm_volumes::Volumes::reporting("unit test")),
         }
     }
 

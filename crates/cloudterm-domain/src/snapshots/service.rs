@@ -16,6 +16,7 @@ use crate::access::Access;
 use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::principal::{storage_name, Principal};
+use crate::sandboxes::ops::storage_exceeded;
 use crate::sandboxes::{CreateSandbox, Sandbox, SandboxService};
 use crate::snapshots::layer;
 use crate::snapshots::model::{
@@ -150,11 +151,8 @@ impl SnapshotService {
         what: Taking,
         layer_of: Option<String>,
     ) -> Result<Snapshot, DomainError> {
+        let dir = self.sandboxes.prepare_workspace(workspace).await?;
         let (owner, workspace) = (workspace.owner.as_str(), workspace.id.as_str());
-        let dir = self.sandboxes.workspace_dir(owner, workspace);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
         // A live snapshot: the sandboxes writing this workspace (and the one whose layer is
         // taken) are frozen while it is read.
         let mut running = self.sandboxes.running_on_workspace(workspace).await?;
@@ -382,9 +380,24 @@ impl SnapshotService {
             (None, None) => self.sandboxes.resolve_workspace(caller, Some(&record.workspace_id), Access::Write).await?,
         };
         let workspace = target.id.clone();
-        let dir = self.sandboxes.workspace_dir(&target.owner, &workspace);
+        let dir = self.sandboxes.prepare_workspace(&target).await?;
+        // A snapshot bigger than the workspace's storage limit cannot be restored into it:
+        // refused before a byte moves (the archive's own count is checked again while it is
+        // unpacked). The restored tree is unpacked beside the old one, by the server, into
+        // the volume's root reserve, so only the new tree has to fit in the limit.
+        let limit = self.sandboxes.limits_for(&target.owner).storage_bytes();
+        let size = u64::try_from(record.size_bytes).unwrap_or(0);
+        if let Some(limit) = limit.filter(|limit| size > *limit) {
+            return Err(storage_exceeded(&format!(
+                "snapshot {} holds {size} bytes, more than the workspace's limit of {limit} bytes",
+                record.id
+            )));
+        }
         let fresh = scratch_dir(&dir, "restore")?;
-        let options = self.unpack_options(Some(&record))?;
+        let mut options = self.unpack_options(Some(&record))?;
+        if let Some(limit) = limit {
+            options.max_bytes = options.max_bytes.min(limit);
+        }
         let stats = match transfer::unpack_from_store(&self.blobs, &record.object_key, &fresh, options).await {
             Ok(stats) => stats,
             Err(err) => {
@@ -528,10 +541,15 @@ impl SnapshotService {
     ) -> Result<Snapshot, DomainError> {
         let label = validate_label(label)?;
         let workspace = self.sandboxes.resolve_workspace(caller, workspace_id, Access::Write).await?;
-        let dir = self.sandboxes.workspace_dir(&workspace.owner, &workspace.id);
+        let dir = self.sandboxes.prepare_workspace(&workspace).await?;
         let scratch = scratch_dir(&dir, "import")?;
         let result = async {
-            transfer::unpack_reader(body, &scratch, self.unpack_options(None)?).await?;
+            let mut options = self.unpack_options(None)?;
+            // What could not be restored into the workspace is not worth storing.
+            if let Some(limit) = self.sandboxes.limits_for(&workspace.owner).storage_bytes() {
+                options.max_bytes = options.max_bytes.min(limit);
+            }
+            transfer::unpack_reader(body, &scratch, options).await?;
             let what = Taking { label, kind: SnapshotKind::Import, pinned: false };
             self.store_dir(&workspace.owner, &workspace.id, scratch.clone(), what, None).await
         }
@@ -735,16 +753,21 @@ fn remove_scratch(dir: &Path) {
     }
 }
 
-/// Scratch directories (`.restore-…`, `.import-…`) left in `workspaces/<owner>/` by a crash or
-/// by a restore into a running sandbox.
+/// Scratch directories (`.restore-…`, `.import-…`) left in `workspaces/<owner>/` (or in the
+/// root of a workspace's volume, `workspaces/<owner>/<workspace>/`, where no sandbox sees
+/// them) by a crash or by a restore into a running sandbox.
 fn leftover_scratch_dirs(workspaces: &Path) -> Vec<PathBuf> {
+    let is_scratch = |name: &str| name.starts_with(".restore-tmp_") || name.starts_with(".import-tmp_");
     let mut found = Vec::new();
     for owner in std::fs::read_dir(workspaces).into_iter().flatten().flatten() {
         for entry in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".restore-tmp_") || name.starts_with(".import-tmp_") {
+            if is_scratch(&name) {
                 found.push(entry.path());
+            } else if cloudterm_volumes::Volumes::image_path(&entry.path()).exists() {
+                let inside = std::fs::read_dir(entry.path()).into_iter().flatten().flatten();
+                found.extend(inside.filter(|e| is_scratch(&e.file_name().to_string_lossy())).map(|e| e.path()));
             }
         }
     }

@@ -91,7 +91,7 @@ pub(crate) async fn unpack_reader(
 }
 
 /// Archive failures: what the archive holds is the client's problem (422-ish invalid input),
-/// our disk is ours.
+/// a full workspace is the storage quota, the rest of our disk is ours.
 pub(crate) fn archive_error(err: ArchiveError) -> DomainError {
     match err {
         ArchiveError::Unsafe { .. } | ArchiveError::Corrupt(_) | ArchiveError::TooLarge(_) => {
@@ -99,6 +99,10 @@ pub(crate) fn archive_error(err: ArchiveError) -> DomainError {
         }
         ArchiveError::ChecksumMismatch { .. } | ArchiveError::Decrypt(_) => {
             DomainError::Unavailable(format!("stored snapshot failed verification: {err}"))
+        }
+        // ENOSPC/EDQUOT while unpacking: the workspace's volume (or the disk) is full.
+        ArchiveError::Io { ref source, .. } if matches!(source.raw_os_error(), Some(28) | Some(122)) => {
+            crate::sandboxes::ops::storage_exceeded(&err.to_string())
         }
         ArchiveError::Io { .. } | ArchiveError::InvalidArgument(_) => DomainError::Internal(err.to_string()),
     }

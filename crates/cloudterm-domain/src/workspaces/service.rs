@@ -14,7 +14,7 @@ use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::marketplace::{self, MarketplaceService};
 use crate::principal::Principal;
-use crate::sandboxes::{CreateSandbox, SandboxService};
+use crate::sandboxes::{CreateSandbox, SandboxService, StorageUsage};
 use crate::snapshots::SnapshotService;
 use crate::workspaces::model::{CreateWorkspace, RunWorker, WorkerRun, Workspace};
 use crate::workspaces::validate;
@@ -109,6 +109,13 @@ impl WorkspaceService {
         Ok(view(record, access))
     }
 
+    /// The storage a workspace the caller may read uses, against its owner's limit (`None`:
+    /// unlimited and not measured).
+    pub async fn storage(&self, caller: &Principal, id: &str) -> Result<Option<StorageUsage>, DomainError> {
+        let (record, _) = self.access().workspace(caller, id, Access::Read).await?;
+        Ok(self.sandboxes.storage_usage(&record).await)
+    }
+
     /// Deletes a workspace (admin): its snapshots, its record and shares, then its files. The
     /// home workspace cannot be deleted, nor one a sandbox still runs on.
     pub async fn delete(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {
@@ -128,12 +135,11 @@ impl WorkspaceService {
             Ok(()) | Err(StoreError::NotFound) => {}
             Err(err) => return Err(err.into()),
         }
-        let dir = self.sandboxes.workspace_dir(&record.owner, &record.id);
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a deleted workspace's files"),
-        });
+        // The record is gone: a failure here leaves files the operator must remove, not a
+        // workspace the caller can see.
+        if let Err(err) = self.sandboxes.remove_workspace_storage(&record).await {
+            tracing::warn!(workspace = %id, error = %err, "cannot remove a deleted workspace's files");
+        }
         tracing::info!(workspace = %id, by = %caller.id(), "workspace deleted");
         Ok(())
     }

@@ -187,3 +187,22 @@ fn preview_settings_are_checked() {
     .expect("load");
     assert_eq!(config.preview.base_url.as_deref(), Some("https://p.example.com:8443"));
 }
+
+#[test]
+fn the_storage_quota_comes_from_the_file_with_overrides_and_the_env_wins() {
+    let file = write_file(
+        "[quotas]\nstorage_mb = 512\n[quotas.principals.ci-bot]\nstorage_mb = 4096\n[quotas.principals.free]\nstorage_mb = 0\n",
+    );
+    let config = Config::load(Some(file.path()), env_of(&[]), &Overrides::default()).expect("load");
+    assert_eq!(config.quotas.storage_mb, 512);
+    assert_eq!(config.quotas.principals["ci-bot"].storage_mb, Some(4096));
+    assert_eq!(Config::default().quotas.storage_mb, 0, "unlimited unless configured");
+
+    let env = env_of(&[("CLOUDTERM_QUOTA_STORAGE_MB", "64")]);
+    let config = Config::load(Some(file.path()), env, &Overrides::default()).expect("load");
+    assert_eq!(config.quotas.storage_mb, 64, "env beats file");
+    assert_eq!(config.quotas.principals["ci-bot"].storage_mb, Some(4096), "overrides stay");
+
+    let bad = Config::load(None, env_of(&[("CLOUDTERM_QUOTA_STORAGE_MB", "lots")]), &Overrides::default());
+    assert!(bad.is_err_and(|err| err.to_string().contains("CLOUDTERM_QUOTA_STORAGE_MB")));
+}

@@ -7,6 +7,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use cloudterm_api_types::{DevTokenRequest, DevTokenResponse, ErrorEnvelope, Jwks, MeResponse, QuotaUsage};
+use cloudterm_domain::sandboxes::StorageUsage;
+use cloudterm_domain::Access;
 use cloudterm_identity::IdentityError;
 
 use crate::error::ApiError;
@@ -36,7 +38,7 @@ pub async fn get_me(State(state): State<AppState>, caller: Caller) -> Result<Jso
         home_workspace_id: view.home_workspace_id,
         created_at: view.created_at,
         token_expires_at: caller.expires_at,
-        quota: quota_usage(&state, &caller.principal),
+        quota: quota_usage(&state, &caller.principal).await,
     }))
 }
 
@@ -147,8 +149,10 @@ fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `/me`'s quotas: running sandboxes, and the exec rate of the caller's busiest sandbox.
-fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal) -> Vec<QuotaUsage> {
+/// `/me`'s quotas: running sandboxes, the exec rate of the caller's busiest sandbox, and the
+/// storage of their home workspace when it has a limit (other workspaces show theirs in `GET
+/// /workspaces/{id}`).
+async fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal) -> Vec<QuotaUsage> {
     let sandboxes = state.sandboxes.sandbox_quota(caller.id());
     let limits = state.sandboxes.limits_for(caller.id());
     let busiest = state
@@ -159,10 +163,39 @@ fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal
         .map(|status| status.used)
         .max()
         .unwrap_or(0);
-    vec![
-        QuotaUsage { kind: sandboxes.kind.into(), used: sandboxes.used, limit: Some(sandboxes.limit) },
-        QuotaUsage { kind: "exec_rate".into(), used: busiest, limit: limits.exec_per_hour },
-    ]
+    let mut quotas = vec![
+        QuotaUsage {
+            kind: sandboxes.kind.into(),
+            used: sandboxes.used,
+            limit: Some(sandboxes.limit),
+            enforced: None,
+            workspace_id: None,
+        },
+        QuotaUsage {
+            kind: "exec_rate".into(),
+            used: busiest,
+            limit: limits.exec_per_hour,
+            enforced: None,
+            workspace_id: None,
+        },
+    ];
+    if let Ok(home) = state.sandboxes.resolve_workspace(caller, None, Access::Read).await {
+        if let Some(usage) = state.sandboxes.storage_usage(&home).await {
+            quotas.push(storage_usage(&home.id, usage));
+        }
+    }
+    quotas
+}
+
+/// A workspace's storage as a quota entry.
+pub fn storage_usage(workspace_id: &str, usage: StorageUsage) -> QuotaUsage {
+    QuotaUsage {
+        kind: "storage".into(),
+        used: usage.used_bytes,
+        limit: usage.limit_bytes,
+        enforced: Some(usage.enforced),
+        workspace_id: Some(workspace_id.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -168,14 +168,16 @@ pub(crate) async fn run_exec(
         let busy = state.sandboxes.exec_stream(&caller.principal, id, request).await?;
         state.metrics.sandboxes().exec_started(id, &program);
         let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, id));
-        return Ok((warning, Sse::new(exec_events(busy)).keep_alive(KeepAlive::default())).into_response());
+        let storage = QuotaWarning(state.sandboxes.storage_quota_of_sandbox(id).await);
+        return Ok((warning, storage, Sse::new(exec_events(busy)).keep_alive(KeepAlive::default())).into_response());
     }
     let started = std::time::Instant::now();
     let result = state.sandboxes.exec(&caller.principal, id, request).await?;
     state.metrics.sandboxes().exec_started(id, &program);
     state.metrics.sandboxes().exec_finished(&program, started.elapsed().as_secs_f64());
     let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, id));
-    Ok((warning, Json(exec_response(result))).into_response())
+    let storage = QuotaWarning(state.sandboxes.storage_quota_of_sandbox(id).await);
+    Ok((warning, storage, Json(exec_response(result))).into_response())
 }
 
 /// Writes a file from JSON (`content` or `content_base64`).
@@ -183,13 +185,14 @@ pub(crate) async fn run_exec(
     params(("id" = String, Path, description = "sandbox id")),
     request_body = WriteFileRequest,
     responses((status = 201, body = FileWritten), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope)))]
+        (status = 422, body = ErrorEnvelope),
+        (status = 429, description = "the workspace's storage limit", body = ErrorEnvelope)))]
 pub async fn write_file(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<WriteFileRequest>,
-) -> Result<(StatusCode, Json<FileWritten>), ApiError> {
+) -> Result<(StatusCode, QuotaWarning, Json<FileWritten>), ApiError> {
     let data = match (body.content, body.content_base64) {
         (Some(text), None) => Bytes::from(text),
         (None, Some(encoded)) => Bytes::from(
@@ -198,7 +201,8 @@ pub async fn write_file(
         _ => return Err(ApiError::Unprocessable("give exactly one of content and content_base64".into())),
     };
     let written = state.sandboxes.write_file(&caller.principal, &id, &body.path, body.mode, data).await?;
-    Ok((StatusCode::CREATED, Json(FileWritten { path: written.path, size: written.size })))
+    let warning = QuotaWarning(state.sandboxes.storage_quota_of_sandbox(&id).await);
+    Ok((StatusCode::CREATED, warning, Json(FileWritten { path: written.path, size: written.size })))
 }
 
 /// Query of the directory listing.
@@ -253,14 +257,15 @@ pub async fn list_files(
 #[utoipa::path(put, path = "/sandboxes/{id}/files/{*path}", tag = "files", security(("bearer" = [])),
     params(("id" = String, Path, description = "sandbox id"), ("path" = String, Path, description = "file path"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = FileWritten), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 201, body = FileWritten), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 429, description = "the workspace's storage limit", body = ErrorEnvelope)))]
 pub async fn upload_file(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, path)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<UploadQuery>,
     body: Body,
-) -> Result<(StatusCode, Json<FileWritten>), ApiError> {
+) -> Result<(StatusCode, QuotaWarning, Json<FileWritten>), ApiError> {
     let mode = match query.mode {
         Some(text) => Some(
             u32::from_str_radix(&text, 8).map_err(|_| ApiError::BadRequest(format!("mode {text:?} is not octal")))?,
@@ -268,7 +273,8 @@ pub async fn upload_file(
         None => None,
     };
     let written = state.sandboxes.write_file_stream(&caller.principal, &id, &path, mode, SyncBody::new(body)).await?;
-    Ok((StatusCode::CREATED, Json(FileWritten { path: written.path, size: written.size })))
+    let warning = QuotaWarning(state.sandboxes.storage_quota_of_sandbox(&id).await);
+    Ok((StatusCode::CREATED, warning, Json(FileWritten { path: written.path, size: written.size })))
 }
 
 /// Downloads a file, streamed.

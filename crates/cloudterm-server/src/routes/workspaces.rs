@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::quota_warning::QuotaWarning;
 use crate::routes::sandboxes::{exec_request, exec_response, run_exec};
 use crate::state::AppState;
 
@@ -74,8 +75,11 @@ pub async fn get_workspace(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<WorkspaceResponse>, ApiError> {
-    Ok(Json(workspace_response(state.workspaces.get(&caller.principal, &id).await?)))
+) -> Result<(QuotaWarning, Json<WorkspaceResponse>), ApiError> {
+    let mut response = workspace_response(state.workspaces.get(&caller.principal, &id).await?);
+    let storage = state.workspaces.storage(&caller.principal, &id).await?;
+    response.storage = storage.map(|usage| crate::routes::identity::storage_usage(&id, usage));
+    Ok((QuotaWarning(storage.and_then(|usage| usage.status())), Json(response)))
 }
 
 /// Deletes a workspace with its snapshots, shares and files (needs `admin`). The home
@@ -241,5 +245,6 @@ fn workspace_response(workspace: Workspace) -> WorkspaceResponse {
         is_home: workspace.is_home,
         permission: workspace.permission.as_str().to_string(),
         created_at: workspace.created_at,
+        storage: None,
     }
 }

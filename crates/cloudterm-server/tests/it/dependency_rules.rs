@@ -12,6 +12,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cloudterm-archive", &[]),
     ("cloudterm-store", &[]),
     ("cloudterm-identity", &[]),
+    ("cloudterm-volumes", &[]),
     ("cloudterm-agent", &["cloudterm-agent-protocol"]),
     ("cloudterm-runtime", &["cloudterm-agent-protocol"]),
     ("cloudterm-terminal", &["cloudterm-agent-protocol"]),
@@ -24,6 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "cloudterm-blobstore",
             "cloudterm-agent-protocol",
             "cloudterm-archive",
+            "cloudterm-volumes",
         ],
     ),
     (
@@ -38,6 +40,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "cloudterm-identity",
             "cloudterm-agent-protocol",
             "cloudterm-terminal",
+            "cloudterm-volumes",
         ],
     ),
     ("cloudterm-bench", &[]),
@@ -63,6 +66,7 @@ const NO_AXUM: &[&str] = &[
     "cloudterm-runtime",
     "cloudterm-api-types",
     "cloudterm-terminal",
+    "cloudterm-volumes",
 ];
 
 fn manifests() -> BTreeMap<String, toml::Table> {

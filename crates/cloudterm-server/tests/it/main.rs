@@ -18,6 +18,7 @@ mod sandboxes;
 mod snapshot_layers;
 mod snapshots;
 mod spec;
+mod storage_quota;
 mod terminal;
 mod warm_pool;
 mod workspaces;
