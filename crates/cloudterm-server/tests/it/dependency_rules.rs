@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cloudterm-runtime", &["cloudterm-agent-protocol"]),
     ("cloudterm-terminal", &["cloudterm-agent-protocol"]),
     ("cloudterm-runtime-linux", &["cloudterm-runtime", "cloudterm-agent-protocol"]),
+    ("cloudterm-runtime-firecracker", &["cloudterm-runtime", "cloudterm-blobstore"]),
     (
         "cloudterm-domain",
         &[
@@ -61,6 +62,7 @@ const NO_AXUM: &[&str] = &[
     "cloudterm-store",
     "cloudterm-blobstore",
     "cloudterm-runtime",
+    "cloudterm-runtime-firecracker",
     "cloudterm-api-types",
     "cloudterm-terminal",
 ];
