@@ -22,6 +22,25 @@ pub fn default_output(image_dir: &Path) -> PathBuf {
     PathBuf::from(file)
 }
 
+/// Whether the ELF at `path` asks for a dynamic loader (has a `PT_INTERP` program header): such
+/// an agent only starts in an image that holds its libraries.
+pub fn is_dynamic(path: &Path) -> std::io::Result<bool> {
+    let bytes = std::fs::read(path)?;
+    let field = |at: usize, len: usize| -> Option<u64> {
+        let slice = bytes.get(at..at + len)?;
+        Some(slice.iter().rev().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    // ELF64 little-endian only (what x86_64 guests run).
+    if bytes.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return Ok(false);
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (field(0x20, 8), field(0x36, 2), field(0x38, 2)) else {
+        return Ok(false);
+    };
+    const PT_INTERP: u64 = 3;
+    Ok((0..phnum).any(|i| field((phoff + i * phentsize) as usize, 4) == Some(PT_INTERP)))
+}
+
 /// Bytes of the regular files under `dir` (links not followed), rounded up to 4 KiB blocks.
 pub fn tree_size(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;

@@ -47,3 +47,15 @@ async fn a_tree_larger_than_the_asked_size_and_a_missing_agent_are_clear_errors(
     let err = build_rootfs(&image_dir, &tmp.path().join("nope"), &output, None).await.expect_err("no agent");
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+#[test]
+fn dynamically_linked_agents_are_told_apart_from_static_ones() {
+    use cloudterm_runtime_firecracker::image::is_dynamic;
+    // Any dynamically linked program of the host will do; the bare guest is static.
+    assert!(is_dynamic(std::path::Path::new("/bin/sh")).expect("read /bin/sh"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let guest = crate::guest::build(tmp.path(), crate::guest::Guest::Reset);
+    assert!(!is_dynamic(&guest).expect("read the guest"));
+    std::fs::write(tmp.path().join("text"), "not an elf").expect("write");
+    assert!(!is_dynamic(&tmp.path().join("text")).expect("read"));
+}
