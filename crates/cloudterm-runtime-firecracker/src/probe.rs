@@ -52,7 +52,11 @@ pub async fn probe(config: &FirecrackerConfig, timeout: Duration) -> Result<Stri
 async fn probe_in(config: &FirecrackerConfig, dir: &VmDir, timeout: Duration) -> Result<String, String> {
     let spec = MachineSpec {
         kernel: config.kernel.clone(),
-        boot_args: format!("{} -- --listen vsock:{} --workspace /tmp", config.boot_args.trim(), config.agent_port),
+        boot_args: format!(
+            "{} -- --vm-init --listen vsock:{} --workspace /tmp",
+            config.boot_args.trim(),
+            config.agent_port
+        ),
         vcpus: 1,
         memory_mb: PROBE_MEMORY_MB,
         rootfs: config.default_rootfs.clone(),

@@ -154,7 +154,7 @@ impl FirecrackerRuntime {
             None => self.config.default_rootfs.clone(),
         };
         let mut boot_args = format!(
-            "{} -- --listen vsock:{} --workspace /workspace",
+            "{} -- --vm-init --listen vsock:{} --workspace /workspace",
             self.config.boot_args.trim(),
             self.config.agent_port
         );
@@ -517,7 +517,11 @@ mod tests {
         let (machine, disk) = rt.machine_spec(&s, &dir).expect("valid");
         assert_eq!((machine.vcpus, machine.memory_mb, disk), (2, 256, 64));
         assert_eq!(machine.workspace, Some(dir.workspace_image()));
-        assert!(machine.boot_args.ends_with("-- --listen vsock:1024 --workspace /workspace"), "{}", machine.boot_args);
+        assert!(
+            machine.boot_args.ends_with("-- --vm-init --listen vsock:1024 --workspace /workspace"),
+            "{}",
+            machine.boot_args
+        );
         s.limits.cpus = Some(f64::NAN);
         assert!(matches!(rt.machine_spec(&s, &dir), Err(SandboxRuntimeError::InvalidSpec(_))));
         s.limits.cpus = Some(33.0);
