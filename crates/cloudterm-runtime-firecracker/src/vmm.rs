@@ -196,6 +196,11 @@ mod tests {
             .spawn()
             .expect("spawn sh");
         let pid = child.id();
+        // Until the child has exec'd, /proc shows the test binary's command line.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_ours(pid, Path::new("/tmp/x/api.sock")) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let ours = is_ours(pid, Path::new("/tmp/x/api.sock"));
         let theirs = is_ours(pid, Path::new("/tmp/y/api.sock"));
         let _ = child.kill();
