@@ -68,12 +68,21 @@ pub fn check_image(what: &str, path: &Path) -> Result<(), FirecrackerError> {
 /// Validates `spec`, spawns Firecracker in `dir` and boots the guest. On any failure the VMM is
 /// killed before returning, so nothing half-configured keeps running.
 pub async fn boot(binary: &Path, dir: &VmDir, id: &str, spec: &MachineSpec) -> Result<Vmm, FirecrackerError> {
+    boot_after(binary, dir, id, spec, async { Ok(()) }).await
+}
+
+/// [`boot`], with `prepare` (making the workspace image) run while Firecracker starts: the
+/// images are only needed once the VMM takes its configuration.
+pub async fn boot_after(
+    binary: &Path,
+    dir: &VmDir,
+    id: &str,
+    spec: &MachineSpec,
+    prepare: impl std::future::Future<Output = Result<(), FirecrackerError>>,
+) -> Result<Vmm, FirecrackerError> {
     check_kernel(&spec.kernel)?;
     if let Some(rootfs) = &spec.rootfs {
         check_image("root image", rootfs)?;
-    }
-    if let Some(workspace) = &spec.workspace {
-        check_image("workspace image", workspace)?;
     }
     if !(1..=32).contains(&spec.vcpus) {
         return Err(FirecrackerError::Invalid(format!("{} vCPUs is out of range (1-32)", spec.vcpus)));
@@ -81,8 +90,22 @@ pub async fn boot(binary: &Path, dir: &VmDir, id: &str, spec: &MachineSpec) -> R
     if !(16..=(1 << 20)).contains(&spec.memory_mb) {
         return Err(FirecrackerError::Invalid(format!("{} MiB of memory is out of range", spec.memory_mb)));
     }
-    let vmm = Vmm::spawn(binary, dir, id).await?;
-    match configure(&vmm, dir, spec).await {
+    let (prepared, vmm) = tokio::join!(prepare, Vmm::spawn(binary, dir, id));
+    let vmm = match (prepared, vmm) {
+        (Ok(()), Ok(vmm)) => vmm,
+        (Err(err), Ok(vmm)) => {
+            vmm.kill().await;
+            return Err(err);
+        }
+        (_, Err(err)) => return Err(err),
+    };
+    let configured = async {
+        if let Some(workspace) = &spec.workspace {
+            check_image("workspace image", workspace)?;
+        }
+        configure(&vmm, dir, spec).await
+    };
+    match configured.await {
         Ok(()) => Ok(vmm),
         Err(err) => {
             vmm.kill().await;

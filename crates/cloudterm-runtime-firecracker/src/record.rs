@@ -27,6 +27,9 @@ pub struct VmRecord {
     pub phase: VmPhase,
     /// The guest vsock port of its agent.
     pub agent_port: u32,
+    /// How many times it was paused into the store (names the snapshot's objects).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// Reads `dir`'s record; `None` when there is none or it is unreadable (a VM whose start never
@@ -52,7 +55,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = VmDir::new(tmp.path());
         assert_eq!(read(&dir), None);
-        let record = VmRecord { pid: Some(42), phase: VmPhase::PausedInStore, agent_port: 1024 };
+        let record = VmRecord { pid: Some(42), phase: VmPhase::PausedInStore, agent_port: 1024, generation: 3 };
         write(&dir, &record).expect("write");
         assert_eq!(read(&dir), Some(record));
         std::fs::write(dir.record(), b"{not json").expect("write");

@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use crate::config::{FirecrackerConfig, Readiness};
 use crate::error::FirecrackerError;
 use crate::layout::{valid_id, VmDir};
-use crate::machine::{boot, MachineSpec};
+use crate::machine::{boot_after, MachineSpec};
 use crate::record::{self, VmPhase, VmRecord};
 use crate::snapshot::{self, SnapshotKeys};
 use crate::vmm::{log_tail, Vmm};
@@ -31,6 +31,8 @@ struct Entry {
     /// The VMM, while there is one.
     vmm: Option<Vmm>,
     phase: VmPhase,
+    /// Pauses into the store so far.
+    generation: u64,
     /// Set once the sandbox is stopped: a watcher or a queued operation finding it leaves it be.
     gone: bool,
 }
@@ -98,7 +100,12 @@ impl FirecrackerRuntime {
                 Some(record.pid.and_then(|pid| Vmm::find(&dir, pid)).ok_or_else(|| not_running(id))?)
             }
         };
-        let slot = Arc::new(Mutex::new(Entry { vmm: vmm.clone(), phase: record.phase, gone: false }));
+        let slot = Arc::new(Mutex::new(Entry {
+            vmm: vmm.clone(),
+            phase: record.phase,
+            generation: record.generation,
+            gone: false,
+        }));
         let mut vms = self.vms.lock().map_err(|_| SandboxRuntimeError::Failed("vm registry poisoned".into()))?;
         let slot = vms.entry(id.to_owned()).or_insert(slot).clone();
         drop(vms);
@@ -125,7 +132,7 @@ impl FirecrackerRuntime {
             entry.vmm = None;
             Self::forget(&vms, &id);
             if let Some(store) = store {
-                let _ = snapshot::discard(&store, &SnapshotKeys::for_sandbox(&id)).await;
+                let _ = snapshot::discard_all(&store, &id).await;
             }
             if let Some(dir) = dir {
                 let _ = tokio::fs::remove_dir_all(dir.path()).await;
@@ -187,13 +194,16 @@ impl FirecrackerRuntime {
     async fn boot_sandbox(&self, spec: &SandboxSpec, dir: &VmDir) -> Result<Vmm, FirecrackerError> {
         let (machine, disk_mb) =
             self.machine_spec(spec, dir).map_err(|err| FirecrackerError::Invalid(err.to_string()))?;
-        if let Some(workspace) = &spec.workspace_dir {
-            tokio::fs::create_dir_all(workspace)
-                .await
-                .map_err(|err| FirecrackerError::io("cannot create the workspace", err))?;
-            crate::disk::make_ext4(workspace, &dir.workspace_image(), disk_mb, "workspace").await?;
-        }
-        let vmm = boot(&self.config.binary, dir, &spec.id, &machine).await?;
+        let workspace_disk = async {
+            if let Some(workspace) = &spec.workspace_dir {
+                tokio::fs::create_dir_all(workspace)
+                    .await
+                    .map_err(|err| FirecrackerError::io("cannot create the workspace", err))?;
+                crate::disk::make_ext4(workspace, &dir.workspace_image(), disk_mb, "workspace").await?;
+            }
+            Ok(())
+        };
+        let vmm = boot_after(&self.config.binary, dir, &spec.id, &machine, workspace_disk).await?;
         let timeout = Duration::from_millis(self.config.ready_timeout_ms);
         let endpoint = self.endpoint(dir);
         let ready = tokio::select! {
@@ -211,7 +221,7 @@ impl FirecrackerRuntime {
 
     async fn remove_files(&self, id: &str, dir: &VmDir) -> Result<(), SandboxRuntimeError> {
         if let Some(store) = &self.config.snapshots {
-            snapshot::discard(store, &SnapshotKeys::for_sandbox(id)).await?;
+            snapshot::discard_all(store, id).await?;
         }
         match tokio::fs::remove_dir_all(dir.path()).await {
             Ok(()) => Ok(()),
@@ -221,7 +231,13 @@ impl FirecrackerRuntime {
     }
 
     async fn write_record(dir: &VmDir, entry: &Entry, agent_port: u32) -> Result<(), FirecrackerError> {
-        record::write(dir, &VmRecord { pid: entry.vmm.as_ref().map(Vmm::pid), phase: entry.phase, agent_port })
+        let record = VmRecord {
+            pid: entry.vmm.as_ref().map(Vmm::pid),
+            phase: entry.phase,
+            agent_port,
+            generation: entry.generation,
+        };
+        record::write(dir, &record)
     }
 }
 
@@ -283,7 +299,8 @@ pub(crate) async fn wait_ready(
             )));
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
+        // Fine-grained: every millisecond of polling is a millisecond of start-up time.
+        pause = (pause * 2).min(Duration::from_millis(2));
     }
 }
 
@@ -318,7 +335,7 @@ impl Runtime for FirecrackerRuntime {
                 return Err(err.into());
             }
         };
-        let entry = Entry { vmm: Some(vmm.clone()), phase: VmPhase::Running, gone: false };
+        let entry = Entry { vmm: Some(vmm.clone()), phase: VmPhase::Running, generation: 0, gone: false };
         if let Err(err) = Self::write_record(&dir, &entry, self.config.agent_port).await {
             vmm.kill().await;
             let _ = self.remove_files(&spec.id, &dir).await;
@@ -417,7 +434,7 @@ impl Runtime for FirecrackerRuntime {
             entry.phase = VmPhase::PausedInMemory;
             return Ok(Self::write_record(&dir, &entry, self.config.agent_port).await?);
         };
-        let keys = SnapshotKeys::for_sandbox(id);
+        let keys = SnapshotKeys::for_sandbox(id, entry.generation + 1);
         let saved = async {
             snapshot::create(&vmm, &dir).await?;
             snapshot::upload(store, &keys, &dir).await
@@ -434,6 +451,7 @@ impl Runtime for FirecrackerRuntime {
         }
         // Record first: a crash from here on leaves a record that points at the store.
         entry.phase = VmPhase::PausedInStore;
+        entry.generation += 1;
         entry.vmm = None;
         Self::write_record(&dir, &entry, self.config.agent_port).await?;
         vmm.kill().await;
@@ -461,11 +479,14 @@ impl Runtime for FirecrackerRuntime {
                         "sandbox {id} is paused in a snapshot store that is not configured"
                     ))
                 })?;
-                let keys = SnapshotKeys::for_sandbox(id);
+                let keys = SnapshotKeys::for_sandbox(id, entry.generation);
+                let started = Instant::now();
                 if !snapshot::is_local(&dir) {
                     snapshot::download(store, &keys, &dir).await?;
                 }
+                let fetched = started.elapsed();
                 let vmm = snapshot::restore(&self.config.binary, &dir, id).await?;
+                let restored = started.elapsed();
                 entry.vmm = Some(vmm.clone());
                 entry.phase = VmPhase::Running;
                 if let Err(err) = Self::write_record(&dir, &entry, self.config.agent_port).await {
@@ -476,10 +497,16 @@ impl Runtime for FirecrackerRuntime {
                 }
                 drop(entry);
                 self.watch(id, &slot, vmm);
-                // Only now is the snapshot no longer the sandbox's only copy.
-                if let Err(err) = snapshot::discard(store, &keys).await {
-                    tracing::warn!(sandbox = %id, error = %err, "cannot delete a resumed VM's snapshot objects");
-                }
+                // Only now is the snapshot no longer the sandbox's only copy. Deleting it (a
+                // large file: tens of milliseconds) is no part of the resume; the next pause
+                // writes other keys.
+                let (store, sandbox) = (store.clone(), id.to_owned());
+                tokio::spawn(async move {
+                    if let Err(err) = snapshot::discard(&store, &keys).await {
+                        tracing::warn!(%sandbox, error = %err, "cannot delete a resumed VM's snapshot objects");
+                    }
+                });
+                tracing::debug!(sandbox = %id, fetch_ms = fetched.as_millis() as u64, restore_ms = restored.as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "resumed a VM from its snapshot");
                 Ok(())
             }
         }

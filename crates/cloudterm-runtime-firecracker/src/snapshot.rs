@@ -1,6 +1,7 @@
 //! Pausing a microVM into a snapshot and bringing it back: Firecracker writes the device/vCPU
 //! state and the guest memory of a paused VM to two files in the VM's directory, which are
-//! streamed into the BlobStore (`vms/<id>/vmstate`, `vms/<id>/memory`) so the VMM and its
+//! streamed into the BlobStore (`vms/<id>/<n>/vmstate`, `vms/<id>/<n>/memory` for the n-th
+//! pause) so the VMM and its
 //! memory can go while the sandbox sleeps. The files stay as a local copy: resume loads them
 //! into a new Firecracker process directly (milliseconds), and fetches them from the store
 //! only when they are gone (another host, a lost disk).
@@ -25,10 +26,30 @@ pub struct SnapshotKeys {
 }
 
 impl SnapshotKeys {
-    /// The keys of sandbox `id` (a checked id: one path segment).
-    pub fn for_sandbox(id: &str) -> Self {
-        SnapshotKeys { vmstate: format!("vms/{id}/vmstate"), memory: format!("vms/{id}/memory") }
+    /// The keys of pause number `generation` of sandbox `id` (a checked id: one path segment).
+    /// Each pause writes new keys, so deleting the previous pause's objects in the background
+    /// can never hit the next one's.
+    pub fn for_sandbox(id: &str, generation: u64) -> Self {
+        SnapshotKeys {
+            vmstate: format!("{}/{generation}/vmstate", prefix(id)),
+            memory: format!("{}/{generation}/memory", prefix(id)),
+        }
     }
+}
+
+/// Where every snapshot object of sandbox `id` is.
+pub fn prefix(id: &str) -> String {
+    format!("vms/{id}")
+}
+
+/// Removes every snapshot object of sandbox `id` (idempotent).
+pub async fn discard_all(store: &BlobStore, id: &str) -> Result<(), FirecrackerError> {
+    let objects =
+        store.list(&prefix(id)).await.map_err(|err| FirecrackerError::Storage(format!("{}: {err}", prefix(id))))?;
+    for object in objects {
+        store.delete(&object.key).await.map_err(|err| FirecrackerError::Storage(format!("{}: {err}", object.key)))?;
+    }
+    Ok(())
 }
 
 /// Stops the guest's vCPUs (`PATCH /vm Paused`); the VMM and its memory stay.

@@ -40,7 +40,7 @@ async fn a_paused_vm_stored_in_the_blobstore_resumes_in_a_new_process_with_its_s
     let t = Instant::now();
     snapshot::create(&vmm, &dir).await.expect("snapshot create");
     let created = t.elapsed();
-    let keys = SnapshotKeys::for_sandbox("snap-test");
+    let keys = SnapshotKeys::for_sandbox("snap-test", 1);
     let t = Instant::now();
     let stored = snapshot::upload(&store, &keys, &dir).await.expect("upload");
     let uploaded = t.elapsed();
