@@ -24,6 +24,8 @@ use crate::vmm::{log_tail, Vmm};
 
 /// Longest kernel command line Firecracker passes on (x86_64 `COMMAND_LINE_SIZE`).
 const MAX_CMDLINE: usize = 2048;
+/// Longest Unix socket path (`sun_path` without its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// One VM this process knows.
 #[derive(Debug)]
@@ -316,6 +318,13 @@ impl Runtime for FirecrackerRuntime {
 
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxHandle, SandboxRuntimeError> {
         let dir = self.vm_dir(&spec.id)?;
+        // sun_path holds 108 bytes with its NUL; longer socket paths fail deep inside Firecracker.
+        if dir.vsock_socket().as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(SandboxRuntimeError::Failed(format!(
+                "the runtime state directory {} is too long for the VM's Unix sockets (at most {MAX_SOCKET_PATH} bytes); set a shorter runtime.state_dir",
+                self.config.root_dir.display()
+            )));
+        }
         if spec.workspace_dir.is_none() {
             return Err(SandboxRuntimeError::NotSupported {
                 runtime: RuntimeKind::Firecracker,

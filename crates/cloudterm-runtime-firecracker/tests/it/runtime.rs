@@ -191,6 +191,14 @@ async fn bad_kernels_images_and_ids_are_invalid_specs_and_leave_nothing() {
     assert!(matches!(err, SandboxRuntimeError::InvalidSpec(_)) && err.to_string().contains("no-such-image"), "{err}");
     nothing_left(&h, "sbx_badi");
 
+    let deep = FirecrackerRuntime::new({
+        let mut config = h.config(h.ticker.clone());
+        config.root_dir = h.dir.path().join("d".repeat(120));
+        config
+    });
+    let err = deep.start(&h.spec("sbx_deep")).await.expect_err("socket path too long");
+    assert!(err.to_string().contains("too long for the VM's Unix sockets"), "{err}");
+
     let mut spec = h.spec("sbx_x");
     spec.id = "../escape".into();
     assert!(matches!(runtime.start(&spec).await, Err(SandboxRuntimeError::InvalidSpec(_))));
