@@ -128,8 +128,8 @@ impl FirecrackerRuntime {
             if entry.gone || !current {
                 return; // stopped, or paused into the store and restored since: not a death
             }
-            let console = dir.as_ref().map(|dir| log_tail(&dir.console_log())).unwrap_or_default();
-            tracing::error!(sandbox = %id, %status, console = %console, "the sandbox's VM died; cleaning it up");
+            let output = dir.as_ref().map(guest_output).unwrap_or_default();
+            tracing::error!(sandbox = %id, %status, %output, "the sandbox's VM died; cleaning it up");
             entry.gone = true;
             entry.vmm = None;
             Self::forget(&vms, &id);
@@ -255,16 +255,30 @@ pub fn rootfs_of(image: &Path) -> PathBuf {
     }
 }
 
-/// The console's tail, else Firecracker's own log: what explains a VM that did not come up.
+/// The guest's console, else Firecracker's own log, shortened to its start and end: what
+/// explains a VM that did not come up, short enough for an error message and a log line.
 pub(crate) fn guest_output(dir: &VmDir) -> String {
     let console = log_tail(&dir.console_log());
-    let vmm = log_tail(&dir.vmm_log());
-    match (console.is_empty(), vmm.is_empty()) {
-        (false, true) => format!("console: {console}"),
-        (true, false) => format!("firecracker: {vmm}"),
-        (false, false) => format!("console: {console}; firecracker: {vmm}"),
-        (true, true) => "(no output)".to_owned(),
+    if !console.is_empty() {
+        return format!("console: {}", excerpt(&console, 200, 300));
     }
+    let vmm = log_tail(&dir.vmm_log());
+    if !vmm.is_empty() {
+        return format!("firecracker: {}", excerpt(&vmm, 0, 500));
+    }
+    "(no output)".to_owned()
+}
+
+/// The first `head` and last `tail` characters of `text`, joined by ` … ` when cut, its lines
+/// joined by ` | `.
+fn excerpt(text: &str, head: usize, tail: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= head + tail {
+        return text.replace('\n', " | ");
+    }
+    let start: String = chars[..head].iter().collect();
+    let end: String = chars[chars.len() - tail..].iter().collect();
+    format!("{start} … {end}").replace('\n', " | ")
 }
 
 /// Polls until the guest is ready by `readiness`, or `timeout` passes.
@@ -578,6 +592,15 @@ mod tests {
         }
         s.env = vec![("A".into(), "x".repeat(3000))];
         assert!(matches!(rt.machine_spec(&s, &dir), Err(SandboxRuntimeError::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn long_guest_output_keeps_its_start_and_end_on_one_line() {
+        assert_eq!(excerpt("short\ntext", 10, 10), "short | text");
+        let long = format!("BOOT\n{}\nlast", "tick\n".repeat(500));
+        let cut = excerpt(&long, 10, 10);
+        assert!(cut.starts_with("BOOT | ") && cut.ends_with(" | last") && cut.contains(" … "), "{cut}");
+        assert!(cut.chars().count() < 40);
     }
 
     #[test]
