@@ -2,11 +2,13 @@
 //! serves the protocol of `cloudterm-agent-protocol` over HTTP/1.1 on one listening socket.
 //!
 //! ```text
-//! cloudterm-agent (--listen-fd N | --listen unix:PATH) --workspace DIR [--state-dir DIR]
-//!                 [--env K=V]... [--seccomp]
+//! cloudterm-agent (--listen-fd N | --listen unix:PATH | --listen vsock:PORT) --workspace DIR
+//!                 [--state-dir DIR] [--env K=V]... [--seccomp] [--vm-init]
 //! ```
 //! The listener is either inherited (fd N, so the socket file never appears inside the
-//! sandbox) or bound at PATH. Start-up: refuse to be dumped or ptraced by sandbox processes
+//! sandbox), bound at PATH, or, inside a Firecracker microVM, a vsock port the host reaches
+//! through the VM's hybrid vsock socket. `--vm-init` (the agent as the microVM's init) first
+//! mounts what no container runtime prepared there ([`vm_init`]). Start-up: refuse to be dumped or ptraced by sandbox processes
 //! (`PR_SET_DUMPABLE` 0), split off an init process when running as PID 1 ([`init`]), make
 //! the listener close-on-exec, then serve.
 #![allow(unsafe_code)]
@@ -21,6 +23,7 @@ mod pty;
 mod seccomp;
 mod server;
 mod util;
+mod vm_init;
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
@@ -56,6 +59,7 @@ impl State {
 enum Listen {
     Fd(RawFd),
     Path(PathBuf),
+    Vsock(u32),
 }
 
 #[derive(Debug)]
@@ -65,12 +69,14 @@ struct Args {
     state_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
     seccomp: bool,
+    vm_init: bool,
 }
 
-const USAGE: &str = "usage: cloudterm-agent (--listen-fd N | --listen unix:PATH) --workspace DIR [--state-dir DIR] [--env K=V]... [--seccomp]";
+const USAGE: &str = "usage: cloudterm-agent (--listen-fd N | --listen unix:PATH | --listen vsock:PORT) --workspace DIR [--state-dir DIR] [--env K=V]... [--seccomp] [--vm-init]";
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let (mut listen, mut workspace, mut state_dir, mut env, mut seccomp) = (None, None, None, Vec::new(), false);
+    let (mut listen, mut workspace, mut state_dir, mut env, mut seccomp, mut vm_init) =
+        (None, None, None, Vec::new(), false, false);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
@@ -79,8 +85,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--listen" => {
                 let v = value("--listen")?;
-                let p = v.strip_prefix("unix:").ok_or("--listen takes unix:PATH")?;
-                listen = Some(Listen::Path(PathBuf::from(p)));
+                listen = Some(if let Some(port) = v.strip_prefix("vsock:") {
+                    Listen::Vsock(port.parse().map_err(|_| "--listen vsock:PORT needs a port number")?)
+                } else {
+                    Listen::Path(PathBuf::from(
+                        v.strip_prefix("unix:").ok_or("--listen takes unix:PATH or vsock:PORT")?,
+                    ))
+                });
             }
             "--workspace" => workspace = Some(PathBuf::from(value("--workspace")?)),
             "--state-dir" => state_dir = Some(PathBuf::from(value("--state-dir")?)),
@@ -90,6 +101,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 env.push((k.to_owned(), val.to_owned()));
             }
             "--seccomp" => seccomp = true,
+            "--vm-init" => vm_init = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -100,6 +112,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         state_dir,
         env,
         seccomp,
+        vm_init,
     })
 }
 
@@ -120,8 +133,14 @@ fn main() -> ExitCode {
     }
     close_inherited_fds_on_exec(match args.listen {
         Listen::Fd(fd) => Some(fd),
-        Listen::Path(_) => None,
+        Listen::Path(_) | Listen::Vsock(_) => None,
     });
+    if args.vm_init {
+        if let Err(e) = vm_init::prepare() {
+            eprintln!("cloudterm-agent: preparing the microVM: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if std::process::id() == 1 {
         // Before any thread exists: the parent stays behind as the reaping init.
         init::split_off_init();
@@ -160,23 +179,26 @@ fn run(args: Args) -> Result<(), String> {
         filters.apply().map_err(|e| format!("installing the seccomp filter: {e}"))?;
     }
     let std_listener = match &args.listen {
+        Listen::Vsock(_) => None,
         Listen::Fd(fd) => {
             // SAFETY: the runtime hands this fd over to us alone; nothing else owns it.
             let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(*fd) };
             // Children must never inherit the control channel.
             nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
                 .map_err(|e| format!("fd {fd}: {e}"))?;
-            l
+            Some(l)
         }
         Listen::Path(p) => {
             if std::fs::symlink_metadata(p).is_ok() {
                 std::fs::remove_file(p).map_err(|e| format!("removing stale {}: {e}", p.display()))?;
             }
             // Bound sockets are close-on-exec (std uses SOCK_CLOEXEC).
-            std::os::unix::net::UnixListener::bind(p).map_err(|e| format!("bind {}: {e}", p.display()))?
+            Some(std::os::unix::net::UnixListener::bind(p).map_err(|e| format!("bind {}: {e}", p.display()))?)
         }
     };
-    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    if let Some(l) = &std_listener {
+        l.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    }
     let state = Arc::new(State {
         spawner: Arc::new(procs::Spawner::new(workspace, args.env)),
         jobs: jobs::Jobs::default(),
@@ -188,14 +210,32 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     rt.block_on(async move {
-        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| format!("signal: {e}"))?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(|e| format!("signal: {e}"))?;
         let spawner = state.spawner.clone();
+        let serving = async {
+            match (std_listener, &args.listen) {
+                (Some(l), _) => {
+                    let listener = tokio::net::UnixListener::from_std(l).map_err(|e| format!("listener: {e}"))?;
+                    let listener = &listener;
+                    server::serve(move || async move { listener.accept().await.map(|(s, _)| s) }, state).await;
+                }
+                (None, Listen::Vsock(port)) => {
+                    // Any CID: the host side is Firecracker's vsock device, whatever CID it gave us.
+                    let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
+                    let listener =
+                        tokio_vsock::VsockListener::bind(addr).map_err(|e| format!("vsock port {port}: {e}"))?;
+                    let listener = &listener;
+                    server::serve(move || async move { listener.accept().await.map(|(s, _)| s) }, state).await;
+                }
+                (None, _) => return Err("no listener".to_owned()),
+            }
+            Ok::<(), String>(())
+        };
         tokio::select! {
-            () = server::serve(listener, state) => {}
+            served = serving => served?,
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
@@ -224,5 +264,9 @@ mod tests {
         assert!(args(&["--listen-fd", "x", "--workspace", "/ws"]).is_err());
         assert!(args(&["--workspace", "/ws"]).is_err());
         assert!(args(&["--listen", "tcp:1", "--workspace", "/ws"]).is_err());
+        let a = args(&["--listen", "vsock:1024", "--workspace", "/workspace", "--vm-init"]).expect("valid");
+        assert!(matches!(a.listen, Listen::Vsock(1024)) && a.vm_init);
+        assert!(args(&["--listen", "vsock:x", "--workspace", "/ws"]).is_err());
+        assert!(!args(&["--listen", "unix:/a", "--workspace", "/ws"]).expect("valid").vm_init);
     }
 }

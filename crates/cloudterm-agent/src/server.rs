@@ -157,10 +157,17 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Result<Response<
 }
 
 /// Accepts connections forever.
-pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) {
+/// Serves connections from `accept` (a Unix socket's or, in a microVM, a vsock listener's)
+/// until the task is dropped.
+pub async fn serve<S, F, Fut>(mut accept: F, state: Arc<State>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let stream = match accept().await {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("cloudterm-agent: accept: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -19,4 +19,7 @@ pub use runtime::{
     AgentEndpoint, LayerTree, Limits, Mount, Runtime, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
     WritableLayer,
 };
-pub use select::{probe, select, RuntimeChoice, RuntimeError, RuntimeKind, Selection};
+pub use select::{
+    no_firecracker, probe, probe_with, select, select_with, FirecrackerProbe, RuntimeChoice, RuntimeError, RuntimeKind,
+    Selection,
+};

@@ -79,16 +79,33 @@ pub enum RuntimeError {
     },
 }
 
-/// Picks a runtime. `auto` tries firecracker, then linux, then falls back to process.
+/// How selection checks the firecracker backend, which lives in its own crate
+/// (`cloudterm-runtime-firecracker`): `Ok` with what the check saw, `Err` with what is missing.
+/// The server passes one that boots a probe VM; [`select`] uses [`no_firecracker`].
+pub type FirecrackerProbe<'a> = &'a dyn Fn() -> Result<String, String>;
+
+/// The firecracker check of a server that has no firecracker settings.
+pub fn no_firecracker() -> Result<String, String> {
+    Err("no firecracker kernel is configured (runtime.firecracker_kernel)".into())
+}
+
+/// Picks a runtime without the firecracker backend. `auto` picks linux, else falls back to
+/// process.
 pub fn select(choice: RuntimeChoice) -> Result<Selection, RuntimeError> {
+    select_with(choice, &no_firecracker)
+}
+
+/// Picks a runtime. `auto` tries firecracker (through `firecracker`), then linux, then falls
+/// back to process.
+pub fn select_with(choice: RuntimeChoice, firecracker: FirecrackerProbe<'_>) -> Result<Selection, RuntimeError> {
     match choice {
         RuntimeChoice::Exactly(kind) => {
-            probe(kind).map(|why| Selection { kind, reason: format!("requested explicitly; {why}") })
+            probe_with(kind, firecracker).map(|why| Selection { kind, reason: format!("requested explicitly; {why}") })
         }
         RuntimeChoice::Auto => {
             let mut passed_over = Vec::new();
             for kind in [RuntimeKind::Firecracker, RuntimeKind::Linux] {
-                match probe(kind) {
+                match probe_with(kind, firecracker) {
                     Ok(why) => {
                         let mut reason = format!("auto: {why}");
                         for skipped in &passed_over {
@@ -110,11 +127,17 @@ pub fn select(choice: RuntimeChoice) -> Result<Selection, RuntimeError> {
     }
 }
 
-/// Checks that a runtime works on this machine now; `Ok` carries what the check saw.
+/// Checks that a runtime works on this machine now; `Ok` carries what the check saw. The
+/// firecracker runtime is unavailable here: see [`probe_with`].
 pub fn probe(kind: RuntimeKind) -> Result<String, RuntimeError> {
+    probe_with(kind, &no_firecracker)
+}
+
+/// [`probe`], checking firecracker through `firecracker`.
+pub fn probe_with(kind: RuntimeKind, firecracker: FirecrackerProbe<'_>) -> Result<String, RuntimeError> {
     let unavailable = |why: String| RuntimeError::Unavailable { kind, why };
     match kind {
-        RuntimeKind::Firecracker => Err(unavailable("this build has no firecracker backend yet".into())),
+        RuntimeKind::Firecracker => firecracker().map_err(unavailable),
         RuntimeKind::Linux => probe_namespaces().map_err(unavailable),
         RuntimeKind::Process => Ok("the process runtime does not isolate sandboxes from the host".into()),
     }
@@ -162,9 +185,21 @@ mod tests {
     }
 
     #[test]
-    fn explicit_firecracker_fails_clearly_in_this_build() {
-        let err = select(RuntimeChoice::Exactly(RuntimeKind::Firecracker)).expect_err("no backend yet");
+    fn explicit_firecracker_fails_clearly_without_its_settings() {
+        let err = select(RuntimeChoice::Exactly(RuntimeKind::Firecracker)).expect_err("no settings");
         assert!(err.to_string().contains("firecracker"), "{err}");
+    }
+
+    #[test]
+    fn auto_picks_firecracker_exactly_when_its_probe_passes() {
+        let works = || Ok("a probe VM booted".to_owned());
+        let selection = select_with(RuntimeChoice::Auto, &works).expect("auto always selects");
+        assert_eq!(selection.kind, RuntimeKind::Firecracker);
+        assert_eq!(selection.reason, "auto: a probe VM booted");
+        let fails = || Err("its agent did not answer".to_owned());
+        let selection = select_with(RuntimeChoice::Auto, &fails).expect("auto always selects");
+        assert_ne!(selection.kind, RuntimeKind::Firecracker);
+        assert!(selection.reason.contains("its agent did not answer"), "{}", selection.reason);
     }
 
     #[test]

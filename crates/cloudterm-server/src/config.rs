@@ -180,6 +180,13 @@ pub struct RuntimeConfig {
     /// Where per-sandbox runtime state lives (writable layers, agent sockets). Default
     /// `DATA_DIR/sandboxes`; see [`Config::runtime_state_dir`].
     pub state_dir: Option<PathBuf>,
+    /// The `firecracker` binary (default: `firecracker` on `PATH`).
+    pub firecracker_bin: Option<PathBuf>,
+    /// The guest kernel of the firecracker runtime, an uncompressed `vmlinux`. Unset: the
+    /// firecracker runtime is unavailable (`auto` passes it over).
+    pub firecracker_kernel: Option<PathBuf>,
+    /// The root image (ext4, `cloudterm image build`) of firecracker sandboxes that name no image.
+    pub firecracker_rootfs: Option<PathBuf>,
 }
 
 /// Sandbox defaults and bounds.
@@ -392,6 +399,9 @@ impl Default for RuntimeConfig {
             linux_helper_path: None,
             images_dir: None,
             state_dir: None,
+            firecracker_bin: None,
+            firecracker_kernel: None,
+            firecracker_rootfs: None,
         }
     }
 }
@@ -832,6 +842,33 @@ pub const SETTINGS: &[Setting] = &[
         help: "per-sandbox runtime state (default DATA_DIR/sandboxes)",
         apply: |c, v| {
             c.runtime.state_dir = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "runtime.firecracker_bin",
+        env: "CLOUDTERM_FIRECRACKER_BIN",
+        help: "the firecracker binary (default: firecracker on PATH)",
+        apply: |c, v| {
+            c.runtime.firecracker_bin = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "runtime.firecracker_kernel",
+        env: "CLOUDTERM_FIRECRACKER_KERNEL",
+        help: "guest kernel (uncompressed vmlinux) of the firecracker runtime; unset: no firecracker",
+        apply: |c, v| {
+            c.runtime.firecracker_kernel = non_empty(v).map(PathBuf::from);
+            Ok(())
+        },
+    },
+    Setting {
+        key: "runtime.firecracker_rootfs",
+        env: "CLOUDTERM_FIRECRACKER_ROOTFS",
+        help: "default root image (ext4 from `cloudterm image build`) of firecracker sandboxes",
+        apply: |c, v| {
+            c.runtime.firecracker_rootfs = non_empty(v).map(PathBuf::from);
             Ok(())
         },
     },

@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod firecracker;
 pub mod metrics;
 pub mod middleware;
 pub mod preview;

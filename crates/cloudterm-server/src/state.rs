@@ -71,7 +71,7 @@ impl AppState {
     /// A new instance of the sandbox runtime over the same state, for tools that must act on
     /// sandboxes from another async runtime (test clean-up, maintenance commands).
     pub fn fresh_runtime(&self) -> anyhow::Result<Arc<dyn Runtime>> {
-        build_runtime(&self.config, &self.runtime, self.runtime_state_root.clone())
+        build_runtime(&self.config, &self.runtime, self.runtime_state_root.clone(), &self.blobs)
     }
 
     /// Opens every port the config names: store (migrations run here), blob storage, the
@@ -84,10 +84,13 @@ impl AppState {
             .with_context(|| format!("cannot open the metadata store (store.url = {})", config.store_url_redacted()))?;
         let blobs = open_blob_store(&config).await?;
         let choice: RuntimeChoice = config.runtime.kind.parse().map_err(anyhow::Error::msg)?;
-        let runtime = tokio::task::spawn_blocking(move || cloudterm_runtime::select(choice))
-            .await
-            .context("runtime probe panicked")?
-            .context("cannot use the requested runtime (runtime.kind)")?;
+        let probe_config = config.clone();
+        let runtime = tokio::task::spawn_blocking(move || {
+            cloudterm_runtime::select_with(choice, &|| crate::firecracker::probe(&probe_config))
+        })
+        .await
+        .context("runtime probe panicked")?
+        .context("cannot use the requested runtime (runtime.kind)")?;
         let (verifier, dev_issuer) = if config.uses_external_idp() {
             let verifier = Verifier::remote(verifier_config(&config))
                 .await
@@ -100,7 +103,7 @@ impl AppState {
         };
         let principals = PrincipalService::new(store.clone());
         let state_root = runtime_state_dir(&config, runtime.kind)?;
-        let sandbox_runtime = build_runtime(&config, &runtime, state_root.clone())?;
+        let sandbox_runtime = build_runtime(&config, &runtime, state_root.clone(), &blobs)?;
         let state_root_for_app = state_root.clone();
         let sandboxes = Arc::new(SandboxService::new(
             store.clone(),
@@ -286,6 +289,7 @@ fn build_runtime(
     config: &Config,
     selection: &Selection,
     root_dir: std::path::PathBuf,
+    blobs: &BlobStore,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     let agent_binary = locate_binary(config.runtime.agent_path.as_deref(), "cloudterm-agent");
     match selection.kind {
@@ -298,7 +302,7 @@ fn build_runtime(
             linux.default_pids = config.sandboxes.default_pids;
             Ok(Arc::new(LinuxRuntime::new(linux)))
         }
-        RuntimeKind::Firecracker => anyhow::bail!("the firecracker runtime is not built yet"),
+        RuntimeKind::Firecracker => Ok(Arc::new(crate::firecracker::build(config, root_dir, blobs.clone())?)),
     }
 }
 

@@ -33,16 +33,37 @@ impl TestServer {
     /// A server on the given runtime (`process` or `linux`); `None` when the runtime cannot
     /// run here and the test should stop (see [`crate::skip_unless`]: under `CI=true` that
     /// fails instead).
+    ///
+    /// `firecracker` runs only where `CLOUDTERM_TEST_FIRECRACKER_KERNEL` (a guest `vmlinux`) and
+    /// `CLOUDTERM_TEST_FIRECRACKER_ROOTFS` (`cloudterm image build`) are set, on a host with
+    /// hardware KVM (docs/firecracker.md); elsewhere it skips, even under `CI=true`: no CI
+    /// machine can install Firecracker.
     pub async fn start_runtime(runtime: &str, adjust: impl FnOnce(&mut Config)) -> Option<TestServer> {
         if runtime == "linux"
             && crate::skip_unless(crate::linux_runtime_available(), "the linux runtime needs root and user namespaces")
         {
             return None;
         }
+        let firecracker = if runtime == "firecracker" {
+            let var = |name: &str| std::env::var_os(name).map(std::path::PathBuf::from);
+            match (var("CLOUDTERM_TEST_FIRECRACKER_KERNEL"), var("CLOUDTERM_TEST_FIRECRACKER_ROOTFS")) {
+                (Some(kernel), Some(rootfs)) => Some((kernel, rootfs)),
+                _ => {
+                    eprintln!("SKIP: set CLOUDTERM_TEST_FIRECRACKER_KERNEL and _ROOTFS on a hardware-KVM host to run this on firecracker");
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
         let runtime = runtime.to_string();
         Some(
             TestServer::start_with(move |config| {
                 config.runtime.kind = runtime;
+                if let Some((kernel, rootfs)) = firecracker {
+                    config.runtime.firecracker_kernel = Some(kernel);
+                    config.runtime.firecracker_rootfs = Some(rootfs);
+                }
                 adjust(config);
             })
             .await,

@@ -1,6 +1,9 @@
-//! `cloudterm image`: how to make a sandbox image, and a check that a directory is one.
+//! `cloudterm image`: how to make a sandbox image, a check that a directory is one, and
+//! `build`, which turns one into the firecracker runtime's ext4 root image.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 /// What `cloudterm image` prints: the recipe for an image directory.
 pub const GUIDE: &str = "\
@@ -22,7 +25,39 @@ Then point cloudterm at the directory of images and ask for one by name:
 
 The image stays read-only; each sandbox writes to its own layer above it, so `apt install` and
 `pip install` inside a sandbox last as long as the sandbox. The workspace is mounted at /workspace.
+
+The firecracker runtime boots an ext4 file instead; make it beside the directory (DIR.ext4, where
+the runtime looks for image DIR) with the static agent inside (docs/firecracker.md):
+
+  cloudterm image build /var/lib/cloudterm/images/bookworm
 ";
+
+/// `image build`: writes the ext4 root image of `dir` and says what it made.
+pub fn build(
+    dir: &Path,
+    agent: Option<PathBuf>,
+    output: Option<PathBuf>,
+    size_mb: Option<u64>,
+) -> anyhow::Result<String> {
+    let agent = match agent {
+        Some(agent) => agent,
+        None => {
+            let exe = std::env::current_exe().context("cannot find this binary")?;
+            exe.with_file_name("cloudterm-agent")
+        }
+    };
+    let output = output.unwrap_or_else(|| cloudterm_runtime_firecracker::image::default_output(dir));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("async runtime")?;
+    let size = runtime.block_on(cloudterm_runtime_firecracker::image::build_rootfs(dir, &agent, &output, size_mb))?;
+    let mut summary = format!("wrote {} ({size} MiB, agent {})", output.display(), agent.display());
+    if cloudterm_runtime_firecracker::image::is_dynamic(&agent).unwrap_or(false) {
+        summary.push_str(
+            "\nnote: this agent is dynamically linked, so it starts only if the image holds its libraries; \
+             a static one is built as crates/cloudterm-agent/README.md says",
+        );
+    }
+    Ok(summary)
+}
 
 /// Checks that `dir` looks like a root file system a sandbox can start in.
 pub fn check(dir: &Path) -> Result<Vec<String>, Vec<String>> {

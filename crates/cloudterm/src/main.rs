@@ -168,6 +168,21 @@ enum ImageAction {
         /// The image directory.
         dir: PathBuf,
     },
+    /// Make the firecracker runtime's root image of DIR: an ext4 file (default DIR.ext4) with
+    /// the tree, the static agent at /.cloudterm/agent and a /workspace mount point.
+    Build {
+        /// The image directory.
+        dir: PathBuf,
+        /// The static cloudterm-agent to put in (default: beside this binary).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Where to write the image (default: DIR.ext4, where the runtime looks for it).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Image size in MiB (default: the tree's size plus a quarter and 64 MiB).
+        #[arg(long)]
+        size_mb: Option<u64>,
+    },
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -221,6 +236,9 @@ fn main() -> ExitCode {
         Command::Image { action: None } => {
             print!("{}", image::GUIDE);
             Ok(())
+        }
+        Command::Image { action: Some(ImageAction::Build { dir, agent, output, size_mb }) } => {
+            image::build(&dir, agent, output, size_mb).map(|summary| println!("{summary}"))
         }
         Command::Image { action: Some(ImageAction::Check { dir }) } => match image::check(&dir) {
             Ok(seen) => {

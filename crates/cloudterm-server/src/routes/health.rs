@@ -31,6 +31,7 @@ pub async fn health() -> Json<HealthResponse> {
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let runtime_kind = state.runtime.kind;
+    let runtime_config = state.config.clone();
     let checks = vec![
         timed("store", state.store.backend_name(), async { state.store.ping().await.map_err(|err| err.to_string()) })
             .await,
@@ -39,7 +40,9 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         })
         .await,
         timed("runtime", runtime_kind.as_str(), async move {
-            match tokio::task::spawn_blocking(move || cloudterm_runtime::probe(runtime_kind)).await {
+            let check =
+                move || cloudterm_runtime::probe_with(runtime_kind, &|| crate::firecracker::readiness(&runtime_config));
+            match tokio::task::spawn_blocking(check).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(err)) => Err(err.to_string()),
                 Err(err) => Err(format!("runtime probe failed: {err}")),

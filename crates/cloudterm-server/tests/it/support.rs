@@ -2,7 +2,9 @@
 //! once per sandbox runtime.
 
 /// Runs each named test once per runtime: the process runtime everywhere, the linux runtime
-/// where it can run (with CI=true it must). Each test is an `async fn(runtime: &str)`.
+/// where it can run (with CI=true it must), the firecracker runtime where a guest kernel and
+/// root image are given (`TestServer::start_runtime`; docs/firecracker.md). Each test is an
+/// `async fn(runtime: &str)`.
 macro_rules! on_every_runtime {
     ($($name:ident),* $(,)?) => {
         mod process {
@@ -10,6 +12,9 @@ macro_rules! on_every_runtime {
         }
         mod linux {
             $( #[tokio::test] async fn $name() { super::$name("linux").await } )*
+        }
+        mod firecracker {
+            $( #[tokio::test] async fn $name() { super::$name("firecracker").await } )*
         }
     };
 }

@@ -562,3 +562,31 @@ fn workspace_and_marketplace_commands_drive_a_server() {
     let output = run(&alice, &["workspace", "rm", &ws]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn image_build_writes_the_firecracker_root_image_beside_the_directory() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("tiny");
+    std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+    std::fs::write(dir.join("etc/motd"), "welcome\n").expect("write");
+    let agent = tmp.path().join("agent");
+    std::fs::copy("/bin/sh", &agent).expect("a dynamically linked stand-in for the agent");
+    let output = cloudterm().args(["image", "build"]).arg(&dir).arg("--agent").arg(&agent).output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let image = tmp.path().join("tiny.ext4");
+    assert!(stdout.contains(&format!("wrote {}", image.display())), "{stdout}");
+    assert!(stdout.contains("dynamically linked"), "a dynamic agent is pointed out: {stdout}");
+    let motd = Command::new("debugfs").arg("-R").arg("cat /etc/motd").arg(&image).output().expect("debugfs");
+    assert_eq!(String::from_utf8_lossy(&motd.stdout), "welcome\n");
+
+    let output = cloudterm()
+        .args(["image", "build"])
+        .arg(tmp.path().join("missing"))
+        .arg("--agent")
+        .arg(&agent)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing"));
+}
