@@ -16,11 +16,21 @@ pub struct QuotaLimits {
     pub max_sandboxes: u64,
     /// Commands per sandbox over the last hour.
     pub exec_per_hour: Option<u64>,
+    /// Bytes each sandbox may send out of the host, MiB (where the runtime gives sandboxes a
+    /// network: see `Runtime::has_network`).
+    pub egress_mb: Option<u64>,
+}
+
+impl QuotaLimits {
+    /// [`egress_mb`](Self::egress_mb) in bytes.
+    pub fn egress_bytes(&self) -> Option<u64> {
+        self.egress_mb.map(|mb| mb.saturating_mul(1 << 20))
+    }
 }
 
 impl Default for QuotaLimits {
     fn default() -> Self {
-        QuotaLimits { max_sandboxes: 10, exec_per_hour: None }
+        QuotaLimits { max_sandboxes: 10, exec_per_hour: None, egress_mb: None }
     }
 }
 
@@ -31,6 +41,8 @@ pub struct QuotaOverride {
     pub max_sandboxes: Option<u64>,
     /// Commands per sandbox over the last hour; `Some(0)` lifts the limit.
     pub exec_per_hour: Option<u64>,
+    /// Egress per sandbox, MiB; `Some(0)` lifts the limit.
+    pub egress_mb: Option<u64>,
 }
 
 /// The operator's quota settings.
@@ -52,6 +64,9 @@ impl QuotaPolicy {
             }
             if let Some(rate) = changes.exec_per_hour {
                 limits.exec_per_hour = (rate > 0).then_some(rate);
+            }
+            if let Some(mb) = changes.egress_mb {
+                limits.egress_mb = (mb > 0).then_some(mb);
             }
         }
         limits
@@ -112,14 +127,29 @@ mod tests {
     #[test]
     fn overrides_change_only_what_they_name() {
         let mut policy = QuotaPolicy {
-            defaults: QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100) },
+            defaults: QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100), egress_mb: Some(50) },
             ..QuotaPolicy::default()
         };
-        policy.overrides.insert("ci-bot".into(), QuotaOverride { max_sandboxes: Some(20), exec_per_hour: Some(0) });
-        policy.overrides.insert("slow".into(), QuotaOverride { max_sandboxes: None, exec_per_hour: Some(5) });
-        assert_eq!(policy.limits_for("alice"), QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100) });
-        assert_eq!(policy.limits_for("ci-bot"), QuotaLimits { max_sandboxes: 20, exec_per_hour: None });
-        assert_eq!(policy.limits_for("slow"), QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(5) });
+        policy.overrides.insert(
+            "ci-bot".into(),
+            QuotaOverride { max_sandboxes: Some(20), exec_per_hour: Some(0), egress_mb: Some(0) },
+        );
+        policy
+            .overrides
+            .insert("slow".into(), QuotaOverride { max_sandboxes: None, exec_per_hour: Some(5), egress_mb: Some(2) });
+        assert_eq!(
+            policy.limits_for("alice"),
+            QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100), egress_mb: Some(50) }
+        );
+        assert_eq!(
+            policy.limits_for("ci-bot"),
+            QuotaLimits { max_sandboxes: 20, exec_per_hour: None, egress_mb: None }
+        );
+        assert_eq!(
+            policy.limits_for("slow"),
+            QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(5), egress_mb: Some(2) }
+        );
+        assert_eq!(policy.limits_for("slow").egress_bytes(), Some(2 << 20));
     }
 
     #[test]

@@ -209,6 +209,18 @@ pub struct SandboxConfig {
     /// Sandboxes kept started ahead of demand, so a create with the default image, limits and
     /// environment is a claim instead of a start (runtimes that support it: linux).
     pub warm_pool: usize,
+    /// Outbound network of linux sandboxes: `none` (only `lo`; the default, so an existing
+    /// deployment keeps its sandboxes offline) or `nat` (a veth per sandbox, masqueraded out of
+    /// the host). The process runtime cannot do `nat` and refuses to start with it.
+    pub network: String,
+    /// The private range sandbox addresses come from with `nat`, one /30 each.
+    pub network_range: String,
+    /// Destination networks sandboxes may not reach, besides loopback, link-local (cloud
+    /// metadata), multicast, the host itself and other sandboxes, which are always refused.
+    pub network_deny: Vec<String>,
+    /// Name servers for sandboxes (reachable on port 53 even inside a denied range); empty: the
+    /// host's own non-loopback ones.
+    pub network_dns: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -225,6 +237,10 @@ impl Default for SandboxConfig {
             mount_allow: Vec::new(),
             reap_interval_seconds: 1,
             warm_pool: 2,
+            network: "none".into(),
+            network_range: cloudterm_runtime_linux::network::DEFAULT_RANGE.into(),
+            network_deny: cloudterm_runtime_linux::network::DEFAULT_DENY.iter().map(|net| net.to_string()).collect(),
+            network_dns: Vec::new(),
         }
     }
 }
@@ -297,6 +313,8 @@ pub struct QuotaConfig {
     pub max_sandboxes: u64,
     /// Commands (execs and background jobs) per sandbox over a rolling hour; 0: unlimited.
     pub exec_per_hour: u64,
+    /// Bytes each sandbox may send out, MiB (with `sandboxes.network = "nat"`); 0: unlimited.
+    pub egress_mb: u64,
     /// Per-principal overrides (`[quotas.principals.alice]`), file only.
     pub principals: std::collections::BTreeMap<String, QuotaOverrideConfig>,
 }
@@ -309,6 +327,8 @@ pub struct QuotaOverrideConfig {
     pub max_sandboxes: Option<u64>,
     /// Commands per sandbox and hour; 0: unlimited.
     pub exec_per_hour: Option<u64>,
+    /// Egress per sandbox, MiB; 0: unlimited.
+    pub egress_mb: Option<u64>,
 }
 
 impl Default for Config {
@@ -389,7 +409,7 @@ impl Default for RuntimeConfig {
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        QuotaConfig { max_sandboxes: 10, exec_per_hour: 0, principals: std::collections::BTreeMap::new() }
+        QuotaConfig { max_sandboxes: 10, exec_per_hour: 0, egress_mb: 0, principals: std::collections::BTreeMap::new() }
     }
 }
 
@@ -876,6 +896,42 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "sandboxes.network",
+        env: "CLOUDTERM_SANDBOX_NETWORK",
+        help: "outbound network of linux sandboxes: none (only loopback) or nat (through the host) (default none)",
+        apply: |c, v| {
+            c.sandboxes.network = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.network_range",
+        env: "CLOUDTERM_SANDBOX_NETWORK_RANGE",
+        help: "private range of sandbox addresses with network = nat, one /30 each (default 10.88.0.0/16)",
+        apply: |c, v| {
+            c.sandboxes.network_range = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.network_deny",
+        env: "CLOUDTERM_SANDBOX_NETWORK_DENY",
+        help: "comma-separated networks sandboxes may not reach (default the private ranges; loopback, link-local, the host and other sandboxes are always refused)",
+        apply: |c, v| {
+            c.sandboxes.network_deny = v.split(',').filter_map(non_empty).collect();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.network_dns",
+        env: "CLOUDTERM_SANDBOX_NETWORK_DNS",
+        help: "comma-separated name servers for sandboxes (default: the host's non-loopback ones)",
+        apply: |c, v| {
+            c.sandboxes.network_dns = v.split(',').filter_map(non_empty).collect();
+            Ok(())
+        },
+    },
+    Setting {
         key: "quotas.max_sandboxes",
         env: "CLOUDTERM_QUOTA_MAX_SANDBOXES",
         help: "running sandboxes per principal (default 10)",
@@ -890,6 +946,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "commands (execs and background jobs) per sandbox over a rolling hour; 0 = unlimited (default 0)",
         apply: |c, v| {
             c.quotas.exec_per_hour = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "quotas.egress_mb",
+        env: "CLOUDTERM_QUOTA_EGRESS_MB",
+        help: "MiB each sandbox may send out (network = nat); past it its outbound traffic is refused; 0 = unlimited (default 0)",
+        apply: |c, v| {
+            c.quotas.egress_mb = parse_u64(v)?;
             Ok(())
         },
     },
@@ -996,6 +1061,24 @@ impl Config {
         toml::from_str(&text).map_err(|err| ConfigError::Parse { path: path.to_path_buf(), message: err.to_string() })
     }
 
+    /// The `sandboxes.network*` settings as the linux runtime takes them, or which one is wrong.
+    pub fn sandbox_network(&self) -> Result<cloudterm_runtime_linux::NetworkConfig, ConfigError> {
+        use cloudterm_runtime_linux::network::{parse_addrs, parse_net, parse_nets};
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, env: env_for(key), message };
+        let sandboxes = &self.sandboxes;
+        let network = cloudterm_runtime_linux::NetworkConfig {
+            mode: sandboxes.network.parse().map_err(|message| invalid("sandboxes.network", message))?,
+            range: parse_net(&sandboxes.network_range)
+                .map_err(|message| invalid("sandboxes.network_range", message))?,
+            deny: parse_nets(&sandboxes.network_deny.join(","))
+                .map_err(|message| invalid("sandboxes.network_deny", message))?,
+            dns: parse_addrs(&sandboxes.network_dns.join(","))
+                .map_err(|message| invalid("sandboxes.network_dns", message))?,
+        };
+        network.validate().map_err(|message| invalid("sandboxes.network_range", message))?;
+        Ok(network)
+    }
+
     /// Checks every value that deserialization alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, env: env_for(key), message };
@@ -1067,6 +1150,7 @@ impl Config {
             .kind
             .parse::<cloudterm_runtime::RuntimeChoice>()
             .map_err(|message| invalid("runtime.kind", message))?;
+        self.sandbox_network()?;
         if let Some(url) = &self.preview.base_url {
             let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
             if rest.is_none_or(|host| host.is_empty() || host.contains(['/', '?', '#'])) {

@@ -4,7 +4,7 @@
 //! has (a connection to its agent, work in flight). It is rebuilt from the store and the
 //! runtime at start-up (`SandboxService::recover`), so it holds no state the two do not.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ pub struct LiveSandbox {
     inflight: AtomicUsize,
     /// Its execs over the last hour, for the exec-rate quota.
     pub execs: ExecWindow,
+    /// Seen past its egress limit (the violation is counted once).
+    egress_exceeded: AtomicBool,
 }
 
 impl LiveSandbox {
@@ -45,6 +47,7 @@ impl LiveSandbox {
             expires_at: Mutex::new(expires_at),
             inflight: AtomicUsize::new(0),
             execs: ExecWindow::default(),
+            egress_exceeded: AtomicBool::new(false),
         })
     }
 
@@ -80,6 +83,11 @@ impl LiveSandbox {
     /// True when the deadline passed and no operation is in flight.
     pub fn is_idle(&self, now: DateTime<Utc>) -> bool {
         self.inflight.load(Ordering::SeqCst) == 0 && now >= self.expires_at()
+    }
+
+    /// Records that the sandbox was seen past its egress limit; true only the first time.
+    pub fn mark_egress_exceeded(&self) -> bool {
+        !self.egress_exceeded.swap(true, Ordering::SeqCst)
     }
 
     /// Marks an operation in flight until the guard drops; the idle clock restarts then.

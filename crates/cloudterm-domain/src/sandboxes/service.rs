@@ -189,6 +189,9 @@ impl SandboxService {
                 .await
                 .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
             let handle = self.runtime.start(&spec).await.map_err(runtime_error)?;
+            // Before the caller can run anything: a sandbox without its limit would be a way
+            // around the quota.
+            self.apply_egress_limit(&id, caller.id()).await.map_err(runtime_error)?;
             let agent = AgentClient::new(handle.agent);
             agent
                 .wait_ready(AGENT_READY_TIMEOUT)
@@ -234,6 +237,7 @@ impl SandboxService {
                 .await
                 .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
             self.runtime.claim_workspace(&id, &workspace_dir).await.map_err(runtime_error)?;
+            self.apply_egress_limit(&id, claim.caller.id()).await.map_err(runtime_error)?;
             let now = Utc::now();
             let expires_at = now + chrono::Duration::seconds(claim.timeout_seconds as i64);
             let record = SandboxRecord {
@@ -460,6 +464,10 @@ impl SandboxService {
             };
             match attached {
                 Some(agent) if record.state == state::RUNNING => {
+                    // The limit may have changed with the configuration.
+                    if let Err(err) = self.apply_egress_limit(&record.id, &record.owner).await {
+                        tracing::warn!(sandbox = %record.id, error = %err, "cannot re-apply the egress limit");
+                    }
                     let timeout = record
                         .limits
                         .get("timeout_seconds")

@@ -2,4 +2,6 @@
 //! inside. They need root (and skip with a reason otherwise, or fail under `CI=true`).
 
 mod isolation;
+mod network;
+mod remote;
 mod support;

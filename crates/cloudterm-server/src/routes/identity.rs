@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use cloudterm_api_types::{DevTokenRequest, DevTokenResponse, ErrorEnvelope, Jwks, MeResponse, QuotaUsage};
+use cloudterm_domain::sandboxes::EGRESS;
 use cloudterm_identity::IdentityError;
 
 use crate::error::ApiError;
@@ -36,7 +37,7 @@ pub async fn get_me(State(state): State<AppState>, caller: Caller) -> Result<Jso
         home_workspace_id: view.home_workspace_id,
         created_at: view.created_at,
         token_expires_at: caller.expires_at,
-        quota: quota_usage(&state, &caller.principal),
+        quota: quota_usage(&state, &caller.principal).await,
     }))
 }
 
@@ -147,8 +148,9 @@ fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `/me`'s quotas: running sandboxes, and the exec rate of the caller's busiest sandbox.
-fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal) -> Vec<QuotaUsage> {
+/// `/me`'s quotas: running sandboxes, the exec rate of the caller's busiest sandbox and, where
+/// sandboxes have a network, the egress of the one that sent the most.
+async fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal) -> Vec<QuotaUsage> {
     let sandboxes = state.sandboxes.sandbox_quota(caller.id());
     let limits = state.sandboxes.limits_for(caller.id());
     let busiest = state
@@ -159,10 +161,19 @@ fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal
         .map(|status| status.used)
         .max()
         .unwrap_or(0);
-    vec![
+    let mut quota = vec![
         QuotaUsage { kind: sandboxes.kind.into(), used: sandboxes.used, limit: Some(sandboxes.limit) },
         QuotaUsage { kind: "exec_rate".into(), used: busiest, limit: limits.exec_per_hour },
-    ]
+    ];
+    if state.sandboxes.runtime().has_network() {
+        let (egress, newly_exceeded) = state.sandboxes.busiest_egress(caller.id()).await;
+        for _ in 0..newly_exceeded {
+            state.metrics.quota_violated(EGRESS);
+        }
+        let used = egress.map_or(0, |usage| usage.bytes);
+        quota.push(QuotaUsage { kind: EGRESS.into(), used, limit: limits.egress_bytes() });
+    }
+    quota
 }
 
 #[cfg(test)]

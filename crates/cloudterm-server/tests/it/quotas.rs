@@ -72,7 +72,7 @@ async fn overrides_apply_to_their_principal_only() {
         c.quotas.exec_per_hour = 2;
         c.quotas.principals = BTreeMap::from([(
             "bob".to_string(),
-            QuotaOverrideConfig { max_sandboxes: Some(1), exec_per_hour: Some(0) },
+            QuotaOverrideConfig { max_sandboxes: Some(1), exec_per_hour: Some(0), egress_mb: None },
         )]);
     })
     .await
