@@ -3,5 +3,7 @@
 
 mod isolation;
 mod network;
+/// Shared with the server's tests (this crate cannot depend on `cloudterm-test-support`).
+#[path = "../../../cloudterm-test-support/src/remote_host.rs"]
 mod remote;
 mod support;

@@ -2,6 +2,9 @@
 //! by veth pairs, one per kind of destination, with a TCP sink listening on all of them that
 //! records who sent how many bytes to which address. This machine has no internet; a sandbox
 //! reaching the sink through the host's NAT is what reaching the internet looks like.
+//!
+//! `cloudterm-runtime-linux`'s tests include this file by path (`#[path]`): they cannot depend
+//! on this crate, which depends on the server and so on them.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -22,7 +25,9 @@ pub struct Received {
 /// One link of the remote namespace: the host's address and the remote's.
 #[derive(Debug, Clone, Copy)]
 pub struct Link {
+    /// The host's address on the link (what the remote sees NAT'd traffic come from).
     pub host: Ipv4Addr,
+    /// The remote namespace's address.
     pub remote: Ipv4Addr,
 }
 
@@ -30,6 +35,7 @@ pub struct Link {
 pub struct RemoteHost {
     netns: String,
     host_ifs: Vec<String>,
+    /// The sink's TCP port (on every address of the namespace).
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
 }
