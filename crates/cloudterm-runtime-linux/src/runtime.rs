@@ -378,6 +378,20 @@ impl Runtime for LinuxRuntime {
         }
     }
 
+    /// What the host side of the sandbox's veth received: everything the sandbox sent,
+    /// Ethernet headers and refused packets included, so never less than the quota's count. A
+    /// file read in this process, where [`egress`](Runtime::egress) asks the helper to run `nft`.
+    async fn egress_upper_bound(&self, id: &str) -> Result<Option<u64>, SandboxRuntimeError> {
+        if !self.has_network() {
+            return Ok(None);
+        }
+        let path = format!("/sys/class/net/{}/statistics/rx_bytes", crate::helper::veth_name(id));
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(_) => Ok(None),
+        }
+    }
+
     async fn limit_egress(&self, id: &str, limit_bytes: Option<u64>) -> Result<(), SandboxRuntimeError> {
         if !self.has_network() {
             return Ok(());

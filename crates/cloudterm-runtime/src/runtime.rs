@@ -233,6 +233,13 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// A cheap upper bound of [`egress`](Runtime::egress) (it may also count traffic the
+    /// runtime refused), to decide whether an exact reading is worth taking; `None` without a
+    /// network this runtime controls.
+    async fn egress_upper_bound(&self, id: &str) -> Result<Option<u64>, SandboxRuntimeError> {
+        self.egress(id).await
+    }
+
     /// Caps the bytes the sandbox may send out (`None`: no cap). Past the cap its outbound
     /// traffic is refused; everything else keeps working. Does nothing without a network.
     async fn limit_egress(&self, _id: &str, _limit_bytes: Option<u64>) -> Result<(), SandboxRuntimeError> {

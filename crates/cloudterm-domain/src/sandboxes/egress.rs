@@ -69,6 +69,20 @@ impl SandboxService {
         Some(EgressUsage { bytes, limit_bytes, exceeded, newly_exceeded })
     }
 
+    /// For a response's `X-Quota-Warning`: the sandbox's egress when its owner has a limit and
+    /// it may be at 80% of it or past it; `None` otherwise. The runtime's cheap upper bound
+    /// (a counter read, no process) settles the common case of a sandbox far from its limit;
+    /// only near it is the exact count read, so an exec does not pay for a reading each time.
+    pub async fn egress_warning(&self, id: &str) -> Option<EgressUsage> {
+        let live = self.live_sandbox(id)?;
+        let limit = self.limits_for(&live.owner).egress_bytes()?;
+        let bound = self.runtime().egress_upper_bound(id).await.ok().flatten()?;
+        if !(QuotaStatus { kind: EGRESS, used: bound, limit }).near_limit() {
+            return None;
+        }
+        self.egress_usage(id).await
+    }
+
     /// The egress of `owner`'s running sandbox that sent the most (for `/me`), and how many
     /// of their sandboxes these readings saw past the limit for the first time.
     pub async fn busiest_egress(&self, owner: &str) -> (Option<EgressUsage>, u64) {

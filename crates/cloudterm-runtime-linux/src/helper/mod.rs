@@ -31,6 +31,7 @@ use nix::unistd::{close, dup2, Pid};
 
 use crate::network::{parse_addrs, parse_net, parse_nets, NetworkConfig};
 use crate::protocol::{FailureKind, HelperRequest, HelperResponse, MountRequest, Record, StartRequest};
+pub(crate) use net::veth_name;
 use rootfs::{IdMap, Layout};
 
 /// Entry point of the `cloudterm-linux-helper` binary.

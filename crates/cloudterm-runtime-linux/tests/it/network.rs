@@ -169,7 +169,8 @@ async fn a_sandbox_reaches_neither_the_host_nor_other_sandboxes_nor_denied_range
     .lines()
     .filter_map(|line| line.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
     .collect();
-    let mut targets = vec![a_gateway, b_gateway, b_addr, links[0].host];
+    // 127.0.0.1 is the sandbox's own loopback: the host's stays out of reach with a network too.
+    let mut targets = vec![Ipv4Addr::LOCALHOST, a_gateway, b_gateway, b_addr, links[0].host];
     targets.extend(host_addrs.iter().copied());
     for target in targets {
         let out = send(&a, target, host_port, 100).await;

@@ -145,7 +145,7 @@ pub(crate) async fn run_exec(
         let busy = state.sandboxes.exec_stream(&caller.principal, id, request).await?;
         state.metrics.sandboxes().exec_started(id, &program);
         let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, id));
-        let egress = EgressWarning(egress_if_limited(state, id).await);
+        let egress = EgressWarning(state.sandboxes.egress_warning(id).await);
         return Ok((warning, egress, Sse::new(exec_events(busy)).keep_alive(KeepAlive::default())).into_response());
     }
     let started = std::time::Instant::now();
@@ -154,16 +154,8 @@ pub(crate) async fn run_exec(
     state.metrics.sandboxes().exec_finished(&program, started.elapsed().as_secs_f64());
     let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, id));
     // Read after the command: what it sent is what the warning should tell.
-    let egress = EgressWarning(egress_if_limited(state, id).await);
+    let egress = EgressWarning(state.sandboxes.egress_warning(id).await);
     Ok((warning, egress, Json(exec_response(result))).into_response())
-}
-
-/// The sandbox's egress reading for a response's warning, skipped (no runtime call) when its
-/// owner has no egress limit: there is nothing to warn about then.
-async fn egress_if_limited(state: &AppState, id: &str) -> Option<cloudterm_domain::sandboxes::EgressUsage> {
-    let live = state.sandboxes.live_sandbox(id)?;
-    state.sandboxes.limits_for(&live.owner).egress_mb?;
-    state.sandboxes.egress_usage(id).await
 }
 
 /// Writes a file from JSON (`content` or `content_base64`).
@@ -336,7 +328,7 @@ pub async fn start_background(
     let request = JobRequest { argv: body.argv, command: body.command, cwd: body.cwd, env: body.env };
     let job = state.sandboxes.start_job(&caller.principal, &id, request).await?;
     let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, &id));
-    let egress = EgressWarning(egress_if_limited(&state, &id).await);
+    let egress = EgressWarning(state.sandboxes.egress_warning(&id).await);
     Ok((StatusCode::CREATED, warning, egress, Json(job_response(job))))
 }
 

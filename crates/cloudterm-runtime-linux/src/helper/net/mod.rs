@@ -135,10 +135,13 @@ impl Network {
         let veth = veth_name(id);
         let lease = self.leases.find(id, root_dir);
         let mut problems = Vec::new();
-        // The veth usually went with the sandbox's network namespace.
+        // The veth goes with the sandbox's network namespace, but the kernel dismantles a
+        // namespace asynchronously: delete it here so it is gone when stop returns, and take
+        // "no such device" (the kernel was first) as done.
         if Path::new("/sys/class/net").join(&veth).exists() {
-            if let Err(err) = ip_batch(None, &format!("link del {veth}\n")) {
-                problems.push(format!("{err:#}"));
+            match ip_batch(None, &format!("link del {veth}\n")) {
+                Err(err) if !format!("{err:#}").contains("Cannot find device") => problems.push(format!("{err:#}")),
+                _ => {}
             }
         }
         if let Some(lease) = lease {
