@@ -42,7 +42,13 @@ impl SandboxService {
     /// A service over `store` and `runtime`.
     pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>, settings: SandboxSettings) -> Self {
         let pool_limits = validate::effective_limits(&Limits::default(), &settings).unwrap_or_default();
-        let pool = WarmPool::new(Arc::clone(&runtime), settings.state_dir.clone(), pool_limits, settings.warm_pool);
+        let pool = WarmPool::new(
+            Arc::clone(&runtime),
+            settings.state_dir.clone(),
+            pool_limits,
+            settings.quotas.defaults.egress_bytes(),
+            settings.warm_pool,
+        );
         SandboxService {
             pool,
             access: AccessControl::new(Arc::clone(&store)),
@@ -237,7 +243,10 @@ impl SandboxService {
                 .await
                 .map_err(|err| DomainError::Internal(format!("cannot create workspace dir: {err}")))?;
             self.runtime.claim_workspace(&id, &workspace_dir).await.map_err(runtime_error)?;
-            self.apply_egress_limit(&id, claim.caller.id()).await.map_err(runtime_error)?;
+            // The pool gave it the default limit; only an owner with an override needs another.
+            if self.limits_for(claim.caller.id()).egress_bytes() != pooled.egress_limit {
+                self.apply_egress_limit(&id, claim.caller.id()).await.map_err(runtime_error)?;
+            }
             let now = Utc::now();
             let expires_at = now + chrono::Duration::seconds(claim.timeout_seconds as i64);
             let record = SandboxRecord {

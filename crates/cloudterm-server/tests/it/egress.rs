@@ -102,9 +102,17 @@ async fn egress_is_counted_warned_about_and_cut_at_the_limit() {
     assert!(egress["used"].as_u64().expect("used") >= MIB, "{me}");
     assert_eq!(violations(&alice.text("/metrics").await), 1, "counted once per sandbox");
 
-    // A principal whose override lifts the limit: counted, never cut, no limit shown.
+    // A principal whose override lifts the limit claims a pooled sandbox (which the pool gave
+    // the default limit): counted, never cut, no limit shown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.state().sandboxes.pool_ready().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the pool did not refill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pooled = server.state().sandboxes.pool_ready();
     let free = Api::new(&server, "unmetered");
-    let free_id = free.create(json!({"env": {"X": "1"}})).await["id"].as_str().expect("id").to_string();
+    let free_id = free.create(json!({})).await["id"].as_str().expect("id").to_string();
+    assert!(pooled.contains(&free_id), "the override's claim must come from the pool");
     let (out, warning) = send(&free, &free_id, outside, remote.port, 1_200_000).await;
     assert!(out.contains("SENT 1200000") && warning.is_none(), "{out} {warning:?}");
     let (_, got) = free.call("GET", &format!("/sandboxes/{free_id}"), None).await;
