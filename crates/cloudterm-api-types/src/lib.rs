@@ -27,8 +27,8 @@ pub use preview::{
 };
 pub use sandbox::{
     BackgroundRequest, CreateSandboxRequest, ExecRequestBody, ExecResponseBody, FileEntry, FileList, FileWritten,
-    JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxLimits, SandboxList,
-    SandboxResponse, WriteFileRequest,
+    JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxEgress,
+    SandboxLimits, SandboxList, SandboxResponse, WriteFileRequest,
 };
 pub use snapshot::{
     CreateSnapshotRequest, PinSnapshotRequest, RestoreSnapshotRequest, RestoreSnapshotResponse, SnapshotLayerInfo,

@@ -82,6 +82,22 @@ pub struct SandboxResponse {
     /// `read`. Only in `GET /sandboxes?include_shared=true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permission: Option<String>,
+    /// Outbound traffic so far (an extension): only in `GET /sandboxes/{id}`, and only for a
+    /// running sandbox that has a network (`sandboxes.network = "nat"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<SandboxEgress>,
+}
+
+/// What a sandbox has sent out of the host, against its owner's egress quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxEgress {
+    /// Bytes sent so far (counting any refused once the limit was reached).
+    pub bytes: u64,
+    /// The limit in bytes (`quotas.egress_mb`); absent means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// The limit is reached: outbound traffic is refused; exec, files and terminals still work.
+    pub cut: bool,
 }
 
 /// `GET /sandboxes`.

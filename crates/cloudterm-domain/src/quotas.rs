@@ -19,6 +19,9 @@ pub struct QuotaLimits {
     pub exec_per_hour: Option<u64>,
     /// MiB per workspace the principal owns.
     pub storage_mb: Option<u64>,
+    /// Bytes each sandbox may send out of the host, MiB (where the runtime gives sandboxes a
+    /// network: see `Runtime::has_network`).
+    pub egress_mb: Option<u64>,
 }
 
 impl QuotaLimits {
@@ -26,11 +29,16 @@ impl QuotaLimits {
     pub fn storage_bytes(&self) -> Option<u64> {
         self.storage_mb.map(|mb| mb.saturating_mul(1 << 20))
     }
+
+    /// [`egress_mb`](Self::egress_mb) in bytes.
+    pub fn egress_bytes(&self) -> Option<u64> {
+        self.egress_mb.map(|mb| mb.saturating_mul(1 << 20))
+    }
 }
 
 impl Default for QuotaLimits {
     fn default() -> Self {
-        QuotaLimits { max_sandboxes: 10, exec_per_hour: None, storage_mb: None }
+        QuotaLimits { max_sandboxes: 10, exec_per_hour: None, storage_mb: None, egress_mb: None }
     }
 }
 
@@ -43,6 +51,8 @@ pub struct QuotaOverride {
     pub exec_per_hour: Option<u64>,
     /// MiB per workspace; `Some(0)` lifts the limit.
     pub storage_mb: Option<u64>,
+    /// Egress per sandbox, MiB; `Some(0)` lifts the limit.
+    pub egress_mb: Option<u64>,
 }
 
 /// The operator's quota settings.
@@ -67,6 +77,9 @@ impl QuotaPolicy {
             }
             if let Some(mb) = changes.storage_mb {
                 limits.storage_mb = (mb > 0).then_some(mb);
+            }
+            if let Some(mb) = changes.egress_mb {
+                limits.egress_mb = (mb > 0).then_some(mb);
             }
         }
         limits
@@ -127,20 +140,29 @@ mod tests {
     #[test]
     fn overrides_change_only_what_they_name() {
         let mut policy = QuotaPolicy {
-            defaults: QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100), storage_mb: Some(64) },
+            defaults: QuotaLimits {
+                max_sandboxes: 3,
+                exec_per_hour: Some(100),
+                storage_mb: Some(64),
+                egress_mb: Some(50),
+            },
             ..QuotaPolicy::default()
         };
-        let ci_bot = QuotaOverride { max_sandboxes: Some(20), exec_per_hour: Some(0), storage_mb: Some(0) };
+        let ci_bot =
+            QuotaOverride { max_sandboxes: Some(20), exec_per_hour: Some(0), storage_mb: Some(0), egress_mb: Some(0) };
         policy.overrides.insert("ci-bot".into(), ci_bot);
-        let slow = QuotaOverride { max_sandboxes: None, exec_per_hour: Some(5), storage_mb: Some(512) };
+        let slow =
+            QuotaOverride { max_sandboxes: None, exec_per_hour: Some(5), storage_mb: Some(512), egress_mb: Some(2) };
         policy.overrides.insert("slow".into(), slow);
-        let alice = QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100), storage_mb: Some(64) };
+        let alice =
+            QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(100), storage_mb: Some(64), egress_mb: Some(50) };
         assert_eq!(policy.limits_for("alice"), alice);
         assert_eq!(alice.storage_bytes(), Some(64 << 20));
-        let ci_bot = QuotaLimits { max_sandboxes: 20, exec_per_hour: None, storage_mb: None };
+        let ci_bot = QuotaLimits { max_sandboxes: 20, exec_per_hour: None, storage_mb: None, egress_mb: None };
         assert_eq!(policy.limits_for("ci-bot"), ci_bot);
-        let slow = QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(5), storage_mb: Some(512) };
+        let slow = QuotaLimits { max_sandboxes: 3, exec_per_hour: Some(5), storage_mb: Some(512), egress_mb: Some(2) };
         assert_eq!(policy.limits_for("slow"), slow);
+        assert_eq!(slow.egress_bytes(), Some(2 << 20));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::network::NetworkConfig;
+
 /// Memory limit of a sandbox whose spec sets none, MiB.
 pub const DEFAULT_MEMORY_MB: u64 = 512;
 /// CPU quota of a sandbox whose spec sets none, cores.
@@ -34,6 +36,8 @@ pub struct LinuxRuntimeConfig {
     pub userns_size: u32,
     /// How long `start` waits for the agent to answer, milliseconds.
     pub ready_timeout_ms: u64,
+    /// Outbound network: none (the default) or NAT through the host.
+    pub network: NetworkConfig,
 }
 
 impl LinuxRuntimeConfig {
@@ -50,6 +54,7 @@ impl LinuxRuntimeConfig {
             userns_base: 100_000,
             userns_size: 65_536,
             ready_timeout_ms: 10_000,
+            network: NetworkConfig::default(),
         }
     }
 }

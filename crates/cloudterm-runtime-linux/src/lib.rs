@@ -13,9 +13,11 @@
 mod config;
 mod helper;
 mod layer;
+pub mod network;
 mod protocol;
 mod runtime;
 
 pub use config::{LinuxRuntimeConfig, DEFAULT_CPUS, DEFAULT_MEMORY_MB, DEFAULT_PIDS};
 pub use helper::helper_main;
+pub use network::{NetworkConfig, NetworkMode};
 pub use runtime::{probe, LinuxRuntime};

@@ -72,6 +72,10 @@ pub enum HelperRequest {
     List,
     /// Create, start and delete a trivial container.
     Probe,
+    /// Bytes the sandbox has sent out (its egress quota's count).
+    Egress { id: String },
+    /// Caps the bytes the sandbox may send out (`None`: no cap).
+    LimitEgress { id: String, limit_bytes: Option<u64> },
 }
 
 /// Which `SandboxRuntimeError` a helper failure maps to.
@@ -97,11 +101,34 @@ impl HelperRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum HelperResponse {
-    Started { pid: u32, socket: PathBuf, userns: bool },
+    Started {
+        pid: u32,
+        socket: PathBuf,
+        userns: bool,
+    },
     Done,
-    State { running: bool, pid: Option<u32>, socket: Option<PathBuf> },
-    Usage { memory_bytes: u64, cpu_usec: u64, pids: u64 },
-    List { ids: Vec<String> },
-    Probed { summary: String },
-    Error { kind: FailureKind, message: String },
+    State {
+        running: bool,
+        pid: Option<u32>,
+        socket: Option<PathBuf>,
+    },
+    Usage {
+        memory_bytes: u64,
+        cpu_usec: u64,
+        pids: u64,
+    },
+    List {
+        ids: Vec<String>,
+    },
+    Probed {
+        summary: String,
+    },
+    /// `bytes: None`: the sandbox has no network.
+    Egress {
+        bytes: Option<u64>,
+    },
+    Error {
+        kind: FailureKind,
+        message: String,
+    },
 }

@@ -18,6 +18,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
 
 use crate::config::LinuxRuntimeConfig;
+use crate::network::NetworkMode;
 use crate::protocol::{FailureKind, HelperRequest, HelperResponse, MountRequest, StartRequest};
 
 /// Longest a single helper operation may take before the helper is considered hung.
@@ -76,6 +77,17 @@ impl LinuxRuntime {
         if let Some(image) = &config.default_image {
             command.arg("--default-image").arg(image);
         }
+        let network = &config.network;
+        let join = |items: Vec<String>| items.join(",");
+        command
+            .arg("--network")
+            .arg(network.mode.as_str())
+            .arg("--network-range")
+            .arg(network.range.to_string())
+            .arg("--network-deny")
+            .arg(join(network.deny.iter().map(ToString::to_string).collect()))
+            .arg("--network-dns")
+            .arg(join(network.dns.iter().map(ToString::to_string).collect()));
         let mut child = command
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
@@ -350,5 +362,40 @@ impl Runtime for LinuxRuntime {
 
     async fn resume(&self, id: &str) -> Result<(), SandboxRuntimeError> {
         self.expect_done(HelperRequest::Resume { id: id.to_owned() }, id).await
+    }
+
+    fn has_network(&self) -> bool {
+        self.config.network.mode == NetworkMode::Nat
+    }
+
+    async fn egress(&self, id: &str) -> Result<Option<u64>, SandboxRuntimeError> {
+        if !self.has_network() {
+            return Ok(None);
+        }
+        match self.call(HelperRequest::Egress { id: id.to_owned() }).await? {
+            HelperResponse::Egress { bytes } => Ok(bytes),
+            other => Err(Self::map_error(other, id)),
+        }
+    }
+
+    /// What the host side of the sandbox's veth received: everything the sandbox sent,
+    /// Ethernet headers and refused packets included, so never less than the quota's count. A
+    /// file read in this process, where [`egress`](Runtime::egress) asks the helper to run `nft`.
+    async fn egress_upper_bound(&self, id: &str) -> Result<Option<u64>, SandboxRuntimeError> {
+        if !self.has_network() {
+            return Ok(None);
+        }
+        let path = format!("/sys/class/net/{}/statistics/rx_bytes", crate::helper::veth_name(id));
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn limit_egress(&self, id: &str, limit_bytes: Option<u64>) -> Result<(), SandboxRuntimeError> {
+        if !self.has_network() {
+            return Ok(());
+        }
+        self.expect_done(HelperRequest::LimitEgress { id: id.to_owned(), limit_bytes }, id).await
     }
 }

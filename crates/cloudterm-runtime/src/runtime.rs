@@ -219,4 +219,30 @@ pub trait Runtime: Send + Sync + 'static {
     async fn resume(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
         Err(SandboxRuntimeError::NotSupported { runtime: self.kind(), operation: "resume" })
     }
+
+    /// Whether this runtime gives sandboxes an outbound network it controls: one whose bytes
+    /// [`egress`](Runtime::egress) counts and [`limit_egress`](Runtime::limit_egress) caps.
+    /// False for sandboxes without any network, and for the process runtime, whose agent uses
+    /// the host's network unchecked.
+    fn has_network(&self) -> bool {
+        false
+    }
+
+    /// Bytes the sandbox has sent out so far; `None` without a network this runtime controls.
+    async fn egress(&self, _id: &str) -> Result<Option<u64>, SandboxRuntimeError> {
+        Ok(None)
+    }
+
+    /// A cheap upper bound of [`egress`](Runtime::egress) (it may also count traffic the
+    /// runtime refused), to decide whether an exact reading is worth taking; `None` without a
+    /// network this runtime controls.
+    async fn egress_upper_bound(&self, id: &str) -> Result<Option<u64>, SandboxRuntimeError> {
+        self.egress(id).await
+    }
+
+    /// Caps the bytes the sandbox may send out (`None`: no cap). Past the cap its outbound
+    /// traffic is refused; everything else keeps working. Does nothing without a network.
+    async fn limit_egress(&self, _id: &str, _limit_bytes: Option<u64>) -> Result<(), SandboxRuntimeError> {
+        Ok(())
+    }
 }

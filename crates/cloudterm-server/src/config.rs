@@ -219,6 +219,18 @@ pub struct SandboxConfig {
     /// Seconds an idle sandbox stays paused (frozen, resumed by its next operation) before it
     /// is snapshotted and stopped; 0 stops it as soon as its idle TTL runs out.
     pub idle_pause_seconds: u64,
+    /// Outbound network of linux sandboxes: `none` (only `lo`; the default, so an existing
+    /// deployment keeps its sandboxes offline) or `nat` (a veth per sandbox, masqueraded out of
+    /// the host). The process runtime cannot do `nat` and refuses to start with it.
+    pub network: String,
+    /// The private range sandbox addresses come from with `nat`, one /30 each.
+    pub network_range: String,
+    /// Destination networks sandboxes may not reach, besides loopback, link-local (cloud
+    /// metadata), multicast, the host itself and other sandboxes, which are always refused.
+    pub network_deny: Vec<String>,
+    /// Name servers for sandboxes (reachable on port 53 even inside a denied range); empty: the
+    /// host's own non-loopback ones.
+    pub network_dns: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -236,6 +248,10 @@ impl Default for SandboxConfig {
             reap_interval_seconds: 1,
             warm_pool: 2,
             idle_pause_seconds: 0,
+            network: "none".into(),
+            network_range: cloudterm_runtime_linux::network::DEFAULT_RANGE.into(),
+            network_deny: cloudterm_runtime_linux::network::DEFAULT_DENY.iter().map(|net| net.to_string()).collect(),
+            network_dns: Vec::new(),
         }
     }
 }
@@ -311,6 +327,8 @@ pub struct QuotaConfig {
     /// MiB per workspace (enforced on the linux runtime as root: writes past it fail); 0:
     /// unlimited.
     pub storage_mb: u64,
+    /// Bytes each sandbox may send out, MiB (with `sandboxes.network = "nat"`); 0: unlimited.
+    pub egress_mb: u64,
     /// Per-principal overrides (`[quotas.principals.alice]`), file only.
     pub principals: std::collections::BTreeMap<String, QuotaOverrideConfig>,
 }
@@ -325,6 +343,8 @@ pub struct QuotaOverrideConfig {
     pub exec_per_hour: Option<u64>,
     /// MiB per workspace; 0: unlimited.
     pub storage_mb: Option<u64>,
+    /// Egress per sandbox, MiB; 0: unlimited.
+    pub egress_mb: Option<u64>,
 }
 
 impl Default for Config {
@@ -412,6 +432,7 @@ impl Default for QuotaConfig {
             max_sandboxes: 10,
             exec_per_hour: 0,
             storage_mb: 0,
+            egress_mb: 0,
             principals: std::collections::BTreeMap::new(),
         }
     }
@@ -936,6 +957,42 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "sandboxes.network",
+        env: "CLOUDTERM_SANDBOX_NETWORK",
+        help: "outbound network of linux sandboxes: none (only loopback) or nat (through the host) (default none)",
+        apply: |c, v| {
+            c.sandboxes.network = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.network_range",
+        env: "CLOUDTERM_SANDBOX_NETWORK_RANGE",
+        help: "private range of sandbox addresses with network = nat, one /30 each (default 10.88.0.0/16)",
+        apply: |c, v| {
+            c.sandboxes.network_range = v.trim().to_string();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.network_deny",
+        env: "CLOUDTERM_SANDBOX_NETWORK_DENY",
+        help: "comma-separated networks sandboxes may not reach (default the private ranges; loopback, link-local, the host and other sandboxes are always refused)",
+        apply: |c, v| {
+            c.sandboxes.network_deny = v.split(',').filter_map(non_empty).collect();
+            Ok(())
+        },
+    },
+    Setting {
+        key: "sandboxes.network_dns",
+        env: "CLOUDTERM_SANDBOX_NETWORK_DNS",
+        help: "comma-separated name servers for sandboxes (default: the host's non-loopback ones)",
+        apply: |c, v| {
+            c.sandboxes.network_dns = v.split(',').filter_map(non_empty).collect();
+            Ok(())
+        },
+    },
+    Setting {
         key: "quotas.max_sandboxes",
         env: "CLOUDTERM_QUOTA_MAX_SANDBOXES",
         help: "running sandboxes per principal (default 10)",
@@ -959,6 +1016,15 @@ pub const SETTINGS: &[Setting] = &[
         help: "MiB per workspace; enforced (writes past it fail) on the linux runtime as root, reported only otherwise; 0 = unlimited (default 0)",
         apply: |c, v| {
             c.quotas.storage_mb = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "quotas.egress_mb",
+        env: "CLOUDTERM_QUOTA_EGRESS_MB",
+        help: "MiB each sandbox may send out (network = nat); past it its outbound traffic is refused; 0 = unlimited (default 0)",
+        apply: |c, v| {
+            c.quotas.egress_mb = parse_u64(v)?;
             Ok(())
         },
     },
@@ -1065,6 +1131,24 @@ impl Config {
         toml::from_str(&text).map_err(|err| ConfigError::Parse { path: path.to_path_buf(), message: err.to_string() })
     }
 
+    /// The `sandboxes.network*` settings as the linux runtime takes them, or which one is wrong.
+    pub fn sandbox_network(&self) -> Result<cloudterm_runtime_linux::NetworkConfig, ConfigError> {
+        use cloudterm_runtime_linux::network::{parse_addrs, parse_net, parse_nets};
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, env: env_for(key), message };
+        let sandboxes = &self.sandboxes;
+        let network = cloudterm_runtime_linux::NetworkConfig {
+            mode: sandboxes.network.parse().map_err(|message| invalid("sandboxes.network", message))?,
+            range: parse_net(&sandboxes.network_range)
+                .map_err(|message| invalid("sandboxes.network_range", message))?,
+            deny: parse_nets(&sandboxes.network_deny.join(","))
+                .map_err(|message| invalid("sandboxes.network_deny", message))?,
+            dns: parse_addrs(&sandboxes.network_dns.join(","))
+                .map_err(|message| invalid("sandboxes.network_dns", message))?,
+        };
+        network.validate().map_err(|message| invalid("sandboxes.network_range", message))?;
+        Ok(network)
+    }
+
     /// Checks every value that deserialization alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, env: env_for(key), message };
@@ -1136,6 +1220,7 @@ impl Config {
             .kind
             .parse::<cloudterm_runtime::RuntimeChoice>()
             .map_err(|message| invalid("runtime.kind", message))?;
+        self.sandbox_network()?;
         if let Some(url) = &self.preview.base_url {
             let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
             if rest.is_none_or(|host| host.is_empty() || host.contains(['/', '?', '#'])) {

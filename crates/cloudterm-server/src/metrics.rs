@@ -142,7 +142,7 @@ impl Metrics {
         let quota_violations = Family::<QuotaLabels, Counter>::default();
         registry.register(
             "quota_violations",
-            "Requests refused with 429 because a quota was exceeded, by quota type",
+            "Quota violations by quota type: requests refused with 429, and sandboxes whose egress reached its limit (type egress, once each)",
             quota_violations.clone(),
         );
         let sandboxes = SandboxSeries::register(&mut registry);
@@ -197,6 +197,11 @@ impl Metrics {
     /// Counts a restore.
     pub fn snapshot_restored(&self) {
         self.snapshots_restored.inc();
+    }
+
+    /// Counts a quota violation that no 429 carries (a sandbox's egress reaching its limit).
+    pub fn quota_violated(&self, kind: &str) {
+        self.quota_violations.get_or_create(&QuotaLabels { r#type: kind.to_string() }).inc();
     }
 
     /// The sandbox series.

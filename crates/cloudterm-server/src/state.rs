@@ -12,7 +12,7 @@ use cloudterm_domain::{
 };
 use cloudterm_identity::{DevIssuer, Verifier, VerifierConfig};
 use cloudterm_runtime::{Limits, ProcessRuntime, ProcessRuntimeConfig, Runtime, RuntimeChoice, RuntimeKind, Selection};
-use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig};
+use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig, NetworkMode};
 use cloudterm_store::Store;
 use cloudterm_volumes::Volumes;
 
@@ -292,6 +292,20 @@ fn build_runtime(
     blobs: &BlobStore,
 ) -> anyhow::Result<Arc<dyn Runtime>> {
     let agent_binary = locate_binary(config.runtime.agent_path.as_deref(), "cloudterm-agent");
+    let network = config.sandbox_network()?;
+    if network.mode != NetworkMode::None && selection.kind != RuntimeKind::Linux {
+        anyhow::bail!(
+            "invalid setting sandboxes.network (CLOUDTERM_SANDBOX_NETWORK): \"{}\" needs the linux runtime, and the \
+             {} runtime was chosen ({}); the process runtime has no network namespace to give a sandbox \
+             (its agent uses the host's network as it is). Use runtime.kind = linux, or sandboxes.network = none",
+            network.mode,
+            selection.kind,
+            selection.reason
+        );
+    }
+    if network.mode == NetworkMode::None && config.quotas.egress_mb > 0 {
+        tracing::warn!("quotas.egress_mb has nothing to count: sandboxes.network is none, so sandboxes have no egress");
+    }
     match selection.kind {
         RuntimeKind::Process => Ok(Arc::new(ProcessRuntime::new(ProcessRuntimeConfig { agent_binary, root_dir }))),
         RuntimeKind::Linux => {
@@ -300,6 +314,7 @@ fn build_runtime(
             linux.default_memory_mb = config.sandboxes.default_memory_mb;
             linux.default_cpus = config.sandboxes.default_cpus;
             linux.default_pids = config.sandboxes.default_pids;
+            linux.network = network;
             Ok(Arc::new(LinuxRuntime::new(linux)))
         }
         RuntimeKind::Firecracker => Ok(Arc::new(crate::firecracker::build(config, root_dir, blobs.clone())?)),
@@ -420,6 +435,7 @@ fn quota_policy(quotas: &crate::config::QuotaConfig) -> cloudterm_domain::quotas
             max_sandboxes: quotas.max_sandboxes,
             exec_per_hour: (quotas.exec_per_hour > 0).then_some(quotas.exec_per_hour),
             storage_mb: (quotas.storage_mb > 0).then_some(quotas.storage_mb),
+            egress_mb: (quotas.egress_mb > 0).then_some(quotas.egress_mb),
         },
         overrides: quotas
             .principals
@@ -429,6 +445,7 @@ fn quota_policy(quotas: &crate::config::QuotaConfig) -> cloudterm_domain::quotas
                     max_sandboxes: o.max_sandboxes,
                     exec_per_hour: o.exec_per_hour,
                     storage_mb: o.storage_mb,
+                    egress_mb: o.egress_mb,
                 };
                 (id.clone(), changes)
             })

@@ -1,5 +1,6 @@
 //! Test helpers: a real cloudterm server on `127.0.0.1:0`, a real identity provider serving
-//! a JWKS, a real S3 service (Garage), a real PostgreSQL, and the one place that decides whether
+//! a JWKS, a real S3 service (Garage), a real PostgreSQL, a stand-in for the internet
+//! (`RemoteHost`), and the one place that decides whether
 //! a missing service skips or fails a test.
 
 mod garage;
@@ -8,6 +9,7 @@ mod idp;
 mod ports;
 mod postgres;
 mod prometheus;
+mod remote_host;
 mod server;
 
 pub use garage::GarageServer;
@@ -15,6 +17,7 @@ pub use host::{linux_runtime_available, sandbox_leftovers, sandbox_processes};
 pub use idp::{IdpKey, JwksServer};
 pub use postgres::PostgresServer;
 pub use prometheus::PrometheusServer;
+pub use remote_host::{Link, Received, RemoteHost};
 pub use server::TestServer;
 
 /// Called where a test needs something this machine may lack (root, a service, a binary).

@@ -30,6 +30,8 @@ pub struct LiveSandbox {
     /// Held across a pause or resume, so two of them never interleave their runtime calls and
     /// the flag always says what the runtime did last.
     transition: tokio::sync::Mutex<()>,
+    /// Seen past its egress limit (the violation is counted once).
+    egress_exceeded: AtomicBool,
 }
 
 impl LiveSandbox {
@@ -51,6 +53,7 @@ impl LiveSandbox {
             execs: ExecWindow::default(),
             paused: AtomicBool::new(false),
             transition: tokio::sync::Mutex::new(()),
+            egress_exceeded: AtomicBool::new(false),
         })
     }
 
@@ -124,6 +127,11 @@ impl LiveSandbox {
         act().await?;
         self.paused.store(pause, Ordering::SeqCst);
         Ok(true)
+    }
+
+    /// Records that the sandbox was seen past its egress limit; true only the first time.
+    pub fn mark_egress_exceeded(&self) -> bool {
+        !self.egress_exceeded.swap(true, Ordering::SeqCst)
     }
 
     /// Marks an operation in flight until the guard drops; the idle clock restarts then.

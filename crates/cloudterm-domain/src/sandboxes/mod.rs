@@ -1,5 +1,6 @@
 //! Sandboxes: lifecycle, validation of what clients ask for, and the registry of running ones.
 
+mod egress;
 mod live;
 mod model;
 pub(crate) mod ops;
@@ -8,6 +9,7 @@ mod pty;
 mod service;
 mod validate;
 
+pub use egress::{EgressUsage, EGRESS};
 pub use live::{ActivityGuard, LiveSandbox};
 pub use model::{state, CreateSandbox, Sandbox, SandboxSettings};
 pub use ops::{agent_error, check_command, exec_timeout, storage_exceeded, Busy, STORAGE_RETRY_AFTER_SECONDS};

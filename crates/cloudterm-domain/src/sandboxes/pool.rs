@@ -31,6 +31,9 @@ pub(crate) struct PooledSandbox {
     pub id: String,
     /// Its agent, already answering.
     pub agent: AgentClient,
+    /// The egress limit it was given (the default), so a claim by an owner with the same
+    /// limit needs no runtime call.
+    pub egress_limit: Option<u64>,
 }
 
 /// Started sandboxes waiting to be claimed, refilled in the background.
@@ -38,6 +41,9 @@ pub(crate) struct WarmPool {
     runtime: Arc<dyn Runtime>,
     state_dir: PathBuf,
     limits: Limits,
+    /// The default egress limit, bytes: set on every pooled sandbox in the background, off
+    /// the claim's path.
+    egress_limit: Option<u64>,
     size: usize,
     ready: Mutex<VecDeque<PooledSandbox>>,
     /// One filler task at a time: starts go one after the other, never a burst.
@@ -48,12 +54,19 @@ pub(crate) struct WarmPool {
 impl WarmPool {
     /// A pool of `size` sandboxes with `limits`; empty (and never filled) when `size` is 0 or
     /// the runtime cannot hand a workspace to a running sandbox.
-    pub fn new(runtime: Arc<dyn Runtime>, state_dir: PathBuf, limits: Limits, size: usize) -> Arc<Self> {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        state_dir: PathBuf,
+        limits: Limits,
+        egress_limit: Option<u64>,
+        size: usize,
+    ) -> Arc<Self> {
         let size = if runtime.supports_claim() { size } else { 0 };
         Arc::new(WarmPool {
             runtime,
             state_dir,
             limits,
+            egress_limit,
             size,
             ready: Mutex::new(VecDeque::new()),
             filling: AtomicBool::new(false),
@@ -164,13 +177,16 @@ impl WarmPool {
         };
         let started = async {
             let handle = self.runtime.start(&spec).await.map_err(|err| err.to_string())?;
+            if self.runtime.has_network() {
+                self.runtime.limit_egress(&id, self.egress_limit).await.map_err(|err| err.to_string())?;
+            }
             let agent = AgentClient::new(handle.agent);
             agent.wait_ready(AGENT_READY_TIMEOUT).await.map_err(|err| format!("agent did not answer: {err}"))?;
             Ok(agent)
         }
         .await;
         match started {
-            Ok(agent) => Ok(PooledSandbox { id, agent }),
+            Ok(agent) => Ok(PooledSandbox { id, agent, egress_limit: self.egress_limit }),
             Err(message) => {
                 self.discard(&id).await;
                 Err(message)

@@ -47,7 +47,13 @@ impl SandboxService {
     /// A service over `store` and `runtime`.
     pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn Runtime>, settings: SandboxSettings) -> Self {
         let pool_limits = validate::effective_limits(&Limits::default(), &settings).unwrap_or_default();
-        let pool = WarmPool::new(Arc::clone(&runtime), settings.state_dir.clone(), pool_limits, settings.warm_pool);
+        let pool = WarmPool::new(
+            Arc::clone(&runtime),
+            settings.state_dir.clone(),
+            pool_limits,
+            settings.quotas.defaults.egress_bytes(),
+            settings.warm_pool,
+        );
         SandboxService {
             pool,
             access: AccessControl::new(Arc::clone(&store)),
@@ -199,6 +205,9 @@ impl SandboxService {
             let files = self.prepare_workspace(&workspace).await?;
             let spec = SandboxSpec { workspace_dir: Some(files), ..spec };
             let handle = self.runtime.start(&spec).await.map_err(runtime_error)?;
+            // Before the caller can run anything: a sandbox without its limit would be a way
+            // around the quota.
+            self.apply_egress_limit(&id, caller.id()).await.map_err(runtime_error)?;
             let agent = AgentClient::new(handle.agent);
             agent
                 .wait_ready(AGENT_READY_TIMEOUT)
@@ -242,6 +251,10 @@ impl SandboxService {
         let claimed = async {
             let workspace_dir = self.prepare_workspace(claim.workspace).await?;
             self.runtime.claim_workspace(&id, &workspace_dir).await.map_err(runtime_error)?;
+            // The pool gave it the default limit; only an owner with an override needs another.
+            if self.limits_for(claim.caller.id()).egress_bytes() != pooled.egress_limit {
+                self.apply_egress_limit(&id, claim.caller.id()).await.map_err(runtime_error)?;
+            }
             let now = Utc::now();
             let expires_at = now + chrono::Duration::seconds(claim.timeout_seconds as i64);
             let record = SandboxRecord {
@@ -578,6 +591,10 @@ impl SandboxService {
             };
             match attached {
                 Some(agent) if record.state != state::STARTING => {
+                    // The limit may have changed with the configuration.
+                    if let Err(err) = self.apply_egress_limit(&record.id, &record.owner).await {
+                        tracing::warn!(sandbox = %record.id, error = %err, "cannot re-apply the egress limit");
+                    }
                     let timeout = record
                         .limits
                         .get("timeout_seconds")

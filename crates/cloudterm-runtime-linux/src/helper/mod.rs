@@ -6,6 +6,7 @@
 //! clean up), binds the agent's listening socket on the host and hands it to the container as
 //! fd 3, and keeps libcontainer's state under `root_dir/<id>/lc`.
 
+mod net;
 mod rootfs;
 mod spec;
 pub(crate) mod sys;
@@ -28,7 +29,9 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{close, dup2, Pid};
 
+use crate::network::{parse_addrs, parse_net, parse_nets, NetworkConfig};
 use crate::protocol::{FailureKind, HelperRequest, HelperResponse, MountRequest, Record, StartRequest};
+pub(crate) use net::veth_name;
 use rootfs::{IdMap, Layout};
 
 /// Entry point of the `cloudterm-linux-helper` binary.
@@ -59,7 +62,8 @@ pub fn helper_main() -> ExitCode {
     }
     // libcontainer would pass systemd socket activation fds on to the container.
     std::env::remove_var("LISTEN_FDS");
-    let mut helper = Helper { options, userns: None };
+    let network = net::Network::new(options.network.clone());
+    let mut helper = Helper { options, userns: None, network };
     let stdin = io::stdin().lock();
     let mut stdout = io::stdout().lock();
     for line in stdin.lines() {
@@ -116,6 +120,7 @@ struct HelperOptions {
     default_image: Option<PathBuf>,
     userns_base: u32,
     userns_size: u32,
+    network: NetworkConfig,
 }
 
 impl HelperOptions {
@@ -125,6 +130,7 @@ impl HelperOptions {
         let mut default_image = None;
         let mut userns_base = 100_000;
         let mut userns_size = 65_536;
+        let mut network = NetworkConfig::default();
         let mut iter = args.iter();
         while let Some(flag) = iter.next() {
             let value = iter.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
@@ -134,6 +140,10 @@ impl HelperOptions {
                 "--default-image" => default_image = Some(PathBuf::from(value)),
                 "--userns-base" => userns_base = value.parse()?,
                 "--userns-size" => userns_size = value.parse()?,
+                "--network" => network.mode = value.parse().map_err(|err: String| anyhow!(err))?,
+                "--network-range" => network.range = parse_net(value).map_err(|err| anyhow!(err))?,
+                "--network-deny" => network.deny = parse_nets(value).map_err(|err| anyhow!(err))?,
+                "--network-dns" => network.dns = parse_addrs(value).map_err(|err| anyhow!(err))?,
                 other => bail!("unknown argument {other}"),
             }
         }
@@ -143,6 +153,7 @@ impl HelperOptions {
             default_image,
             userns_base,
             userns_size,
+            network,
         })
     }
 }
@@ -183,6 +194,7 @@ struct Helper {
     /// The user namespace used for idmapped mounts, created on first use; `Err` says why user
     /// namespaces are off on this host.
     userns: Option<Result<OwnedFd, String>>,
+    network: net::Network,
 }
 
 impl Helper {
@@ -202,6 +214,8 @@ impl Helper {
             }
             HelperRequest::List => self.list(),
             HelperRequest::Probe => self.probe(),
+            HelperRequest::Egress { id } => self.egress(&id),
+            HelperRequest::LimitEgress { id, limit_bytes } => self.limit_egress(&id, limit_bytes),
         };
         result.unwrap_or_else(|f| failure(f.kind, f.message))
     }
@@ -288,7 +302,7 @@ impl Helper {
         fs::write(sandbox_dir.join("record.json"), serde_json::to_vec(&record).map_err(anyhow::Error::from)?)
             .context("cannot write the sandbox record")?;
         let agent = self.options.agent_binary.clone();
-        match self.start_container(&req, userns.as_ref(), &agent, false) {
+        match self.start_container(&req, userns.as_ref(), &agent, true) {
             Ok(pid) => Ok(HelperResponse::Started {
                 pid,
                 socket: Layout { state_dir: req.state_dir.clone() }.socket(),
@@ -309,13 +323,14 @@ impl Helper {
         }
     }
 
-    /// Assembles the rootfs, creates and starts the container; returns the init's host pid.
+    /// Assembles the rootfs, creates the container, gives it its network (unless
+    /// `with_network` is false) and starts it; returns the init's host pid.
     fn start_container(
-        &self,
+        &mut self,
         req: &StartRequest,
         userns: Option<&OwnedFd>,
         agent: &Path,
-        foreground: bool,
+        with_network: bool,
     ) -> Result<u32, Failure> {
         let layout = Layout { state_dir: req.state_dir.clone() };
         fs::create_dir_all(&layout.state_dir).context("cannot create the state directory")?;
@@ -337,13 +352,16 @@ impl Helper {
             rootfs::place_layer(layer, &layout, image.is_some())
                 .map_err(|err| invalid(format!("cannot start from the snapshot's writable layer: {err:#}")))?;
         }
-        let rootfs = rootfs::assemble(req, &layout, &self.options.root_dir, image.as_deref(), agent, idmap.as_ref())
-            .map_err(|err| match req.layer_dir {
-                // What the sandbox wrote decides whether its layer fits (a planted symlink
-                // where the helper needs a directory): the caller's input, not our failure.
-                Some(_) => invalid(format!("cannot start from the snapshot's writable layer: {err:#}")),
-                None => Failure::from(err),
-            })?;
+        let resolv_conf = self.network.resolv_conf();
+        let etc = rootfs::EtcInputs { resolv_conf: &resolv_conf };
+        let rootfs =
+            rootfs::assemble(req, &layout, &self.options.root_dir, image.as_deref(), agent, idmap.as_ref(), &etc)
+                .map_err(|err| match req.layer_dir {
+                    // What the sandbox wrote decides whether its layer fits (a planted symlink
+                    // where the helper needs a directory): the caller's input, not our failure.
+                    Some(_) => invalid(format!("cannot start from the snapshot's writable layer: {err:#}")),
+                    None => Failure::from(err),
+                })?;
         if std::env::var_os("CLOUDTERM_HELPER_TIMING").is_some() {
             eprintln!("helper timing: rootfs assembled in {:?}", phase.elapsed());
         }
@@ -385,7 +403,7 @@ impl Helper {
             .map_err(|err| lc_error("invalid container id", err))?
             .as_init(layout.bundle())
             .with_systemd(false)
-            .with_detach(!foreground);
+            .with_detach(true);
         let timing = std::env::var_os("CLOUDTERM_HELPER_TIMING").is_some();
         let phase = Instant::now();
         let mut container = with_fd3(listener.as_raw_fd(), || builder.build())?
@@ -395,12 +413,18 @@ impl Helper {
         let created = phase.elapsed();
         bring_up_loopback(pid.as_raw())?;
         let loopback = phase.elapsed();
+        if with_network {
+            // The probe's container (`with_network` false) has no use for one.
+            self.network.attach(&req.id, pid.as_raw(), &self.options.root_dir)?;
+        }
+        let network = phase.elapsed();
         container.start().map_err(|err| lc_error("cannot start the container", err))?;
         if timing {
             eprintln!(
-                "helper timing: create {created:?}, loopback {:?}, start {:?}",
+                "helper timing: create {created:?}, loopback {:?}, network {:?}, start {:?}",
                 loopback - created,
-                phase.elapsed() - loopback
+                network - loopback,
+                phase.elapsed() - network
             );
         }
         Ok(pid.as_raw() as u32)
@@ -426,6 +450,9 @@ impl Helper {
         }
         if let Err(err) = remove_cgroups(id) {
             problems.push(format!("{err:#}"));
+        }
+        if let Err(err) = self.network.detach(id, &self.options.root_dir) {
+            problems.push(format!("network: {err:#}"));
         }
         if let Some(record) = &record {
             if let Err(err) = rootfs::remove_tree(&record.state_dir) {
@@ -485,6 +512,21 @@ impl Helper {
             return Err(not_running(id));
         };
         Ok(HelperResponse::Usage { memory_bytes, cpu_usec: cpu_usec.unwrap_or(0), pids: pids.unwrap_or(0) })
+    }
+
+    fn egress(&mut self, id: &str) -> Result<HelperResponse, Failure> {
+        if !valid_id(id) || self.load(id).is_none() {
+            return Err(not_running(id));
+        }
+        Ok(HelperResponse::Egress { bytes: self.network.egress_bytes(id)? })
+    }
+
+    fn limit_egress(&mut self, id: &str, limit_bytes: Option<u64>) -> Result<HelperResponse, Failure> {
+        if !valid_id(id) || self.load(id).is_none() {
+            return Err(not_running(id));
+        }
+        self.network.set_limit(id, &self.options.root_dir, limit_bytes)?;
+        Ok(HelperResponse::Done)
     }
 
     fn pause_resume(&mut self, id: &str, pause: bool) -> Result<HelperResponse, Failure> {

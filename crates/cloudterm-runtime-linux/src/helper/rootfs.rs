@@ -89,8 +89,14 @@ fn write_file(path: &Path, text: &str, mode: u32, idmap: Option<&IdMap<'_>>) -> 
     Ok(())
 }
 
-/// Files that depend on the sandbox id, written into every image.
-fn write_identity(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
+/// What the per-sandbox files of `/etc` depend on besides the id.
+pub struct EtcInputs<'a> {
+    /// The whole `resolv.conf` (the helper's network setup decides it).
+    pub resolv_conf: &'a str,
+}
+
+/// Files that depend on the sandbox id and its network, written into every image.
+fn write_identity(etc: &Path, id: &str, inputs: &EtcInputs<'_>, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
     write_file(&etc.join("hostname"), &format!("{id}\n"), 0o644, idmap)?;
     write_file(
         &etc.join("hosts"),
@@ -98,20 +104,15 @@ fn write_identity(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyhow::Re
         0o644,
         idmap,
     )?;
-    write_file(
-        &etc.join("resolv.conf"),
-        "# cloudterm sandboxes have no network egress\nnameserver 127.0.0.1\n",
-        0o644,
-        idmap,
-    )?;
+    write_file(&etc.join("resolv.conf"), inputs.resolv_conf, 0o644, idmap)?;
     Ok(())
 }
 
 /// The generated `/etc` of an image that has none: never the host's.
-fn write_generated_etc(etc: &Path, id: &str, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
+fn write_generated_etc(etc: &Path, id: &str, inputs: &EtcInputs<'_>, idmap: Option<&IdMap<'_>>) -> anyhow::Result<()> {
     mkdir(etc, 0o755, idmap)?;
     write_etc_base(etc, idmap)?;
-    write_identity(etc, id, idmap)
+    write_identity(etc, id, inputs, idmap)
 }
 
 /// What every sandbox's generated `/etc` holds but its identity: users and groups, name
@@ -325,6 +326,7 @@ pub fn assemble(
     image: Option<&Path>,
     agent_binary: &Path,
     idmap: Option<&IdMap<'_>>,
+    etc_inputs: &EtcInputs<'_>,
 ) -> anyhow::Result<PathBuf> {
     let rootfs = layout.rootfs();
     mkdir(&rootfs, 0o755, idmap)?;
@@ -338,9 +340,9 @@ pub fn assemble(
             make_shared(&rootfs)?;
             let etc = rootfs.join("etc");
             if fs::symlink_metadata(&etc).map(|m| m.is_dir()).unwrap_or(false) {
-                write_identity(&etc, &req.id, idmap)?;
+                write_identity(&etc, &req.id, etc_inputs, idmap)?;
             } else {
-                write_generated_etc(&etc, &req.id, idmap)?;
+                write_generated_etc(&etc, &req.id, etc_inputs, idmap)?;
             }
         }
         None => {
@@ -360,7 +362,7 @@ pub fn assemble(
             let etc = rootfs.join("etc");
             mkdir(&etc, 0o755, idmap)?;
             overlay(&etc_template(template_root)?, &etc, &layout.layers().join("etc"), idmap)?;
-            write_identity(&etc, &req.id, idmap)?;
+            write_identity(&etc, &req.id, etc_inputs, idmap)?;
             for name in HOST_DIRS {
                 let host = Path::new("/").join(name);
                 let Ok(meta) = fs::symlink_metadata(&host) else { continue };

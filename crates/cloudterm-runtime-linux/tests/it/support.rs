@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use cloudterm_runtime::{AgentEndpoint, Limits, Runtime, SandboxHandle, SandboxSpec};
-use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig};
+use cloudterm_runtime_linux::{LinuxRuntime, LinuxRuntimeConfig, NetworkConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -68,16 +68,27 @@ pub struct TestRuntime {
 
 impl TestRuntime {
     pub fn new() -> Self {
+        Self::with_network(NetworkConfig::default())
+    }
+
+    /// A runtime whose sandboxes get this network.
+    pub fn with_network(network: NetworkConfig) -> Self {
         let dir = tempfile::Builder::new().prefix("ctlinux").tempdir().expect("tempdir");
         // The sandbox's mapped root must be able to walk to its rootfs (see the docs).
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
-        let config = LinuxRuntimeConfig::new(
+        let mut config = LinuxRuntimeConfig::new(
             dir.path().join("sandboxes"),
             agent_binary(),
             PathBuf::from(env!("CARGO_BIN_EXE_cloudterm-linux-helper")),
         );
+        config.network = network;
         TestRuntime { runtime: LinuxRuntime::new(config), dir }
+    }
+
+    /// Another runtime over the same root directory: what a restarted server has.
+    pub fn restarted(&self) -> LinuxRuntime {
+        LinuxRuntime::new(self.runtime.config().clone())
     }
 
     pub fn root_dir(&self) -> PathBuf {

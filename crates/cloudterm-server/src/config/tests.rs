@@ -60,6 +60,10 @@ fn every_setting_has_a_working_override() {
             "sandboxes.default_memory_mb" => "1024",
             "sandboxes.default_pids" => "64",
             "sandboxes.warm_pool" => "5",
+            "sandboxes.network" => "nat",
+            "sandboxes.network_range" => "10.99.0.0/16",
+            "sandboxes.network_deny" => "10.0.0.0/8",
+            "sandboxes.network_dns" => "10.0.0.2,10.0.0.3",
             "snapshots.retention" => "3",
             "snapshots.on_idle" => "false",
             "snapshots.periodic_seconds" => "3600",
@@ -117,6 +121,11 @@ fn validation_names_the_bad_key() {
         ("CLOUDTERM_AUTH_ISSUER", "idp.example.com", "auth.issuer"),
         ("CLOUDTERM_AUTH_LEEWAY_SECONDS", "86400", "auth.leeway_seconds"),
         ("CLOUDTERM_HTTP_REQUEST_TIMEOUT_SECONDS", "0", "http.request_timeout_seconds"),
+        ("CLOUDTERM_SANDBOX_NETWORK", "bridge", "sandboxes.network"),
+        ("CLOUDTERM_SANDBOX_NETWORK_RANGE", "8.8.0.0/16", "sandboxes.network_range"),
+        ("CLOUDTERM_SANDBOX_NETWORK_RANGE", "10.0.0.0/33", "sandboxes.network_range"),
+        ("CLOUDTERM_SANDBOX_NETWORK_DENY", "10.0.0.0/8,nowhere", "sandboxes.network_deny"),
+        ("CLOUDTERM_SANDBOX_NETWORK_DNS", "one.one.one.one", "sandboxes.network_dns"),
     ];
     for (var, value, key) in cases {
         let err = Config::load(None, env_of(&[(var, value)]), &Overrides::default()).expect_err(var);

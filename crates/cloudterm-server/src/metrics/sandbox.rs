@@ -1,5 +1,5 @@
 //! The sandbox series: creations, the running count, execs by sandbox and program, exec
-//! durations, and per-sandbox resource gauges refreshed at scrape time.
+//! durations, and per-sandbox resource and egress gauges refreshed at scrape time.
 //!
 //! Label values stay bounded: a command is labelled by its program name only (`python3`, not
 //! its arguments), a sandbox keeps at most [`MAX_COMMANDS_PER_SANDBOX`] distinct names and the
@@ -54,6 +54,8 @@ pub struct SandboxUsage {
     pub cpu_seconds: f64,
     /// Processes and threads.
     pub pids: u64,
+    /// Bytes sent out of the host so far; `None` without a network.
+    pub egress_bytes: Option<u64>,
 }
 
 /// The sandbox series, registered once.
@@ -66,6 +68,7 @@ pub struct SandboxSeries {
     memory: Family<SandboxLabels, Gauge>,
     cpu: Family<SandboxLabels, Gauge<f64, AtomicU64>>,
     pids: Family<SandboxLabels, Gauge>,
+    egress: Family<SandboxLabels, Gauge>,
     /// The program names labelled per sandbox, to drop its series when it goes.
     labelled: std::sync::Arc<Mutex<Labelled>>,
 }
@@ -87,6 +90,7 @@ impl SandboxSeries {
             memory: Family::default(),
             cpu: Family::default(),
             pids: Family::default(),
+            egress: Family::default(),
             labelled: std::sync::Arc::default(),
         };
         registry.register("sandbox_created", "Sandboxes created and started", series.created.clone());
@@ -108,6 +112,11 @@ impl SandboxSeries {
             series.cpu.clone(),
         );
         registry.register("sandbox_pids", "Processes and threads of a running sandbox", series.pids.clone());
+        registry.register(
+            "sandbox_egress_bytes",
+            "Bytes a running sandbox has sent out of the host so far (sandboxes with a network)",
+            series.egress.clone(),
+        );
         series
     }
 
@@ -164,11 +173,15 @@ impl SandboxSeries {
         self.memory.clear();
         self.cpu.clear();
         self.pids.clear();
+        self.egress.clear();
         for (sandbox, used) in usage {
             let labels = SandboxLabels { sandbox: sandbox.clone() };
             self.memory.get_or_create(&labels).set(i64::try_from(used.memory_bytes).unwrap_or(i64::MAX));
             self.cpu.get_or_create(&labels).set(used.cpu_seconds);
             self.pids.get_or_create(&labels).set(i64::try_from(used.pids).unwrap_or(i64::MAX));
+            if let Some(bytes) = used.egress_bytes {
+                self.egress.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
         }
     }
 }

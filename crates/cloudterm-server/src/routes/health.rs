@@ -105,10 +105,17 @@ async fn refresh_sandbox_gauges(state: &AppState) {
     for id in &running {
         let read = tokio::time::timeout(std::time::Duration::from_secs(1), runtime.usage(id)).await;
         if let Ok(Ok(used)) = read {
+            let egress =
+                tokio::time::timeout(std::time::Duration::from_secs(1), state.sandboxes.egress_usage(id)).await;
+            let egress = egress.ok().flatten();
+            if egress.is_some_and(|usage| usage.newly_exceeded) {
+                state.metrics.quota_violated(cloudterm_domain::sandboxes::EGRESS);
+            }
             let reading = crate::metrics::SandboxUsage {
                 memory_bytes: used.memory_bytes,
                 cpu_seconds: used.cpu_usec as f64 / 1e6,
                 pids: used.pids,
+                egress_bytes: egress.map(|usage| usage.bytes),
             };
             usage.push((id.clone(), reading));
         }

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap};
 use axum::Json;
 use cloudterm_api_types::{DevTokenRequest, DevTokenResponse, ErrorEnvelope, Jwks, MeResponse, QuotaUsage};
 use cloudterm_domain::sandboxes::StorageUsage;
+use cloudterm_domain::sandboxes::EGRESS;
 use cloudterm_domain::Access;
 use cloudterm_identity::IdentityError;
 
@@ -149,9 +150,10 @@ fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `/me`'s quotas: running sandboxes, the exec rate of the caller's busiest sandbox, and the
-/// storage of their home workspace when it has a limit (other workspaces show theirs in `GET
-/// /workspaces/{id}`).
+/// `/me`'s quotas: running sandboxes, the exec rate of the caller's busiest sandbox, the storage
+/// of their home workspace when it has a limit (other workspaces show theirs in `GET
+/// /workspaces/{id}`) and, where sandboxes have a network, the egress of the one that sent the
+/// most.
 async fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Principal) -> Vec<QuotaUsage> {
     let sandboxes = state.sandboxes.sandbox_quota(caller.id());
     let limits = state.sandboxes.limits_for(caller.id());
@@ -183,6 +185,20 @@ async fn quota_usage(state: &AppState, caller: &cloudterm_domain::principal::Pri
         if let Some(usage) = state.sandboxes.storage_usage(&home).await {
             quotas.push(storage_usage(&home.id, usage));
         }
+    }
+    if state.sandboxes.runtime().has_network() {
+        let (egress, newly_exceeded) = state.sandboxes.busiest_egress(caller.id()).await;
+        for _ in 0..newly_exceeded {
+            state.metrics.quota_violated(EGRESS);
+        }
+        let used = egress.map_or(0, |usage| usage.bytes);
+        quotas.push(QuotaUsage {
+            kind: EGRESS.into(),
+            used,
+            limit: limits.egress_bytes(),
+            enforced: None,
+            workspace_id: None,
+        });
     }
     quotas
 }

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use cloudterm_agent_protocol::{ExecRequest, JobInfo, JobRequest, JobState};
 use cloudterm_api_types::{
     BackgroundRequest, CreateSandboxRequest, ErrorEnvelope, ExecRequestBody, ExecResponseBody, FileEntry, FileList,
-    FileWritten, JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxLimits,
-    SandboxList, SandboxResponse, WriteFileRequest,
+    FileWritten, JobList, JobResponse, KeepaliveRequest, KeepaliveResponse, MountRequest, MountResponse, SandboxEgress,
+    SandboxLimits, SandboxList, SandboxResponse, WriteFileRequest,
 };
 use cloudterm_domain::sandboxes::{exec_timeout, Busy};
 use cloudterm_domain::{Access, CreateSandbox, Sandbox};
@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, Caller};
-use crate::quota_warning::QuotaWarning;
+use crate::quota_warning::{EgressWarning, QuotaWarning};
 use crate::state::AppState;
 
 /// Creates and starts a sandbox; answers once its agent is ready.
@@ -113,8 +113,12 @@ pub async fn get_sandbox(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<SandboxResponse>, ApiError> {
-    Ok(Json(sandbox_response(state.sandboxes.get(&caller.principal, &id).await?)))
+) -> Result<(EgressWarning, Json<SandboxResponse>), ApiError> {
+    let mut response = sandbox_response(state.sandboxes.get(&caller.principal, &id).await?);
+    let egress = state.sandboxes.egress_usage(&id).await;
+    response.egress =
+        egress.map(|usage| SandboxEgress { bytes: usage.bytes, limit_bytes: usage.limit_bytes, cut: usage.exceeded });
+    Ok((EgressWarning(egress), Json(response)))
 }
 
 /// Stops the sandbox and removes it; its workspace stays.
@@ -169,7 +173,10 @@ pub(crate) async fn run_exec(
         state.metrics.sandboxes().exec_started(id, &program);
         let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, id));
         let storage = QuotaWarning(state.sandboxes.storage_quota_of_sandbox(id).await);
-        return Ok((warning, storage, Sse::new(exec_events(busy)).keep_alive(KeepAlive::default())).into_response());
+        let egress = EgressWarning(state.sandboxes.egress_warning(id).await);
+        return Ok(
+            (warning, storage, egress, Sse::new(exec_events(busy)).keep_alive(KeepAlive::default())).into_response()
+        );
     }
     let started = std::time::Instant::now();
     let result = state.sandboxes.exec(&caller.principal, id, request).await?;
@@ -177,7 +184,9 @@ pub(crate) async fn run_exec(
     state.metrics.sandboxes().exec_finished(&program, started.elapsed().as_secs_f64());
     let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, id));
     let storage = QuotaWarning(state.sandboxes.storage_quota_of_sandbox(id).await);
-    Ok((warning, storage, Json(exec_response(result))).into_response())
+    // Read after the command: what it sent is what the warning should tell.
+    let egress = EgressWarning(state.sandboxes.egress_warning(id).await);
+    Ok((warning, storage, egress, Json(exec_response(result))).into_response())
 }
 
 /// Writes a file from JSON (`content` or `content_base64`).
@@ -380,11 +389,12 @@ pub async fn start_background(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BackgroundRequest>,
-) -> Result<(StatusCode, QuotaWarning, Json<JobResponse>), ApiError> {
+) -> Result<(StatusCode, QuotaWarning, EgressWarning, Json<JobResponse>), ApiError> {
     let request = JobRequest { argv: body.argv, command: body.command, cwd: body.cwd, env: body.env };
     let job = state.sandboxes.start_job(&caller.principal, &id, request).await?;
     let warning = QuotaWarning(state.sandboxes.exec_quota(&caller.principal, &id));
-    Ok((StatusCode::CREATED, warning, Json(job_response(job))))
+    let egress = EgressWarning(state.sandboxes.egress_warning(&id).await);
+    Ok((StatusCode::CREATED, warning, egress, Json(job_response(job))))
 }
 
 /// The sandbox's background jobs.
@@ -468,6 +478,7 @@ fn sandbox_response(sandbox: Sandbox) -> SandboxResponse {
         },
         metadata: sandbox.metadata,
         permission: None,
+        egress: None,
     }
 }
 

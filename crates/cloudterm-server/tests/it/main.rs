@@ -7,6 +7,7 @@ mod auth_dev;
 mod auth_idp;
 mod console;
 mod dependency_rules;
+mod egress;
 mod health;
 mod isolation;
 mod listeners;
