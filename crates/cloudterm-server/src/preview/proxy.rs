@@ -135,7 +135,7 @@ async fn attempt(
         OnIdle::Sent(response, lease) => return Ok((response, Some(lease), guard)),
         OnIdle::NotSent(request) => request,
     };
-    let _slot = pool.connect_slot(target, port).await;
+    let slot = pool.connect_slot(target, port).await;
     // A connection may have come back while this request waited for its slot.
     request = match send_on_idle(pool, target, port, request).await? {
         OnIdle::Sent(response, lease) => return Ok((response, Some(lease), guard)),
@@ -145,6 +145,8 @@ async fn attempt(
         Ok(sender) => sender,
         Err(why) => return Err(Attempt::NoConnection(why, Box::new(request))),
     };
+    // The slot covers the set-up only: a slow answer (a long poll) must not hold it.
+    drop(slot);
     let response = sender.send_request(request).await.map_err(|err| Attempt::Broken(err.to_string()))?;
     Ok((response, Some(Lease::new(pool.clone(), target, port, sender)), guard))
 }
