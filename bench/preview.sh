@@ -51,12 +51,51 @@ else
   DIRECT=()
 fi
 
+# CPU seconds (user + system) used so far by the given pids.
+cpu() { for pid in "$@"; do cut -d' ' -f14,15 "/proc/$pid/stat" 2>/dev/null; done | awk -v hz="$(getconf CLK_TCK)" '{t += $1 + $2} END {printf "%.2f", t / hz}'; }
+# The sandbox's processes (agent and app): those in its cgroup (all of the host's python3
+# processes on the process runtime, where the app is not in a cgroup of its own).
+sandbox_pids() {
+  if [ "$RUNTIME" = linux ]; then grep -l "$SBX" /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3
+  else pgrep -f "preview_app.py $APP_PORT"; pgrep -f cloudterm-agent; fi
+}
+# TCP counters of the sandbox's network: connections the app accepted, and handshakes its
+# listen queue dropped (each one costs the client a one-second SYN retransmit).
+tcp_counters() {
+  "${DIRECT[@]}" nstat -asz TcpPassiveOpens TcpExtListenOverflows TcpExtListenDrops 2>/dev/null | awk 'NR > 1 {printf "%s ", $2}'
+}
+# Times the sandbox's CPU limit (1 CPU by default) throttled it, and for how long (ms).
+throttled() {
+  [ "$RUNTIME" = linux ] || return 0
+  local dir
+  dir=$(grep -E '^[0-9]+:[^:]*cpu[,:]' "/proc/$PID/cgroup" | head -1 | cut -d: -f3)
+  awk '/^nr_throttled/ {n = $2} /^throttled_time/ {t = $2 / 1e6} END {printf "%d %d", n, t}' \
+    /sys/fs/cgroup/cpu"$dir"/cpu.stat 2>/dev/null || true
+}
+# Runs wrk and then says how much CPU the server, the sandbox and wrk itself used meanwhile,
+# and how many connections the app accepted.
+measure() {
+  local pids server_before sandbox_before tcp_before tcp_after thr_before
+  pids=$(sandbox_pids | tr '\n' ' ')
+  server_before=$(cpu "$SERVER"); sandbox_before=$(cpu $pids); tcp_before=$(tcp_counters); thr_before=$(throttled)
+  /usr/bin/time -f "cpu seconds: wrk %U user + %S system" "$@"
+  echo "cpu seconds: server $(echo "$(cpu "$SERVER") - $server_before" | bc), sandbox (agent + app) $(echo "$(cpu $pids) - $sandbox_before" | bc)"
+  read -r -a tb <<<"$thr_before"; read -r -a ta <<<"$(throttled)"
+  [ "${#ta[@]}" = 2 ] && echo "sandbox cpu limit: throttled $((ta[0] - tb[0])) times, $((ta[1] - tb[1])) ms"
+  tcp_after=$(tcp_counters)
+  read -r -a b <<<"$tcp_before"; read -r -a a <<<"$tcp_after"
+  [ "${#a[@]}" = 3 ] && echo "app's network: $((a[0] - b[0])) connections accepted, $((a[1] - b[1])) listen overflows, $((a[2] - b[2])) listen drops"
+  true
+}
+
 echo "runtime: $RUNTIME, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), wrk -t2 -c$CONNS -d$DURATION"
 for path in whoami "big?mb=1"; do
   echo
   echo "== direct, inside the sandbox's network: GET /$path"
-  "${DIRECT[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$APP_PORT/$path"
+  measure "${DIRECT[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$APP_PORT/$path"
   echo
   echo "== through the preview (owner's bearer token): GET /preview/$SBX/$APP_PORT/$path"
-  wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL/preview/$SBX/$APP_PORT/$path"
+  measure wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL/preview/$SBX/$APP_PORT/$path"
+  # New connections to the app, and the server's own view of the time to the answer's head.
+  curl -fs "$URL/metrics" | grep -E '^preview_target_connections_total|^http_request_duration_seconds_bucket.*route="/preview/\{sandbox_id\}/\{port\}/\{\*path\}"' || true
 done

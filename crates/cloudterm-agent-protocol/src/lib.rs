@@ -16,7 +16,7 @@ pub use types::*;
 
 /// Version of this protocol. Bumped on every behaviour change; the host refuses agents whose
 /// version is outside [`MIN_PROTOCOL_VERSION`]`..=`[`PROTOCOL_VERSION`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Oldest agent protocol version this host side still talks to.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -45,7 +45,8 @@ pub const PATH_JOB: &str = "/v1/jobs/{id}";
 pub const PATH_JOB_LOGS: &str = "/v1/jobs/{id}/logs";
 /// `GET` with `Upgrade: cloudterm-pty`: an interactive terminal.
 pub const PATH_PTY: &str = "/v1/pty";
-/// `GET` with `Upgrade: cloudterm-tcp`: a byte pipe to `127.0.0.1:port` inside the sandbox.
+/// `GET` with `Upgrade: cloudterm-tcp`: a byte pipe to `127.0.0.1:port` inside the sandbox
+/// (`cloudterm-tcp-fd`: the connected socket itself, handed to the host).
 pub const PATH_CONNECT: &str = "/v1/connect";
 /// `POST`: SIGSTOP every process group the agent started.
 pub const PATH_FREEZE: &str = "/v1/freeze";
@@ -82,6 +83,10 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
 pub const UPGRADE_PTY: &str = "cloudterm-pty";
 /// `Upgrade` token of the TCP port stream.
 pub const UPGRADE_TCP: &str = "cloudterm-tcp";
+/// `Upgrade` token asking the agent to hand over the connected TCP socket itself (protocol 2,
+/// Unix-socket channels only): after the `101` the host sends one byte, and the agent answers
+/// with one byte carrying the socket's descriptor (`SCM_RIGHTS`).
+pub const UPGRADE_TCP_FD: &str = "cloudterm-tcp-fd";
 /// Content type of a streamed exec (one JSON [`ExecEvent`] per line).
 pub const CONTENT_TYPE_NDJSON: &str = "application/x-ndjson";
 /// Response header of `GET /v1/jobs/{id}/logs`: the logical offset of the first byte sent

@@ -1,5 +1,6 @@
 //! Upgraded streams: `GET /v1/pty` (an interactive terminal, framed) and `GET /v1/connect`
-//! (raw bytes to a TCP port inside the sandbox).
+//! (raw bytes to a TCP port inside the sandbox, or that port's connected socket handed to the
+//! host).
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudterm_agent_protocol::frame::{self, FrameDecoder};
-use cloudterm_agent_protocol::{PtyExit, PtyResize, UPGRADE_PTY, UPGRADE_TCP};
+use cloudterm_agent_protocol::{PtyExit, PtyResize, UPGRADE_PTY, UPGRADE_TCP, UPGRADE_TCP_FD};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -220,9 +221,14 @@ async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()
 }
 
 /// `GET /v1/connect?port=N` with `Upgrade: cloudterm-tcp`: connects to `127.0.0.1:N` first
-/// (502 if nothing listens), then pipes bytes both ways.
+/// (502 if nothing listens), then pipes bytes both ways. With `Upgrade: cloudterm-tcp-fd`
+/// (protocol 2, a Unix-socket channel only) the connected socket itself is handed to the host
+/// instead (`hand_over`), so the agent is not on the data path at all.
 pub async fn connect(mut req: Request<Incoming>, q: Vec<(String, String)>) -> Result<Response<RespBody>, ApiError> {
-    wants_upgrade(&req, UPGRADE_TCP)?;
+    let handoff = wants_upgrade(&req, UPGRADE_TCP_FD).is_ok();
+    if !handoff {
+        wants_upgrade(&req, UPGRADE_TCP)?;
+    }
     let port = query_param(&q, "port")
         .and_then(|p| p.parse::<u16>().ok())
         .filter(|p| *p > 0)
@@ -234,9 +240,19 @@ pub async fn connect(mut req: Request<Incoming>, q: Vec<(String, String)>) -> Re
         })?
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "connect_failed", format!("port {port}: {e}")))?;
     // A pipe, not a stream of its own: forward each write as it comes (previews' small
-    // requests and answers would otherwise wait on Nagle's algorithm).
+    // requests and answers would otherwise wait on Nagle's algorithm). A handed-over socket
+    // keeps the option.
     let _ = tcp.set_nodelay(true);
     let upgrade = hyper::upgrade::on(&mut req);
+    if handoff {
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            if let Err(e) = hand_over(upgraded, tcp).await {
+                eprintln!("cloudterm-agent: handing over port {port}: {e}");
+            }
+        });
+        return Ok(switching(UPGRADE_TCP_FD));
+    }
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let mut io = TokioIo::new(upgraded);
@@ -246,4 +262,37 @@ pub async fn connect(mut req: Request<Incoming>, q: Vec<(String, String)>) -> Re
         let _ = tokio::io::copy_bidirectional_with_sizes(&mut io, &mut tcp, 64 << 10, 64 << 10).await;
     });
     Ok(switching(UPGRADE_TCP))
+}
+
+/// Sends the connected socket to the host over the upgraded Unix connection: one byte
+/// carrying the descriptor (`SCM_RIGHTS`), sent only after the host's one-byte request, so
+/// the descriptor never rides on bytes the host's HTTP parser might read and drop.
+async fn hand_over(upgraded: hyper::upgrade::Upgraded, tcp: tokio::net::TcpStream) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use tokio::io::Interest;
+    let parts = upgraded
+        .downcast::<TokioIo<tokio::net::UnixStream>>()
+        .map_err(|_| std::io::Error::other("the control channel is not a Unix socket"))?;
+    let mut unix = parts.io.into_inner();
+    if parts.read_buf.is_empty() {
+        let mut request = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), unix.read_exact(&mut request))
+            .await
+            .map_err(|_| std::io::Error::other("the host did not ask for the socket"))??;
+    }
+    let tcp = tcp.into_std()?;
+    let fds = [tcp.as_raw_fd()];
+    let message = [std::io::IoSlice::new(b"F")];
+    loop {
+        unix.writable().await?;
+        let sent = unix.try_io(Interest::WRITABLE, || {
+            sendmsg::<()>(unix.as_raw_fd(), &message, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -12,7 +12,7 @@ mod runtime;
 mod select;
 
 pub use agent_client::{
-    AgentClient, AgentError, ByteStream, ExecOutput, ExecResult, ExecStream, JobLogs, UpgradedStream,
+    AgentClient, AgentError, ByteStream, ExecOutput, ExecResult, ExecStream, JobLogs, PortStream, UpgradedStream,
 };
 pub use process::{ProcessRuntime, ProcessRuntimeConfig};
 pub use runtime::{

@@ -308,11 +308,20 @@ pub struct PreviewConfig {
     pub health_interval_seconds: u64,
     /// Lifetime of a signed link when the request names none, seconds.
     pub link_ttl_seconds: u64,
+    /// Serve previews also at `{port}-{sandbox_id}.{domain}` (wildcard DNS and certificate
+    /// pointing at this server), at the host's root, and hand out those URLs.
+    pub domain: Option<String>,
 }
 
 impl Default for PreviewConfig {
     fn default() -> Self {
-        PreviewConfig { base_url: None, secret_file: None, health_interval_seconds: 10, link_ttl_seconds: 3600 }
+        PreviewConfig {
+            base_url: None,
+            secret_file: None,
+            health_interval_seconds: 10,
+            link_ttl_seconds: 3600,
+            domain: None,
+        }
     }
 }
 
@@ -1065,6 +1074,15 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "preview.domain",
+        env: "CLOUDTERM_PREVIEW_DOMAIN",
+        help: "also serve previews at {port}-{sandbox_id}.DOMAIN, at the root, and hand out those URLs (needs wildcard DNS; default off)",
+        apply: |c, v| {
+            c.preview.domain = non_empty(v);
+            Ok(())
+        },
+    },
+    Setting {
         key: "preview.link_ttl_seconds",
         env: "CLOUDTERM_PREVIEW_LINK_TTL_SECONDS",
         help: "lifetime of a signed preview link when the request names none (default 3600)",
@@ -1074,6 +1092,21 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
 ];
+
+/// A DNS name previews can live under: two or more labels of letters, digits and inner
+/// hyphens, 1–63 characters each (a trailing dot allowed).
+fn valid_domain(domain: &str) -> bool {
+    let name = domain.strip_suffix('.').unwrap_or(domain);
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
 
 /// The environment variable of a config key.
 fn env_for(key: &str) -> &'static str {
@@ -1229,6 +1262,14 @@ impl Config {
                     format!(
                         "expected an http(s) URL without a path, such as https://cloudterm.example.com, got {url:?}"
                     ),
+                ));
+            }
+        }
+        if let Some(domain) = &self.preview.domain {
+            if !valid_domain(domain) {
+                return Err(invalid(
+                    "preview.domain",
+                    format!("expected a DNS name with at least two labels and no port, such as preview.example.com, got {domain:?}"),
                 ));
             }
         }

@@ -183,7 +183,7 @@ impl From<AttachError<DomainError>> for ApiError {
 impl From<PreviewError> for ApiError {
     fn from(err: PreviewError) -> Self {
         match err {
-            PreviewError::BadPort(message) => ApiError::BadRequest(message),
+            PreviewError::BadPort(message) | PreviewError::BadHost(message) => ApiError::BadRequest(message),
             err @ (PreviewError::NoCredentials | PreviewError::LinkExpired) => ApiError::Unauthorized(err.to_string()),
             PreviewError::LinkRefused(message) => ApiError::Forbidden(message),
             err @ PreviewError::NotFound(_) => ApiError::NotFound(err.to_string()),

@@ -53,6 +53,13 @@ struct SnapshotKindLabels {
     kind: String,
 }
 
+/// Labels of `preview_target_connections_total`: `socket` (handed over by the agent) or
+/// `piped` (through the agent).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PreviewConnectionLabels {
+    path: String,
+}
+
 /// Labels of `snapshot_duration_seconds`: `create`, `restore` or `import`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SnapshotOperationLabels {
@@ -80,6 +87,7 @@ pub struct Metrics {
     quota_violations: Family<QuotaLabels, Counter>,
     sandboxes: SandboxSeries,
     preview_promotions: Counter,
+    preview_connections: Family<PreviewConnectionLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -152,7 +160,14 @@ impl Metrics {
             "Times a preview's requests moved to its fallback sandbox because the primary failed",
             preview_promotions.clone(),
         );
+        let preview_connections = Family::<PreviewConnectionLabels, Counter>::default();
+        registry.register(
+            "preview_target_connections",
+            "Connections opened to preview targets, by how the bytes travel (socket: the agent handed over the sandbox's socket; piped: through the agent). With a working pool this grows with concurrent clients, not with requests",
+            preview_connections.clone(),
+        );
         Metrics {
+            preview_connections,
             quota_violations,
             sandboxes,
             registry: Arc::new(registry),
@@ -202,6 +217,12 @@ impl Metrics {
     /// Counts a quota violation that no 429 carries (a sandbox's egress reaching its limit).
     pub fn quota_violated(&self, kind: &str) {
         self.quota_violations.get_or_create(&QuotaLabels { r#type: kind.to_string() }).inc();
+    }
+
+    /// Counts a new connection to a preview target.
+    pub fn preview_connection_opened(&self, handed_over: bool) {
+        let path = if handed_over { "socket" } else { "piped" };
+        self.preview_connections.get_or_create(&PreviewConnectionLabels { path: path.to_owned() }).inc();
     }
 
     /// The sandbox series.

@@ -176,7 +176,8 @@ pub fn openapi() -> OpenApiDocument {
 
 /// A complete application for one listener: routes, docs (`/docs`, `/redoc`, `/openapi.json`,
 /// all assets served from the binary), the browser console at `/` where the listener serves
-/// the Sandbox API it drives, and the shared middleware.
+/// the Sandbox API it drives, the shared middleware and, with `preview.domain`, previews at
+/// their subdomains (`preview::host`).
 pub fn app(state: &AppState, services: &[Service]) -> Router {
     let (routes, document) = api(services);
     let mut routes =
@@ -184,7 +185,14 @@ pub fn app(state: &AppState, services: &[Service]) -> Router {
     if services.contains(&Service::Sandbox) {
         routes = routes.merge(console::routes());
     }
-    middleware::wrap(routes, state)
+    let app = middleware::wrap(routes, state);
+    if state.config.preview.domain.is_none() {
+        return app;
+    }
+    // Preview subdomains are recognised before routing (they take the path form's route), so
+    // this layer wraps the whole router rather than its routes.
+    let by_host = axum::middleware::from_fn_with_state(state.clone(), crate::preview::host::route_subdomain);
+    Router::new().fallback_service(tower::Layer::layer(&by_host, app))
 }
 
 /// The ReDoc page: self-contained, with ReDoc's script inline (vendored in the `aide` crate),

@@ -145,7 +145,7 @@ impl AppState {
         );
         let preview_router = crate::preview::PreviewRouter {
             links: crate::preview::LinkSigner::load(config.preview.secret_file.as_deref(), &config.data_dir)?,
-            pool: crate::preview::pool::Pool::default(),
+            pool: std::sync::Arc::default(),
         };
         let terminals = cloudterm_terminal::TerminalHub::new(terminal_settings(&config), Arc::new(metrics.clone()));
         Ok(AppState(Arc::new(App {

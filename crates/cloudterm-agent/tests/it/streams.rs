@@ -104,6 +104,7 @@ async fn connect_pipes_bytes_to_a_port_inside() {
         }
     });
     let mut io = a.client.connect_port(port).await.expect("connect");
+    assert!(io.is_handed_over(), "over a Unix socket the agent hands over its connected socket");
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let (mut rd, mut wr) = tokio::io::split(io);
     let p2 = payload.clone();
@@ -117,6 +118,26 @@ async fn connect_pipes_bytes_to_a_port_inside() {
     let wr = writer.await.expect("writer");
     io = rd.unsplit(wr);
     drop(io);
+
+    // The piped form (vsock hosts, protocol-1 clients) still works: raw HTTP upgrade, then
+    // bytes through the agent.
+    let unix = tokio::net::UnixStream::connect(&a.sock).await.expect("agent socket");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(unix)).await.expect("handshake");
+    tokio::spawn(conn.with_upgrades());
+    let request = hyper::Request::get(format!("/v1/connect?port={port}"))
+        .header("host", "agent")
+        .header("connection", "upgrade")
+        .header("upgrade", "cloudterm-tcp")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("send");
+    assert_eq!(response.status(), 101);
+    let mut piped = hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.expect("upgraded"));
+    piped.write_all(b"through the agent").await.expect("write");
+    let mut echoed = [0u8; 17];
+    tokio::time::timeout(Duration::from_secs(10), piped.read_exact(&mut echoed)).await.expect("in time").expect("read");
+    assert_eq!(&echoed, b"through the agent");
 
     // Nothing listening: 502.
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();

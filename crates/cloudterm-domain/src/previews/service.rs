@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
-use cloudterm_runtime::UpgradedStream;
+use cloudterm_runtime::PortStream;
 use cloudterm_store::{PreviewRecord, Store, StoreError};
 use futures_util::StreamExt;
 
@@ -119,7 +119,7 @@ impl PreviewService {
     }
 
     /// Opens a byte stream to `127.0.0.1:port` inside the running sandbox, through its agent.
-    pub async fn connect(&self, sandbox_id: &str, port: u16) -> Result<UpgradedStream, DomainError> {
+    pub async fn connect(&self, sandbox_id: &str, port: u16) -> Result<PortStream, DomainError> {
         let live = self
             .sandboxes
             .live_sandbox(sandbox_id)

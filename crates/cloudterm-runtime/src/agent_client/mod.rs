@@ -5,7 +5,10 @@
 //! keep one per sandbox. The request and response types are those of
 //! `cloudterm-agent-protocol` (re-exported as [`protocol`]).
 
+mod port;
 mod transport;
+
+pub use port::PortStream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -471,6 +474,10 @@ impl AgentClient {
     }
 
     async fn upgrade(&self, uri: &str, token: &'static str) -> Result<UpgradedStream, AgentError> {
+        Ok(hyper_util::rt::TokioIo::new(self.upgrade_raw(uri, token).await?))
+    }
+
+    async fn upgrade_raw(&self, uri: &str, token: &'static str) -> Result<hyper::upgrade::Upgraded, AgentError> {
         let mut r = Self::request(Method::GET, uri, full_body(Bytes::new()))?;
         r.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
         r.headers_mut().insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static(token));
@@ -478,8 +485,7 @@ impl AgentClient {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Err(AgentError::Protocol(format!("expected 101, got {}", resp.status())));
         }
-        let up = hyper::upgrade::on(resp).await.map_err(|e| AgentError::Protocol(format!("upgrade failed: {e}")))?;
-        Ok(hyper_util::rt::TokioIo::new(up))
+        hyper::upgrade::on(resp).await.map_err(|e| AgentError::Protocol(format!("upgrade failed: {e}")))
     }
 
     /// `GET /v1/pty` upgraded: a framed terminal stream (see
@@ -491,9 +497,28 @@ impl AgentClient {
         self.upgrade(&with_query(protocol::PATH_PTY, &q), protocol::UPGRADE_PTY).await
     }
 
-    /// `GET /v1/connect?port=` upgraded: raw bytes to `127.0.0.1:port` inside the sandbox.
-    pub async fn connect_port(&self, port: u16) -> Result<UpgradedStream, AgentError> {
-        self.upgrade(&with_query(protocol::PATH_CONNECT, &[("port", &port.to_string())]), protocol::UPGRADE_TCP).await
+    /// `GET /v1/connect?port=` upgraded: a byte stream to `127.0.0.1:port` inside the sandbox.
+    /// Over a Unix socket the agent hands over its connected socket (`cloudterm-tcp-fd`), so
+    /// the bytes do not pass through it; over vsock, or with an agent of protocol 1 (which
+    /// answers `upgrade_required`), the bytes are piped through the agent (`cloudterm-tcp`).
+    pub async fn connect_port(&self, port: u16) -> Result<PortStream, AgentError> {
+        let uri = with_query(protocol::PATH_CONNECT, &[("port", &port.to_string())]);
+        if let AgentEndpoint::Unix(_) = *self.endpoint {
+            match self.upgrade_raw(&uri, protocol::UPGRADE_TCP_FD).await {
+                Ok(upgraded) => {
+                    let parts = upgraded
+                        .downcast::<hyper_util::rt::TokioIo<tokio::net::UnixStream>>()
+                        .map_err(|_| AgentError::Protocol("socket hand-over: not a Unix connection".into()))?;
+                    if !parts.read_buf.is_empty() {
+                        return Err(AgentError::Protocol("socket hand-over: bytes before the request".into()));
+                    }
+                    return Ok(PortStream::Socket(port::receive_socket(parts.io.into_inner()).await?));
+                }
+                Err(AgentError::Remote { code, .. }) if code == "upgrade_required" => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(PortStream::Piped(self.upgrade(&uri, protocol::UPGRADE_TCP).await?))
     }
 
     /// `POST /v1/freeze`: SIGSTOP every process the agent started; returns how many.

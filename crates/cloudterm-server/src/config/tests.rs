@@ -70,6 +70,7 @@ fn every_setting_has_a_working_override() {
             "snapshots.key_file" => "/etc/cloudterm/snapshot.key",
             "preview.base_url" => "https://preview.example.com",
             "preview.secret_file" => "/etc/cloudterm/preview.key",
+            "preview.domain" => "preview.example.com",
             key if key.ends_with("seconds") || key.ends_with("bytes") || key.starts_with("quotas.") => "7",
             _ => "something",
         };
@@ -195,6 +196,16 @@ fn preview_settings_are_checked() {
     )
     .expect("load");
     assert_eq!(config.preview.base_url.as_deref(), Some("https://p.example.com:8443"));
+    for bad in ["localhost", "preview.example.com:8080", "https://preview.example.com", "*.example.com", "a..b", "-a.b"]
+    {
+        let err =
+            Config::load(None, env_of(&[("CLOUDTERM_PREVIEW_DOMAIN", bad)]), &Overrides::default()).expect_err(bad);
+        assert!(err.to_string().contains("preview.domain"), "{err}");
+    }
+    let config =
+        Config::load(None, env_of(&[("CLOUDTERM_PREVIEW_DOMAIN", "preview.example.com.")]), &Overrides::default())
+            .expect("load");
+    assert_eq!(config.preview.domain.as_deref(), Some("preview.example.com."));
 }
 
 #[test]

@@ -60,24 +60,43 @@ pub async fn authorize(
             None => Err(not_found()),
         };
     }
-    let (token, from_query) = match (query_token, rewrite::link_cookie(headers)) {
-        (Some(token), _) => (token.to_owned(), true),
-        (None, Some(token)) => (token, false),
-        (None, None) => return Err(PreviewError::NoCredentials.into()),
+    let candidates: Vec<(String, bool)> = match query_token {
+        Some(token) => vec![(token.to_owned(), true)],
+        None => rewrite::link_cookies(headers).into_iter().map(|token| (token, false)).collect(),
     };
-    let claims =
-        state.preview_router.links.verify(&token, chrono::Utc::now().timestamp()).map_err(|err| match err {
-            LinkError::Expired => PreviewError::LinkExpired,
-            LinkError::Invalid => PreviewError::LinkRefused("the preview link is not valid".into()),
-        })?;
+    // The first link that grants this preview wins; if none does, the first one's refusal.
+    let mut refusal = None;
+    for (token, from_query) in candidates {
+        match check_link(state, &token, sandbox_id, port, preview) {
+            Ok(expires) => return Ok(Grant::Link { token, from_query, expires }),
+            Err(err) => {
+                refusal.get_or_insert(err);
+            }
+        }
+    }
+    Err(refusal.unwrap_or_else(|| PreviewError::NoCredentials.into()))
+}
+
+/// Whether a signed link grants `sandbox_id:port` (registered as `preview`): its expiry.
+fn check_link(
+    state: &AppState,
+    token: &str,
+    sandbox_id: &str,
+    port: u16,
+    preview: Option<&Preview>,
+) -> Result<i64, ApiError> {
+    let claims = state.preview_router.links.verify(token, chrono::Utc::now().timestamp()).map_err(|err| match err {
+        LinkError::Expired => PreviewError::LinkExpired,
+        LinkError::Invalid => PreviewError::LinkRefused("the preview link is not valid".into()),
+    })?;
     if claims.sandbox_id != sandbox_id || claims.port != port {
         return Err(PreviewError::LinkRefused("the preview link is for another preview".into()).into());
     }
-    let preview = preview.ok_or_else(not_found)?;
+    let preview = preview.ok_or_else(|| ApiError::from(PreviewError::NotFound(format!("{sandbox_id}:{port}"))))?;
     if claims.generation != preview.generation() {
         return Err(PreviewError::LinkRefused("the preview link was revoked".into()).into());
     }
-    Ok(Grant::Link { token, from_query, expires: claims.expires })
+    Ok(claims.expires)
 }
 
 /// The bearer token, if the request sends one (`Authorization: Basic` is the target's).

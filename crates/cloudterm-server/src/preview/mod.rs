@@ -1,12 +1,15 @@
 //! The preview router's HTTP side: who may reach a preview (`access`), signed links
-//! (`link`), the reverse proxy over the agent's TCP upgrade (`proxy`), its connection pool
-//! (`pool`) and the pure path/header rewriting (`rewrite`).
+//! (`link`), subdomain-style addresses (`host`), the reverse proxy over the connection the
+//! agent opens inside the sandbox (`proxy`), its connection pool (`pool`) and the pure
+//! path/header rewriting (`rewrite`).
 //!
-//! **Invariant:** a preview's traffic reaches its sandbox only as a byte stream opened by the
-//! sandbox's agent (`GET /v1/connect`): no host port is opened, the sandbox's network stays
-//! private, and neither the caller's bearer token nor the link cookie is forwarded to it.
+//! **Invariant:** a preview's traffic reaches its sandbox only through a connection the
+//! sandbox's agent opens inside the sandbox (`GET /v1/connect`: the connected socket handed
+//! over, or bytes piped through the agent): no host port is opened, the sandbox's network
+//! stays private, and neither the caller's bearer token nor the link cookie is forwarded to it.
 
 pub mod access;
+pub mod host;
 pub mod link;
 pub mod pool;
 pub mod proxy;
@@ -25,8 +28,8 @@ pub struct Proxied;
 pub struct PreviewRouter {
     /// Signs and checks preview links.
     pub links: LinkSigner,
-    /// Idle connections to targets.
-    pub pool: pool::Pool,
+    /// Idle connections to targets (shared with the answers that lease them).
+    pub pool: std::sync::Arc<pool::Pool>,
 }
 
 /// Why the preview router refuses or fails a request; `error.rs` maps each to a status.
@@ -35,6 +38,9 @@ pub enum PreviewError {
     /// The `{port}` path segment is not 1–65535.
     #[error("{0}")]
     BadPort(String),
+    /// A host under `preview.domain` that names no preview (`{port}-{sandbox_id}.{domain}`).
+    #[error("{0}")]
+    BadHost(String),
     /// A private preview and no credentials.
     #[error("this preview is private: send the owner's bearer token or open a signed preview link")]
     NoCredentials,

@@ -1,10 +1,11 @@
 //! Forwarding one request to a preview's target: hyper's HTTP/1.1 client connection over the
-//! byte stream the agent opens to the port, bodies streamed both ways (nothing is buffered
+//! connection the agent opens to the port (its socket, handed over), bodies streamed both ways (nothing is buffered
 //! whole, so a 50 MiB download flows at the reader's pace), WebSocket and other upgrades
 //! spliced byte for byte, and the fallback tried when the target cannot be connected to.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -20,6 +21,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::preview::pool::{Lease, Pool};
 use crate::preview::{rewrite, PreviewError, Proxied};
 use crate::state::AppState;
 
@@ -28,11 +30,15 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
+/// How long a pooled connection may take to become ready before a new one is opened.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One request to forward.
 pub struct Forward<'a> {
     /// The registration (its health says where to go).
     pub preview: &'a Preview,
-    /// `/preview/{sandbox}/{port}`: what the target's absolute paths move under.
+    /// `/preview/{sandbox}/{port}`: what the target's absolute paths move under (empty on the
+    /// preview's subdomain, where they stay as they are).
     pub prefix: String,
     /// Path and query to request from the target.
     pub upstream_uri: String,
@@ -67,7 +73,7 @@ pub async fn forward(state: &AppState, forward: Forward<'_>, request: Request) -
 
     let preview = forward.preview;
     let mut target = preview.active_sandbox_id().to_owned();
-    let (response, guard) = loop {
+    let (response, lease, guard) = loop {
         match attempt(state, &target, preview.port, outgoing, upgrade).await {
             Ok(answer) => break answer,
             Err(Attempt::NoConnection(why, request)) => {
@@ -95,55 +101,89 @@ pub async fn forward(state: &AppState, forward: Forward<'_>, request: Request) -
     let (mut parts, body) = response.into_parts();
     rewrite::strip_hop_by_hop(&mut parts.headers);
     rewrite_answer_headers(&mut parts.headers, &forward);
-    let mut answer = Response::from_parts(parts, Body::new(GuardedBody { inner: body, _guard: guard }));
+    let mut answer =
+        Response::from_parts(parts, Body::new(GuardedBody { inner: body, done: false, lease, _guard: guard }));
     answer.extensions_mut().insert(Proxied);
     Ok(answer)
 }
 
-/// Sends on `target`: a pooled connection when one is ready (and the request is not an
-/// upgrade, which takes its connection for good), else a new one through the agent.
+/// Sends on `target`: an idle pooled connection when there is one (and the request is not an
+/// upgrade, which takes its connection for good), else a new one through the agent. Returns
+/// the answer with the connection's lease (none for upgrades).
 async fn attempt(
     state: &AppState,
     target: &str,
     port: u16,
     mut request: Request,
     upgrade: bool,
-) -> Result<(hyper::Response<Incoming>, ActivityGuard), Attempt> {
+) -> Result<(hyper::Response<Incoming>, Option<Lease>, ActivityGuard), Attempt> {
     let guard = match state.previews.activity(target) {
         Ok(guard) => guard,
         Err(err) => return Err(Attempt::NoConnection(err.to_string(), Box::new(request))),
     };
     let pool = &state.preview_router.pool;
-    if !upgrade {
-        if let Some(mut sender) = pool.take(target, port) {
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    pool.give(target, port, sender);
-                    return Ok((response, guard));
-                }
-                // The kept connection closed meanwhile; the request was not sent.
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(Attempt::Broken(err.into_error().to_string())),
-                },
-            }
-        }
+    if upgrade {
+        // An upgrade takes its connection for good: always a new one.
+        let mut sender = match open(state, target, port, true).await {
+            Ok(sender) => sender,
+            Err(why) => return Err(Attempt::NoConnection(why, Box::new(request))),
+        };
+        let response = sender.send_request(request).await.map_err(|err| Attempt::Broken(err.to_string()))?;
+        return Ok((response, None, guard));
     }
-    let mut sender = match open(state, target, port, upgrade).await {
+    request = match send_on_idle(pool, target, port, request).await? {
+        OnIdle::Sent(response, lease) => return Ok((response, Some(lease), guard)),
+        OnIdle::NotSent(request) => request,
+    };
+    let slot = pool.connect_slot(target, port).await;
+    // A connection may have come back while this request waited for its slot.
+    request = match send_on_idle(pool, target, port, request).await? {
+        OnIdle::Sent(response, lease) => return Ok((response, Some(lease), guard)),
+        OnIdle::NotSent(request) => request,
+    };
+    let mut sender = match open(state, target, port, false).await {
         Ok(sender) => sender,
         Err(why) => return Err(Attempt::NoConnection(why, Box::new(request))),
     };
+    // The slot covers the set-up only: a slow answer (a long poll) must not hold it.
+    drop(slot);
     let response = sender.send_request(request).await.map_err(|err| Attempt::Broken(err.to_string()))?;
-    if !upgrade {
-        pool.give(target, port, sender);
+    Ok((response, Some(Lease::new(pool.clone(), target, port, sender)), guard))
+}
+
+/// What `send_on_idle` did.
+enum OnIdle {
+    /// Sent on a pooled connection: the answer and the connection's lease.
+    Sent(hyper::Response<Incoming>, Lease),
+    /// No idle connection was ready: the request comes back.
+    NotSent(Request),
+}
+
+/// Sends on an idle pooled connection to the target, if one is ready.
+async fn send_on_idle(pool: &Arc<Pool>, target: &str, port: u16, mut request: Request) -> Result<OnIdle, Attempt> {
+    while let Some(mut sender) = pool.take(target, port) {
+        // A pooled connection's last answer was read to its end, so it is ready at once or
+        // within a wake-up; one that closed meanwhile fails here and is dropped.
+        if !matches!(tokio::time::timeout(READY_WAIT, sender.ready()).await, Ok(Ok(()))) {
+            continue;
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok(OnIdle::Sent(response, Lease::new(pool.clone(), target, port, sender))),
+            // The connection closed as the request went; it was not sent.
+            Err(mut err) => match err.take_message() {
+                Some(unsent) => request = unsent,
+                None => return Err(Attempt::Broken(err.into_error().to_string())),
+            },
+        }
     }
-    Ok((response, guard))
+    Ok(OnIdle::NotSent(request))
 }
 
 /// A new HTTP/1.1 connection to `127.0.0.1:port` inside the sandbox, through its agent.
 async fn open(state: &AppState, target: &str, port: u16, upgrade: bool) -> Result<SendRequest<Body>, String> {
     let stream = state.previews.connect(target, port).await.map_err(|err| err.to_string())?;
-    let (sender, connection) = hyper::client::conn::http1::handshake::<_, Body>(stream.into_inner())
+    state.metrics.preview_connection_opened(stream.is_handed_over());
+    let (sender, connection) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
         .await
         .map_err(|err| format!("handshake: {err}"))?;
     tokio::spawn(async move {
@@ -213,8 +253,10 @@ fn upstream_headers(incoming: &HeaderMap, forward: &Forward<'_>, upgrade: bool) 
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);
     }
-    if let Ok(prefix) = HeaderValue::from_str(&forward.prefix) {
-        headers.insert(X_FORWARDED_PREFIX, prefix);
+    if !forward.prefix.is_empty() {
+        if let Ok(prefix) = HeaderValue::from_str(&forward.prefix) {
+            headers.insert(X_FORWARDED_PREFIX, prefix);
+        }
     }
     headers
 }
@@ -244,9 +286,13 @@ fn rewrite_answer_headers(headers: &mut HeaderMap, forward: &Forward<'_>) {
 }
 
 /// The target's response body, holding its sandbox busy until the body is done or dropped
-/// (a long download keeps the sandbox from idling out under it).
+/// (a long download keeps the sandbox from idling out under it), and the connection's lease:
+/// read to its end, the connection goes back to the pool.
 struct GuardedBody {
     inner: Incoming,
+    /// The last frame was read.
+    done: bool,
+    lease: Option<Lease>,
     _guard: ActivityGuard,
 }
 
@@ -258,7 +304,11 @@ impl HttpBody for GuardedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.done = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -267,5 +317,17 @@ impl HttpBody for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        // A body with a known length that was read whole, or one without content (HEAD, 204,
+        // 304), may be dropped before its end was polled: it is finished all the same.
+        if self.done || self.inner.is_end_stream() {
+            if let Some(lease) = &mut self.lease {
+                lease.finished();
+            }
+        }
     }
 }

@@ -99,9 +99,18 @@ pub fn take_link_param(query: Option<&str>) -> (Option<String>, Option<String>) 
     (token, (!rest.is_empty()).then(|| rest.join("&")))
 }
 
-/// The value of our link cookie in a request's `Cookie` headers, if any.
-pub fn link_cookie(headers: &HeaderMap) -> Option<String> {
-    cookie_pairs(headers).find_map(|(name, value)| (name == LINK_COOKIE).then(|| value.to_owned()))
+/// Most link cookies of one request that are checked.
+const MAX_LINK_COOKIES: usize = 8;
+
+/// The values of our link cookie in a request's `Cookie` headers (a few at most). There can
+/// be several: another preview's app on a sibling subdomain can set one for the parent domain
+/// from script, and must not be able to shadow the real one.
+pub fn link_cookies(headers: &HeaderMap) -> Vec<String> {
+    cookie_pairs(headers)
+        .filter(|(name, _)| *name == LINK_COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .take(MAX_LINK_COOKIES)
+        .collect()
 }
 
 /// Removes our link cookie from the `Cookie` headers, keeping the target's own cookies.
@@ -234,7 +243,9 @@ mod tests {
         assert_eq!(take_link_param(Some("a=1")), (None, Some("a=1".into())));
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_static("sid=1; cloudterm_preview=SECRET; x=y"));
-        assert_eq!(link_cookie(&headers).as_deref(), Some("SECRET"));
+        assert_eq!(link_cookies(&headers), ["SECRET"]);
+        headers.append(header::COOKIE, HeaderValue::from_static("cloudterm_preview=OTHER"));
+        assert_eq!(link_cookies(&headers), ["SECRET", "OTHER"]);
         strip_link_cookie(&mut headers);
         assert_eq!(headers[header::COOKIE], "sid=1; x=y");
     }

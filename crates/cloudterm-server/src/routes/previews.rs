@@ -24,6 +24,7 @@ use crate::config::MAX_LINK_TTL_SECONDS;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, Caller, Peer};
 use crate::preview::access::{self, Grant};
+use crate::preview::host::{self, Subdomain};
 use crate::preview::proxy::{self, Forward};
 use crate::preview::{rewrite, LinkClaims, PreviewError};
 use crate::state::AppState;
@@ -215,7 +216,13 @@ async fn proxy(
     let grant =
         access::authorize(state, sandbox_id, port, found.as_ref(), request.headers(), query_token.as_deref()).await?;
     let preview = found.ok_or_else(|| PreviewError::NotFound(format!("{sandbox_id}:{port}")))?;
-    let prefix = format!("/preview/{sandbox_id}/{port}");
+    // On its subdomain a preview is at the host's root: nothing to move its paths under, and
+    // the address the client sees is the one it sent.
+    let subdomain = request.extensions().get::<Subdomain>().map(|subdomain| subdomain.original.path().to_owned());
+    let (prefix, public_path) = match subdomain {
+        Some(path) => (String::new(), path),
+        None => (format!("/preview/{sandbox_id}/{port}"), raw_path.clone()),
+    };
     let proto = proto(state);
     let set_cookie = match &grant {
         Grant::Link { token, from_query: true, expires } => Some(link_cookie(token, &prefix, *expires, proto)?),
@@ -224,8 +231,8 @@ async fn proxy(
     if let Some(cookie) = &set_cookie {
         if matches!(*request.method(), Method::GET | Method::HEAD) {
             let location = match &query {
-                Some(query) => format!("{raw_path}?{query}"),
-                None => raw_path.clone(),
+                Some(query) => format!("{public_path}?{query}"),
+                None => public_path.clone(),
             };
             let location = HeaderValue::from_str(&location).map_err(|_| ApiError::BadRequest("bad path".into()))?;
             let headers = [
@@ -255,7 +262,8 @@ fn path_port(text: &str) -> Result<u16, ApiError> {
     validate_port(port).map_err(|_| bad().into())
 }
 
-/// The cookie a signed link sets: only for this preview's path, gone when the link expires.
+/// The cookie a signed link sets: only for this preview's path (on a subdomain: the whole
+/// host, and only it, as the cookie names no `Domain`), gone when the link expires.
 fn link_cookie(token: &str, prefix: &str, expires: i64, proto: &str) -> Result<HeaderValue, ApiError> {
     let max_age = (expires - Utc::now().timestamp()).max(0);
     let secure = if proto == "https" { "; Secure" } else { "" };
@@ -289,8 +297,16 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     }
 }
 
+/// A preview's address: its subdomain when `preview.domain` is set (with the scheme and port
+/// of `preview.base_url`, else of the address the client used), else the path form.
 fn preview_url(state: &AppState, headers: &HeaderMap, preview: &Preview) -> String {
-    format!("{}/preview/{}/{}/", base_url(state, headers), preview.sandbox_id, preview.port)
+    let base = base_url(state, headers);
+    if let Some(domain) = &state.config.preview.domain {
+        let (scheme, authority) = base.split_once("://").unwrap_or(("http", &base));
+        let listen_port = authority.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok());
+        return host::url(scheme, domain, &preview.sandbox_id, preview.port, listen_port);
+    }
+    format!("{base}/preview/{}/{}/", preview.sandbox_id, preview.port)
 }
 
 fn preview_response(state: &AppState, headers: &HeaderMap, preview: &Preview) -> PreviewResponse {

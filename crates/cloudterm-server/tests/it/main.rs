@@ -13,6 +13,7 @@ mod isolation;
 mod listeners;
 mod metrics;
 mod plumbing;
+mod preview_subdomains;
 mod previews;
 mod quotas;
 mod sandboxes;

@@ -26,7 +26,7 @@ async fn server(runtime: &str) -> Option<TestServer> {
 }
 
 /// A port free on this host right now (the process runtime shares the host's network).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -46,7 +46,7 @@ async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
 }
 
 /// Creates a sandbox running the app on `port`, answering as `name`; returns its id.
-async fn sandbox_with_app(api: &Api, port: u16, name: &str) -> String {
+pub(crate) async fn sandbox_with_app(api: &Api, port: u16, name: &str) -> String {
     let sandbox = api.create(json!({})).await;
     let id = sandbox["id"].as_str().expect("id").to_string();
     let (status, body) = api
@@ -72,7 +72,7 @@ async fn start_app(api: &Api, id: &str, port: u16, name: &str) -> String {
     job["job_id"].as_str().expect("job id").to_string()
 }
 
-async fn register(api: &Api, body: Value) -> Value {
+pub(crate) async fn register(api: &Api, body: Value) -> Value {
     let (status, preview) = api.call("POST", "/preview/register", Some(body)).await;
     assert_eq!(status, 201, "register: {preview}");
     preview
@@ -83,7 +83,7 @@ fn path_of(url: &str) -> String {
     rest.find('/').map_or("/".to_string(), |at| rest[at..].to_string())
 }
 
-async fn json_of(response: reqwest::Response) -> Value {
+pub(crate) async fn json_of(response: reqwest::Response) -> Value {
     let text = response.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
@@ -126,6 +126,21 @@ async fn http_streams_headers_redirects_and_cookies(runtime: &str) {
     assert_eq!(headers["cookie"], "app=1");
     assert!(headers.get("authorization").is_none(), "the token reached the sandbox: {headers}");
     assert!(!echo.to_string().contains(&alice.token));
+
+    // Keep-alive requests one after another reuse one pooled connection, and that connection
+    // is the sandbox's own socket, handed over by the agent.
+    let opened = async || -> u64 {
+        let text = reqwest::get(server.url("/metrics")).await.expect("metrics").text().await.expect("text");
+        let line = text.lines().find(|line| line.starts_with("preview_target_connections_total{path=\"socket\"}"));
+        line.and_then(|line| line.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    };
+    let before = opened().await;
+    assert!(before >= 1, "the first request went through a handed-over socket");
+    for _ in 0..20 {
+        let response = http.get(format!("{base}/whoami")).bearer_auth(&alice.token).send().await.expect("whoami");
+        assert_eq!(response.text().await.expect("text"), "alpha");
+    }
+    assert!(opened().await <= before + 1, "20 sequential requests opened {} connections", opened().await - before);
 
     // Without the trailing slash: redirected to it.
     let response = http.get(&base).bearer_auth(&alice.token).send().await.expect("bare");

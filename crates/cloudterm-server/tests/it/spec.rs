@@ -88,10 +88,13 @@ async fn every_route_but_the_public_ones_needs_a_token() {
 }
 
 /// The only lines allowed to register routes outside the OpenAPI router: user interfaces, not
-/// API operations (the ReDoc page and the browser console's page and files).
+/// API operations (the ReDoc page and the browser console's page and files), and the wrapper
+/// that recognises preview subdomains before routing (it adds no route: every request goes
+/// on to the OpenAPI router, a subdomain one rewritten to the path form's route).
 const UI_ROUTES: &[&str] = &[
     "routes.merge(SwaggerUi::new(\"/docs\").url(\"/openapi.json\", document.clone())).route(\"/redoc\", get(redoc_page));",
     "Router::new().route(\"/\", get(index)).route(\"/console/{name}\", get(asset))",
+    "Router::new().fallback_service(tower::Layer::layer(&by_host, app))",
 ];
 
 #[test]
