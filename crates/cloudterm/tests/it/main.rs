@@ -397,6 +397,8 @@ fn snapshot_commands_drive_a_server() {
     assert!(from_snapshot.starts_with("sbx_") && from_snapshot != sandbox, "{from_snapshot}");
     let (notes, _) = run(&["exec", from_snapshot, "--", "cat", "notes.txt"]);
     assert_eq!(notes, "kept\n");
+    // Sandboxes outlive their server on purpose: remove this one so no agent is left running.
+    run(&["sandbox", "rm", from_snapshot]);
 
     let (imported, summary) = run(&["snapshot", "import", "x.tar.zst", "--label", "from disk"]);
     let imported = imported.trim();
