@@ -39,15 +39,17 @@ async fn raw(server: &TestServer, request: &str) -> (String, String) {
     (status, body)
 }
 
-async fn subdomains_serve_previews_at_the_root(runtime: &str) {
-    let Some(server) = TestServer::start_runtime(runtime, |config| {
+/// A server that routes `{port}-{sandbox}.DOMAIN` to previews, with no warm pool.
+async fn subdomain_server(runtime: &str) -> Option<TestServer> {
+    TestServer::start_runtime(runtime, |config| {
         config.sandboxes.warm_pool = 0;
         config.preview.domain = Some(DOMAIN.into());
     })
     .await
-    else {
-        return;
-    };
+}
+
+async fn subdomains_serve_previews_at_the_root(runtime: &str) {
+    let Some(server) = subdomain_server(runtime).await else { return };
     let alice = Api::new(&server, "alice");
     let port = free_port();
     let id = sandbox_with_app(&alice, port, "alpha").await;
@@ -136,14 +138,7 @@ async fn subdomains_serve_previews_at_the_root(runtime: &str) {
 }
 
 async fn host_spoofing_cannot_reach_another_private_preview(runtime: &str) {
-    let Some(server) = TestServer::start_runtime(runtime, |config| {
-        config.sandboxes.warm_pool = 0;
-        config.preview.domain = Some(DOMAIN.into());
-    })
-    .await
-    else {
-        return;
-    };
+    let Some(server) = subdomain_server(runtime).await else { return };
     let alice = Api::new(&server, "alice");
     let mallory = Api::new(&server, "mallory");
     let (alice_port, mallory_port) = (free_port(), free_port());
