@@ -4,8 +4,9 @@ mod attach;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn cloudterm() -> Command {
@@ -23,23 +24,73 @@ fn free_port() -> u16 {
 struct Served {
     child: Child,
     base: String,
+    /// Everything the server wrote to stderr so far. A thread drains the pipe: a child whose
+    /// stderr nobody reads blocks in its log writes once the pipe's 64 KiB fill, and a server
+    /// stuck there cannot shut down in time (it was then SIGKILLed with its pool running).
+    log: Arc<Mutex<String>>,
+    /// The test's home: its data dir (`~/.local/share/cloudterm` or one a config names inside
+    /// it) must hold no sandbox after a graceful stop.
+    home: PathBuf,
+}
+
+impl Served {
+    /// Waits until the server's log contains `needle`, and returns the log so far.
+    fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log.lock().expect("log").clone();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in the server's log within 30 s: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Served {
     /// SIGTERM first: a graceful stop also stops the warm pool's sandboxes, which a SIGKILL
     /// would leave running until the next start on the same data dir (and a test's temporary
-    /// data dir never sees one). SIGKILL only if it does not stop in time.
+    /// data dir never sees one). SIGKILL only if it does not stop in time. After a graceful
+    /// stop nothing may be left under `sandboxes/` (a sandbox's state dir, its mounts): that is
+    /// how a leaked sandbox shows up here instead of on the machine after the run.
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                self.assert_nothing_left();
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            panic!("cloudterm serve did not stop within 30 s of SIGTERM; its log:\n{}", self.log.lock().expect("log"));
+        }
+    }
+}
+
+impl Served {
+    fn assert_nothing_left(&self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let mut data_dirs = vec![self.home.join(".local/share/cloudterm")];
+        data_dirs.extend(std::fs::read_dir(&self.home).into_iter().flatten().flatten().map(|entry| entry.path()));
+        let left: Vec<_> = data_dirs
+            .iter()
+            .flat_map(|dir| std::fs::read_dir(dir.join("sandboxes")).into_iter().flatten().flatten())
+            .map(|entry| entry.path())
+            // The shared /etc template stays by design; a sandbox's state dir is `sbx_*`.
+            .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("sbx_")))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "left after a graceful stop: {left:?}; the server's log:\n{}",
+            self.log.lock().expect("log")
+        );
     }
 }
 
@@ -55,8 +106,19 @@ fn serve(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
     for (name, value) in env {
         command.env(name, value);
     }
-    let child = command.spawn().expect("spawn serve");
-    let served = Served { child, base: format!("http://127.0.0.1:{port}") };
+    let mut child = command.spawn().expect("spawn serve");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().expect("stderr");
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut log = sink.lock().expect("log");
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let served = Served { child, base: format!("http://127.0.0.1:{port}"), log, home: home.to_path_buf() };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if reqwest::blocking::get(format!("{}/health", served.base)).is_ok_and(|r| r.status() == 200) {
@@ -97,18 +159,9 @@ fn serve_with_no_configuration_then_token_then_me() {
 #[test]
 fn serve_logs_where_it_listens_which_runtime_and_how_to_get_a_token() {
     let home = tempfile::tempdir().expect("home");
-    let mut served = serve(home.path(), &[], &[("CLOUDTERM_LOG_FORMAT", "json")]);
-    let stderr = served.child.stderr.take().expect("stderr");
-    let mut lines = Vec::new();
-    for line in BufReader::new(stderr).lines() {
-        let line = line.expect("line");
-        let done = line.contains("listening on");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    let log = lines.join("\n");
+    let served = serve(home.path(), &[], &[("CLOUDTERM_LOG_FORMAT", "json")]);
+    let log = served.wait_for_log("listening on");
+    let lines: Vec<&str> = log.lines().collect();
     for line in &lines {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
     }
