@@ -578,10 +578,11 @@ impl SandboxService {
         let records = self.store.list_sandboxes_in_states(&[state::STARTING, state::RUNNING, state::PAUSED]).await?;
         for record in records {
             let was_paused = record.state == state::PAUSED;
-            if was_paused {
-                // Its agent is frozen: thaw it to see that it still answers, freeze it again below.
-                let _ = self.runtime.resume(&record.id).await;
-            }
+            // Thaw every sandbox before asking its agent: a paused one to see that it still
+            // answers (it is frozen again below), a running one because a crash in the middle
+            // of a snapshot leaves the sandboxes frozen for its walk (the thaw never ran), and
+            // a frozen agent would read as dead and its sandbox be stopped for nothing.
+            let _ = self.runtime.resume(&record.id).await;
             let attached = match self.runtime.attach(&record.id).await {
                 Ok(handle) => {
                     let agent = AgentClient::new(handle.agent);

@@ -367,6 +367,96 @@ fn sandboxes_survive_sigkill_of_serve_and_nothing_leaks() {
     assert!(procs.is_empty(), "processes of {id} were left: {procs:?}");
 }
 
+/// Whether this test process runs as root (the linux runtime needs it).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The freezer state of a linux-runtime sandbox (`FROZEN`, `THAWED`), read on the host.
+fn freezer_state(id: &str) -> Option<String> {
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup/freezer")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().contains(id) {
+                return std::fs::read_to_string(path.join("freezer.state")).ok().map(|s| s.trim().to_string());
+            }
+            stack.push(path);
+        }
+    }
+    None
+}
+
+/// A live snapshot freezes the workspace's sandboxes for its walk. Killed in the middle, the
+/// server never thaws them: the next start must (not mistake a frozen agent for a dead one and
+/// throw the sandbox away), list nothing partial and leave no temporary object behind.
+#[test]
+fn a_sigkill_in_the_middle_of_a_snapshot_loses_no_sandbox_and_leaves_nothing_partial() {
+    if !running_as_root() {
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true: this test must run as root");
+        eprintln!("SKIP: the linux runtime's freezer needs root");
+        return;
+    }
+    let home = tempfile::tempdir().expect("home");
+    let env = [("CLOUDTERM_RUNTIME", "linux"), ("CLOUDTERM_WARM_POOL", "0")];
+    let mut served = serve(home.path(), &[], &env);
+    let token = mint(home.path(), "alice");
+    let output = client(home.path(), &served, &token).args(["sandbox", "create"]).output().expect("create");
+    let id = String::from_utf8(output.stdout).expect("utf8").trim().to_string();
+    assert!(id.starts_with("sbx_"), "{}", String::from_utf8_lossy(&output.stderr));
+    // Enough incompressible data that the snapshot takes a while.
+    let output = client(home.path(), &served, &token)
+        .args(["exec", &id, "--", "sh", "-c", "head -c 150M /dev/urandom > /workspace/big && echo kept > /workspace/f"])
+        .output()
+        .expect("exec");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let url = format!("{}/snapshot/create", served.base);
+    let body = serde_json::json!({ "sandbox_id": id });
+    let bearer = token.clone();
+    std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build();
+        let _ = client.and_then(|c| c.post(url).bearer_auth(bearer).json(&body).send());
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while freezer_state(&id).as_deref() != Some("FROZEN") {
+        assert!(Instant::now() < deadline, "the sandbox was never frozen for the snapshot");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    served.child.kill().expect("kill -9");
+    served.child.wait().expect("reap");
+    assert_eq!(freezer_state(&id).as_deref(), Some("FROZEN"), "the crash left it frozen (the case under test)");
+
+    let served = serve(home.path(), &[], &env);
+    let output =
+        client(home.path(), &served, &token).args(["exec", &id, "--", "cat", "/workspace/f"]).output().expect("exec");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "kept\n", "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(freezer_state(&id).as_deref(), Some("THAWED"));
+    let output = client(home.path(), &served, &token).args(["snapshot", "list", "--json"]).output().expect("list");
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(listed["snapshots"], serde_json::json!([]), "nothing partial is listed");
+    let storage = home.path().join(".local/share/cloudterm/snapshots");
+    let mut files = Vec::new();
+    let mut stack = vec![storage];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    assert!(files.is_empty(), "left in snapshot storage after the restart: {files:?}");
+    let removed = client(home.path(), &served, &token).args(["sandbox", "rm", &id]).output().expect("rm");
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+}
+
 /// The first file named `name` below `dir`: where local storage keeps a snapshot's object.
 fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
