@@ -3,10 +3,14 @@
 //! `unpack` reads the store's stream on a blocking thread. Neither side ever holds the archive.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use cloudterm_archive::{ArchiveError, PackOptions, PackStats, Source, UnpackOptions, UnpackStats};
 use cloudterm_blobstore::{BlobStore, BlobStoreError, PutOutcome};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::SyncIoBridge;
 
 use crate::error::DomainError;
@@ -37,6 +41,8 @@ pub(crate) async fn pack_sources_to_store(
     options: PackOptions,
 ) -> Result<(PackStats, PutOutcome), DomainError> {
     let (reader, writer) = tokio::io::duplex(PIPE_BYTES);
+    let complete = Arc::new(AtomicBool::new(false));
+    let packer_complete = Arc::clone(&complete);
     let packer = tokio::task::spawn_blocking(move || {
         let _hold = hold;
         let bridge = SyncIoBridge::new(writer);
@@ -44,20 +50,51 @@ pub(crate) async fn pack_sources_to_store(
         let stats = cloudterm_archive::pack_sources(&sources, &mut out, &options)?;
         use std::io::Write;
         out.flush().map_err(|err| ArchiveError::Io { context: "flushing the archive".into(), source: err })?;
+        packer_complete.store(true, Ordering::Release);
         Ok::<_, ArchiveError>(stats)
         // Dropping the bridge closes the pipe: the uploader sees the end of the stream.
     });
-    let upload = blobs.put_stream(key, reader).await;
+    let upload = blobs.put_stream(key, EndChecked { inner: reader, complete }).await;
     let packed = packer.await.map_err(|err| DomainError::Internal(format!("snapshot packer panicked: {err}")))?;
     match (packed, upload) {
         (Ok(stats), Ok(outcome)) => Ok((stats, outcome)),
+        // The packer failed and the store refused the stream's erroring end (`EndChecked`):
+        // the packer's error is the cause, and nothing was stored.
+        (Err(err), Err(BlobStoreError::Body(_))) => Err(archive_error(err)),
         // A failed upload drops the pipe, so the packer fails too (a broken pipe): the
         // storage error is the cause.
         (_, Err(err)) => Err(storage_error(err)),
-        // The packer failing closes the pipe early, and the store kept a truncated object.
+        // Cannot happen (a packer that fails makes the stream end in an error, so the store
+        // keeps nothing); deleting is the safe answer if it ever does.
         (Err(err), Ok(_)) => {
             let _ = blobs.delete(key).await;
             Err(archive_error(err))
+        }
+    }
+}
+
+/// The pipe's reading end, as the store sees it: its end is an error unless the packer said it
+/// finished. A packer that fails drops its end of the pipe just as one that succeeds does; a
+/// clean end there would make the store commit a truncated archive under the real key (local
+/// disk renames it into place, S3 completes the upload) before anyone could delete it.
+struct EndChecked<R> {
+    inner: R,
+    complete: Arc<AtomicBool>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for EndChecked<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                if this.complete.load(Ordering::Acquire) {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Ready(Err(std::io::Error::other("the archive ended early: packing it failed")))
+                }
+            }
+            other => other,
         }
     }
 }
@@ -114,5 +151,74 @@ pub(crate) fn storage_error(err: BlobStoreError) -> DomainError {
         BlobStoreError::NotFound(what) => DomainError::Unavailable(format!("snapshot object {what} is missing")),
         BlobStoreError::Body(err) => DomainError::InvalidInput(format!("cannot read the upload: {err}")),
         other => DomainError::Unavailable(format!("snapshot storage: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudterm_blobstore::BlobStoreConfig;
+
+    /// A packer that fails after it has streamed part of the archive leaves no object under the
+    /// key, not even for a moment: the local store would otherwise rename the truncated temp
+    /// file into place when the pipe closed.
+    #[tokio::test]
+    async fn a_packer_that_fails_midway_stores_nothing() {
+        let scratch = tempfile::tempdir().expect("tmp");
+        let blobs =
+            BlobStore::open(BlobStoreConfig::Local { root: scratch.path().join("store") }).await.expect("store");
+        let tree = scratch.path().join("tree");
+        std::fs::create_dir(&tree).expect("mkdir");
+        // Incompressible, larger than the pipe and the packer's buffer: bytes reach the store.
+        let noise: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(tree.join("noise"), noise).expect("write");
+        let sources = vec![Source::dir("workspace", &tree), Source::dir("layer", scratch.path().join("missing"))];
+        let result = pack_sources_to_store(&blobs, sources, None, "snapshots/x.tar.zst", PackOptions::default()).await;
+        assert!(result.is_err(), "packing a missing tree must fail");
+        assert!(blobs.list("").await.expect("list").is_empty(), "an object was left: {:?}", blobs.list("").await);
+        let mut files = Vec::new();
+        let mut stack = vec![scratch.path().join("store")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    stack.push(entry.path())
+                } else {
+                    files.push(entry.path())
+                }
+            }
+        }
+        assert!(files.is_empty(), "files left in the store's directory: {files:?}");
+    }
+
+    /// The reading end reports a closed pipe as an error unless the packer marked it complete.
+    #[tokio::test]
+    async fn the_pipe_ends_in_an_error_unless_the_packer_finished() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for finished in [false, true] {
+            let (reader, mut writer) = tokio::io::duplex(64);
+            let complete = Arc::new(AtomicBool::new(false));
+            let mut checked = EndChecked { inner: reader, complete: Arc::clone(&complete) };
+            writer.write_all(b"part").await.expect("write");
+            complete.store(finished, Ordering::Release);
+            drop(writer);
+            let mut read = Vec::new();
+            let result = checked.read_to_end(&mut read).await;
+            assert_eq!(read, b"part");
+            assert_eq!(result.is_ok(), finished, "{result:?}");
+        }
+    }
+
+    /// The same packer succeeding stores the whole archive.
+    #[tokio::test]
+    async fn a_packer_that_succeeds_stores_its_archive() {
+        let scratch = tempfile::tempdir().expect("tmp");
+        let blobs =
+            BlobStore::open(BlobStoreConfig::Local { root: scratch.path().join("store") }).await.expect("store");
+        let tree = scratch.path().join("tree");
+        std::fs::create_dir(&tree).expect("mkdir");
+        std::fs::write(tree.join("f"), b"hello").expect("write");
+        let (_, outcome) =
+            pack_to_store(&blobs, tree, "snapshots/y.tar.zst", PackOptions::default()).await.expect("pack");
+        assert_eq!(blobs.head("snapshots/y.tar.zst").await.expect("head").size_bytes, outcome.size_bytes);
     }
 }
