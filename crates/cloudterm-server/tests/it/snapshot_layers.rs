@@ -74,6 +74,20 @@ async fn starts_from_the_layer(storage: &str, encrypted: bool) {
     assert_eq!(alice.sh(&first, "echo thawed").await["stdout"], "thawed\n");
     let keys = stored_keys(&server).await;
     assert!(keys.iter().any(|k| k.contains(&format!("{snap}.layer.tar.zst"))), "{keys:?}");
+    // Both objects (workspace and layer) are sealed when a key is set, plain zstd otherwise.
+    for key in keys.iter().filter(|k| k.contains(&snap)) {
+        let mut stored = Vec::new();
+        let mut reader = server.state().blobs.get_stream(key).await.expect("get");
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut stored).await.expect("read");
+        let zstd_frame = stored.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+        assert_eq!(zstd_frame, !encrypted, "{key}: a plain zstd frame is stored exactly when not encrypted");
+        if encrypted {
+            assert!(!stored.windows(20).any(|w| w == b"hello-from-usr-local"), "plaintext in {key}");
+        }
+    }
+    // The key stays on the host: the sandbox cannot read its file.
+    let out = alice.sh(&first, &format!("cat {} || echo unreadable", key_file.display())).await;
+    assert_eq!(out["stdout"], "unreadable\n", "{out}");
 
     // The workspace changes after the snapshot; the new sandbox gets the snapshot's.
     alice.sh(&first, "echo later > /workspace/w.txt").await;
@@ -240,4 +254,26 @@ async fn on_the_process_runtime_a_snapshot_start_restores_the_workspace() {
         alice.call("POST", "/sandboxes", Some(json!({"snapshot_id": snapshot["snapshot_id"]}))).await;
     assert_eq!(status, 201, "{second}");
     assert_eq!(alice.sh(&id_of(&second, "id"), "cat kept.txt").await["stdout"], "from-snapshot\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_a_trimmed_snapshots_layer_object_too() {
+    let Some(server) = TestServer::start_runtime("linux", |config: &mut Config| config.snapshots.retention = 1).await
+    else {
+        return;
+    };
+    let alice = Api::new(&server, "alice");
+    let sandbox = id_of(&alice.create(json!({})).await, "id");
+    alice.sh(&sandbox, "echo one > /opt/marker").await;
+    let (status, first) = alice.call("POST", "/snapshot/create", Some(json!({"sandbox_id": sandbox}))).await;
+    assert_eq!(status, 201, "{first}");
+    let first = id_of(&first, "snapshot_id");
+    assert_eq!(stored_keys(&server).await.iter().filter(|k| k.contains(&first)).count(), 2, "workspace + layer");
+    alice.sh(&sandbox, "echo two > /opt/marker").await;
+    let (status, second) = alice.call("POST", "/snapshot/create", Some(json!({"sandbox_id": sandbox}))).await;
+    assert_eq!(status, 201, "{second}");
+    let second = id_of(&second, "snapshot_id");
+    let keys = stored_keys(&server).await;
+    assert!(!keys.iter().any(|k| k.contains(&first)), "the trimmed snapshot's objects stay: {keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.contains(&second)).count(), 2, "{keys:?}");
 }
