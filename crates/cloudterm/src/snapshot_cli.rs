@@ -108,13 +108,17 @@ pub fn run(client: &Client, action: SnapshotAction) -> anyhow::Result<()> {
     match action {
         SnapshotAction::Create { sandbox, workspace, label, pin, json } => {
             let body = json!({ "sandbox_id": sandbox, "workspace_id": workspace, "label": label, "pinned": pin });
-            let value = client.call_url(Method::POST, client.endpoint(&["snapshot", "create"], &[])?, Some(body))?;
-            print_created(value, json)
+            let waiting = spinner("creating snapshot");
+            let value = client.call_url(Method::POST, client.endpoint(&["snapshot", "create"], &[])?, Some(body));
+            waiting.finish_and_clear();
+            print_created(value?, json)
         }
         SnapshotAction::Restore { snapshot, sandbox, workspace } => {
             let body = json!({ "snapshot_id": snapshot, "sandbox_id": sandbox, "workspace_id": workspace });
-            let value = client.call_url(Method::POST, client.endpoint(&["snapshot", "restore"], &[])?, Some(body))?;
-            let restored: RestoreSnapshotResponse = typed(value)?;
+            let waiting = spinner("restoring snapshot");
+            let value = client.call_url(Method::POST, client.endpoint(&["snapshot", "restore"], &[])?, Some(body));
+            waiting.finish_and_clear();
+            let restored: RestoreSnapshotResponse = typed(value?)?;
             println!(
                 "restored {} files from {} into {}",
                 restored.restored_files, restored.snapshot_id, restored.workspace_id
@@ -249,6 +253,24 @@ fn progress(total: Option<u64>, message: &str) -> ProgressBar {
         ),
     };
     bar.with_message(message.to_string())
+}
+
+/// A spinner with the time spent, on a terminal only, for the one request a create or restore
+/// is: the server streams the archive itself and reports nothing until it is done, so elapsed
+/// time is the honest progress to show (a multi-second wait with no sign of life looks hung).
+fn spinner(message: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner()
+        .with_style(
+            ProgressStyle::with_template("{spinner} {msg}… {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        )
+        .with_message(message.to_string());
+    bar.tick();
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    bar
 }
 
 /// Streams the archive to `output` while hashing it, then checks the hash against the record.

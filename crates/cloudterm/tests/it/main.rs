@@ -528,8 +528,20 @@ fn snapshot_commands_drive_a_server() {
     assert_eq!(piped.expect("download to stdout").stdout, std::fs::read(&archive).expect("archive"));
 
     run(&["exec", sandbox, "--", "sh", "-c", "rm notes.txt && echo changed > src/main.rs && echo junk > junk"]);
-    let (restored, _) = run(&["snapshot", "restore", &snapshot, "--sandbox", sandbox]);
+    // On a terminal (util-linux `script` gives it one) a spinner shows while the server works;
+    // piped, as above, nothing but the result.
+    let on_terminal = format!("{} snapshot restore {snapshot} --sandbox {sandbox}", env!("CARGO_BIN_EXE_cloudterm"));
+    let mut script = Command::new("script");
+    script.args(["-qec", &on_terminal, "/dev/null"]).current_dir(home.path()).env_clear();
+    script.env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("HOME", home.path()).env("TERM", "xterm");
+    script.env("CLOUDTERM_URL", &served.base).env("CLOUDTERM_TOKEN", &token);
+    let output = script.output().expect("script");
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("restoring snapshot") && shown.contains("restored 2 files"), "{shown:?}");
+    let (restored, progress) = run(&["snapshot", "restore", &snapshot, "--sandbox", sandbox]);
     assert!(restored.contains("restored 2 files"), "{restored}");
+    assert!(!progress.contains("restoring snapshot"), "no spinner when stderr is not a terminal: {progress}");
     let (files, _) = run(&["exec", sandbox, "--", "sh", "-c", "cat notes.txt src/main.rs; ls"]);
     assert_eq!(files, "kept\nfn main() {}\nnotes.txt\nsrc\n", "the snapshot's files, and only those, are back");
 
