@@ -206,6 +206,24 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// Brings what the sandbox wrote under `/workspace` back to its host directory, for a
+    /// reader on the host (a workspace snapshot). Runtimes whose sandboxes write the host
+    /// directory itself (linux, process) have nothing to do; one that keeps the workspace on a
+    /// disk of its own (firecracker) reads that disk into a fresh directory and swaps it in.
+    /// Best called with the sandbox paused, so nothing changes while it is read.
+    async fn sync_workspace(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
+        Ok(())
+    }
+
+    /// Whether a running sandbox sees the files of a new directory swapped in at its
+    /// workspace's host path (a restore), directly or once [`mount`](Runtime::mount)ed again.
+    /// False for a runtime that keeps its own copy of the workspace while the sandbox runs
+    /// (the firecracker runtime's workspace disk): a restore into a workspace one of its
+    /// sandboxes runs on is refused.
+    fn follows_workspace_swap(&self) -> bool {
+        true
+    }
+
     /// Ids of every sandbox this runtime holds on this host, running or left over, so the
     /// server can reconcile them with the store after a restart.
     async fn list(&self) -> Result<Vec<String>, SandboxRuntimeError>;

@@ -161,6 +161,19 @@ impl SnapshotService {
         }
         let frozen = Frozen::freeze(&self.sandboxes, &running).await;
         let stored = async {
+            // A sandbox that keeps the workspace on a disk of its own (a microVM) writes the
+            // host directory back now; one whose disk cannot be read fails the snapshot
+            // rather than storing files older than what the sandbox shows.
+            for id in &running {
+                match self.sandboxes.runtime().sync_workspace(id).await {
+                    Ok(()) | Err(SandboxRuntimeError::NotRunning(_)) => {}
+                    Err(err) => {
+                        return Err(DomainError::Unavailable(format!(
+                            "cannot read sandbox {id}'s copy of the workspace: {err}"
+                        )))
+                    }
+                }
+            }
             let layer = match &layer_of {
                 Some(id) => self.writable_layer(id).await?,
                 None => None,
@@ -380,6 +393,16 @@ impl SnapshotService {
             (None, None) => self.sandboxes.resolve_workspace(caller, Some(&record.workspace_id), Access::Write).await?,
         };
         let workspace = target.id.clone();
+        if !self.sandboxes.runtime().follows_workspace_swap() {
+            let running = self.sandboxes.running_on_workspace(&workspace).await?;
+            if !running.is_empty() {
+                return Err(DomainError::Conflict(format!(
+                    "workspace {workspace} is in use by sandbox {}, which keeps its own copy of the workspace on the {} runtime; stop it before restoring into the workspace",
+                    running.join(", "),
+                    self.sandboxes.runtime().kind()
+                )));
+            }
+        }
         let dir = self.sandboxes.prepare_workspace(&target).await?;
         // A snapshot bigger than the workspace's storage limit cannot be restored into it:
         // refused before a byte moves (the archive's own count is checked again while it is
