@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloudterm_runtime::{
-    AgentClient, AgentEndpoint, Mount, Runtime, RuntimeKind, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
+    AgentClient, AgentEndpoint, Mount, Runtime, RuntimeKind, SandboxExit, SandboxHandle, SandboxRuntimeError,
+    SandboxSpec, Usage,
 };
 use tokio::sync::Mutex;
 
@@ -52,6 +53,8 @@ pub struct FirecrackerRuntime {
     vms: Arc<StdMutex<HashMap<String, Slot>>>,
     /// Sandboxes being started, with their workspace directories (not recorded yet).
     starting: StdMutex<HashMap<String, PathBuf>>,
+    /// VMs that died, reported once cleaned up.
+    exits: tokio::sync::broadcast::Sender<SandboxExit>,
 }
 
 impl std::fmt::Debug for FirecrackerRuntime {
@@ -71,6 +74,7 @@ impl FirecrackerRuntime {
             config,
             vms: Arc::new(StdMutex::new(HashMap::new())),
             starting: StdMutex::new(HashMap::new()),
+            exits: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -135,6 +139,7 @@ impl FirecrackerRuntime {
         let (id, slot, vms, dir) = (id.to_owned(), Arc::clone(slot), Arc::clone(&self.vms), self.vm_dir(id).ok());
         let store = self.config.snapshots.clone();
         let root = self.config.root_dir.clone();
+        let exits = self.exits.clone();
         tokio::spawn(async move {
             let status = vmm.exited().await;
             let mut entry = slot.lock().await;
@@ -155,6 +160,8 @@ impl FirecrackerRuntime {
                 finish_workspace(&id, &dir, entry.workspace.as_deref(), &root).await;
                 let _ = tokio::fs::remove_dir_all(dir.path()).await;
             }
+            drop(entry);
+            let _ = exits.send(SandboxExit { id, reason: format!("its VM exited ({status}); {output}") });
         });
     }
 
@@ -589,6 +596,10 @@ impl Runtime for FirecrackerRuntime {
 
     fn follows_workspace_swap(&self) -> bool {
         false
+    }
+
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<SandboxExit>> {
+        Some(self.exits.subscribe())
     }
 
     async fn list(&self) -> Result<Vec<String>, SandboxRuntimeError> {

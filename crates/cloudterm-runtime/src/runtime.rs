@@ -123,6 +123,17 @@ pub struct SandboxHandle {
     pub pid: Option<u32>,
 }
 
+/// A sandbox that ended on its own, not through [`Runtime::stop`] (its VM died, its agent
+/// exited). The server then records it failed and stops it, which removes whatever the
+/// runtime has not cleaned up itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxExit {
+    /// The sandbox.
+    pub id: String,
+    /// What happened, for the log (exit status, the guest's last output).
+    pub reason: String,
+}
+
 /// Resource use of a running sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -222,6 +233,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// sandboxes runs on is refused.
     fn follows_workspace_swap(&self) -> bool {
         true
+    }
+
+    /// Sandboxes that end on their own, reported as they end, so the server records them at
+    /// once instead of finding out at the next call. `None` where the runtime does not watch
+    /// its sandboxes. Every call gives a new subscriber; one that falls behind is told how many
+    /// reports it missed.
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<SandboxExit>> {
+        None
     }
 
     /// Ids of every sandbox this runtime holds on this host, running or left over, so the
