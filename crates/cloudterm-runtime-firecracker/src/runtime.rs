@@ -181,10 +181,6 @@ impl FirecrackerRuntime {
             Some(cpus) => return Err(invalid(format!("cpu limit {cpus} is out of range (at most 32 vCPUs)"))),
         };
         let disk_mb = spec.limits.disk_mb.unwrap_or(self.config.default_workspace_disk_mb);
-        let rootfs = match &spec.image {
-            Some(image) => Some(rootfs_of(image)),
-            None => self.config.default_rootfs.clone(),
-        };
         let mut boot_args = format!(
             "{} -- --vm-init --listen vsock:{} --workspace /workspace",
             self.config.boot_args.trim(),
@@ -210,10 +206,20 @@ impl FirecrackerRuntime {
             boot_args,
             vcpus,
             memory_mb,
-            rootfs,
+            // The sandbox's own copy: what the guest writes outside /workspace stays in it.
+            rootfs: self.base_rootfs(spec).map(|_| dir.root_image()),
+            root_writable: true,
             workspace: spec.workspace_dir.as_ref().map(|_| dir.workspace_image()),
         };
         Ok((machine, disk_mb))
+    }
+
+    /// The root image the sandbox's copy is made from: its image's, else the default.
+    fn base_rootfs(&self, spec: &SandboxSpec) -> Option<PathBuf> {
+        match &spec.image {
+            Some(image) => Some(rootfs_of(image)),
+            None => self.config.default_rootfs.clone(),
+        }
     }
 
     async fn boot_sandbox(&self, spec: &SandboxSpec, dir: &VmDir) -> Result<Vmm, FirecrackerError> {
@@ -228,7 +234,18 @@ impl FirecrackerRuntime {
             }
             Ok(())
         };
-        let vmm = boot_after(&self.config.binary, dir, &spec.id, &machine, workspace_disk).await?;
+        let base = self.base_rootfs(spec);
+        if let Some(base) = &base {
+            crate::machine::check_image("root image", base)?;
+        }
+        let root_copy = async {
+            if let Some(base) = &base {
+                crate::disk::copy_sparse(base, &dir.root_image()).await?;
+            }
+            Ok::<_, FirecrackerError>(())
+        };
+        let disks = async { tokio::try_join!(workspace_disk, root_copy).map(|_| ()) };
+        let vmm = boot_after(&self.config.binary, dir, &spec.id, &machine, disks).await?;
         let timeout = Duration::from_millis(self.config.ready_timeout_ms);
         let endpoint = self.endpoint(dir);
         let ready = tokio::select! {
@@ -757,6 +774,10 @@ mod tests {
         s.limits = Limits { memory_mb: Some(256), cpus: Some(1.5), pids: None, disk_mb: Some(64) };
         let (machine, disk) = rt.machine_spec(&s, &dir).expect("valid");
         assert_eq!((machine.vcpus, machine.memory_mb, disk), (2, 256, 64));
+        assert_eq!(machine.rootfs, None, "no image, no default: no root disk");
+        s.image = Some("/images/base.ext4".into());
+        let (machine, _) = rt.machine_spec(&s, &dir).expect("valid");
+        assert_eq!((machine.rootfs, machine.root_writable), (Some(dir.root_image()), true), "its own copy, writable");
         assert_eq!(machine.workspace, Some(dir.workspace_image()));
         assert!(
             machine.boot_args.ends_with("-- --vm-init --listen vsock:1024 --workspace /workspace"),

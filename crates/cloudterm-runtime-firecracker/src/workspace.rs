@@ -178,7 +178,14 @@ pub async fn sync_back(
         })
     }
     .await;
-    remove_in_background(fresh);
+    match swapped {
+        // `fresh` holds the old tree now, which may be large: deleted off the caller's path.
+        Ok(()) => remove_in_background(fresh),
+        // A failed read leaves nothing behind by the time it is reported.
+        Err(_) => {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(fresh)).await;
+        }
+    }
     swapped
 }
 

@@ -129,7 +129,10 @@ async fn guest_writes_reach_the_workspace_directory_on_sync_pause_and_stop() {
         "the workspace holds the disk's tree (no lost+found, nothing the disk lacks)"
     );
     assert!(ticking(&dir).await, "the guest runs on after the read");
-    assert!(scratch_dirs_beside(&workspace).is_empty(), "the old tree is gone");
+    assert!(
+        eventually(Duration::from_secs(5), || scratch_dirs_beside(&workspace).is_empty()).await,
+        "the old tree is gone (in the background)"
+    );
 
     // A write only in the journal, then a pause into the store: the journal is replayed on a
     // copy, so the paused guest's disk is exactly as it left it.
@@ -233,4 +236,46 @@ async fn one_workspace_takes_one_vm_and_a_dead_vm_leaves_its_writes() {
 
     runtime.start(&second).await.expect("the workspace is free again");
     runtime.stop("sbx_two").await.expect("stop");
+}
+
+#[tokio::test]
+async fn each_vm_writes_its_own_sparse_copy_of_the_root_image() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(h) = Harness::new() else { return };
+    let tree = h.dir.path().join("image");
+    std::fs::create_dir_all(tree.join("etc")).expect("image tree");
+    std::fs::write(tree.join("etc/os-release"), "ID=test\n").expect("image file");
+    let base = h.dir.path().join("image.ext4");
+    cloudterm_runtime_firecracker::disk::make_ext4(&tree, &base, 64, "root").await.expect("root image");
+    let base_bytes = std::fs::read(&base).expect("read base");
+    let mut config = h.config(h.ticker.clone());
+    config.default_rootfs = Some(base.clone());
+    let runtime = cloudterm_runtime_firecracker::FirecrackerRuntime::new(config);
+    runtime.start(&h.spec("sbx_rootA")).await.expect("start A");
+    runtime.start(&h.spec("sbx_rootB")).await.expect("start B");
+    let (a, b) = (VmDir::new(h.root().join("sbx_rootA")), VmDir::new(h.root().join("sbx_rootB")));
+
+    let log = std::fs::read_to_string(a.vmm_log()).expect("vmm log");
+    let drive = log.lines().find(|line| line.contains("/drives/rootfs")).unwrap_or_default().replace('\\', "");
+    assert!(drive.contains("root.ext4") && drive.contains("\"is_read_only\":false"), "attached read-write: {drive}");
+    let meta = std::fs::metadata(a.root_image()).expect("A's copy");
+    assert_eq!(meta.len(), 64 << 20);
+    assert!(meta.blocks() * 512 <= std::fs::metadata(&base).expect("base").blocks() * 512 + (1 << 20), "sparse");
+
+    // A write into A's root (as its guest would) changes neither the image nor B's root.
+    let scratch = h.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    guest_writes(&a.root_image(), &scratch, "installed.txt", "apt install in A\n");
+    assert!(!debugfs(&b.root_image(), "ls /", false).contains("installed.txt"));
+    assert!(std::fs::read(&base).expect("read base") == base_bytes, "the shared image is untouched");
+
+    runtime.stop("sbx_rootA").await.expect("stop A");
+    runtime.stop("sbx_rootB").await.expect("stop B");
+    assert!(!a.path().exists() && !b.path().exists(), "the copies go with their VMs");
+
+    // A missing image is still the caller's error, before anything is copied or spawned.
+    std::fs::remove_file(&base).expect("remove the image");
+    let err = runtime.start(&h.spec("sbx_rootC")).await.expect_err("no image");
+    assert!(matches!(err, SandboxRuntimeError::InvalidSpec(_)) && err.to_string().contains("image.ext4"), "{err}");
+    assert!(!h.root().join("sbx_rootC").exists());
 }
