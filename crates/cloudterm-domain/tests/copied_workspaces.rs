@@ -1,7 +1,8 @@
 //! Snapshots and restores on a runtime whose sandboxes keep their own copy of the workspace
 //! (the firecracker runtime's workspace disk): the snapshot service asks the runtime to bring
-//! the copy back before it reads the workspace, fails the snapshot when it cannot, and refuses
-//! a restore while such a sandbox runs on the workspace.
+//! the copy back before it reads the workspace (without freezing the sandbox, which never
+//! writes the directory read), fails the snapshot when it cannot, and refuses a restore while
+//! such a sandbox runs on the workspace.
 //!
 //! The runtime here is the process runtime (a real agent) wrapped so that it behaves like one
 //! that copies: `sync_workspace` writes what "the guest" wrote into the workspace directory,
@@ -34,6 +35,7 @@ struct CopyingRuntime {
     workspaces: Mutex<Vec<(String, PathBuf)>>,
     unreadable: AtomicBool,
     syncs: AtomicUsize,
+    pauses: AtomicUsize,
 }
 
 #[async_trait]
@@ -71,8 +73,15 @@ impl Runtime for CopyingRuntime {
         let dir = dir.ok_or_else(|| SandboxRuntimeError::NotRunning(id.into()))?;
         std::fs::write(dir.join(GUEST_FILE), "from the guest\n").map_err(|e| SandboxRuntimeError::Failed(e.to_string()))
     }
-    fn follows_workspace_swap(&self) -> bool {
-        false
+    fn keeps_workspace_copy(&self) -> bool {
+        true
+    }
+    async fn pause(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
+        self.pauses.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn resume(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
+        Ok(())
     }
 }
 
@@ -98,6 +107,7 @@ async fn snapshots_bring_the_copy_back_first_and_restores_wait_for_its_sandbox()
         workspaces: Mutex::new(Vec::new()),
         unreadable: AtomicBool::new(false),
         syncs: AtomicUsize::new(0),
+        pauses: AtomicUsize::new(0),
     });
     let mut quotas = QuotaPolicy::default();
     quotas.defaults.max_sandboxes = 4;
@@ -128,6 +138,7 @@ async fn snapshots_bring_the_copy_back_first_and_restores_wait_for_its_sandbox()
     let request = CreateSnapshot { sandbox_id: Some(sandbox.id.clone()), ..CreateSnapshot::default() };
     let taken = snapshots.create(&alice, request.clone(), SnapshotKind::Manual).await.expect("snapshot");
     assert_eq!(runtime.syncs.load(Ordering::SeqCst), 1);
+    assert_eq!(runtime.pauses.load(Ordering::SeqCst), 0, "no freeze: the sandbox never writes the directory");
     assert_eq!(taken.file_count, 1, "the guest's file is in the archive: {taken:?}");
 
     // A copy that cannot be read fails the snapshot instead of storing stale files.

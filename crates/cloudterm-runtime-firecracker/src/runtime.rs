@@ -611,8 +611,8 @@ impl Runtime for FirecrackerRuntime {
         Ok(())
     }
 
-    fn follows_workspace_swap(&self) -> bool {
-        false
+    fn keeps_workspace_copy(&self) -> bool {
+        true
     }
 
     fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<SandboxExit>> {

@@ -226,13 +226,14 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Whether a running sandbox sees the files of a new directory swapped in at its
-    /// workspace's host path (a restore), directly or once [`mount`](Runtime::mount)ed again.
-    /// False for a runtime that keeps its own copy of the workspace while the sandbox runs
-    /// (the firecracker runtime's workspace disk): a restore into a workspace one of its
-    /// sandboxes runs on is refused.
-    fn follows_workspace_swap(&self) -> bool {
-        true
+    /// Whether a running sandbox works on its own copy of the workspace (the firecracker
+    /// runtime's workspace disk) rather than on the host directory. Then a restore cannot reach
+    /// it (a new directory swapped in at the workspace's path is not what it sees), so a restore
+    /// into a workspace one of its sandboxes runs on is refused; and a snapshot need not freeze
+    /// it, since it never writes the host directory and [`sync_workspace`](Runtime::sync_workspace)
+    /// reads its copy with it paused.
+    fn keeps_workspace_copy(&self) -> bool {
+        false
     }
 
     /// Sandboxes that end on their own, reported as they end, so the server records them at

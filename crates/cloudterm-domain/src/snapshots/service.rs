@@ -159,7 +159,11 @@ impl SnapshotService {
         if let Some(id) = layer_of.as_ref().filter(|id| !running.contains(id)) {
             running.push(id.clone());
         }
-        let frozen = Frozen::freeze(&self.sandboxes, &running).await;
+        // A sandbox on its own copy of the workspace never writes the directory read here (and
+        // `sync_workspace` pauses it while its copy is read): freezing it would only cost a
+        // pause (for a microVM, its memory written to storage) and a resume.
+        let to_freeze: &[String] = if self.sandboxes.runtime().keeps_workspace_copy() { &[] } else { &running };
+        let frozen = Frozen::freeze(&self.sandboxes, to_freeze).await;
         let stored = async {
             // A sandbox that keeps the workspace on a disk of its own (a microVM) writes the
             // host directory back now; one whose disk cannot be read fails the snapshot
@@ -393,7 +397,7 @@ impl SnapshotService {
             (None, None) => self.sandboxes.resolve_workspace(caller, Some(&record.workspace_id), Access::Write).await?,
         };
         let workspace = target.id.clone();
-        if !self.sandboxes.runtime().follows_workspace_swap() {
+        if self.sandboxes.runtime().keeps_workspace_copy() {
             let running = self.sandboxes.running_on_workspace(&workspace).await?;
             if !running.is_empty() {
                 return Err(DomainError::Conflict(format!(
