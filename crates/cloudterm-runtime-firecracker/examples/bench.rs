@@ -109,6 +109,7 @@ async fn main() {
         vcpus: 1,
         memory_mb: MEMORY_MB,
         rootfs: None,
+        root_writable: false,
         workspace: None,
     };
 

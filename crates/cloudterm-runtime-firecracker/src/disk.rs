@@ -54,6 +54,33 @@ pub async fn make_ext4(source: &Path, output: &Path, size_mb: u64, label: &str) 
     Ok(())
 }
 
+/// Copies `source` to `output` (replacing it) as cheaply as the host allows: shared extents
+/// where the file system can (`--reflink=auto`: XFS, btrfs), else only the blocks that hold
+/// data (`--sparse=always`), so a sandbox's copy of a root image costs what the image holds,
+/// and afterwards only what the guest writes.
+pub async fn copy_sparse(source: &Path, output: &Path) -> Result<(), FirecrackerError> {
+    let result = tokio::process::Command::new("cp")
+        .args(["--reflink=auto", "--sparse=always", "--"])
+        .arg(source)
+        .arg(output)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|err| FirecrackerError::Io(format!("cannot run cp: {err}")))?;
+    if !result.status.success() {
+        let _ = tokio::fs::remove_file(output).await;
+        return Err(FirecrackerError::Io(format!(
+            "cannot copy {} to {}: {}",
+            source.display(),
+            output.display(),
+            String::from_utf8_lossy(&result.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +94,30 @@ mod tests {
         let err = make_ext4(&dir.path().join("nope"), &out, 64, "x").await.expect_err("missing");
         assert!(matches!(err, FirecrackerError::Invalid(_)), "{err}");
         assert!(!out.exists());
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_sparse_and_independent_of_its_source() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("base.img");
+        let file = std::fs::File::create(&source).expect("create");
+        file.set_len(64 << 20).expect("64 MiB hole");
+        std::os::unix::fs::FileExt::write_at(&file, b"data", 1 << 20).expect("write");
+        let copy = dir.path().join("copy.img");
+        copy_sparse(&source, &copy).await.expect("copy");
+        let meta = std::fs::metadata(&copy).expect("meta");
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(meta.blocks() * 512 < 1 << 20, "the hole stays a hole: {} blocks", meta.blocks());
+        std::os::unix::fs::FileExt::write_at(
+            &std::fs::OpenOptions::new().write(true).open(&copy).expect("open"),
+            b"DATA",
+            1 << 20,
+        )
+        .expect("write the copy");
+        let source_bytes = std::fs::read(&source).expect("read the source");
+        assert_eq!(&source_bytes[1 << 20..(1 << 20) + 4], b"data", "the source is untouched");
+        let err = copy_sparse(&dir.path().join("missing"), &copy).await.expect_err("missing source");
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 }

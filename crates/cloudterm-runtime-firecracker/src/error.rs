@@ -36,6 +36,9 @@ pub enum FirecrackerError {
     /// Storing or fetching a snapshot failed.
     #[error("snapshot storage: {0}")]
     Storage(String),
+    /// The VM's workspace disk could not be read back into the workspace directory.
+    #[error("cannot read the VM's workspace disk {0}")]
+    WorkspaceDisk(String),
     /// The operation does not fit the VM's state (resume a VM that is not paused, ...).
     #[error("{0}")]
     State(String),

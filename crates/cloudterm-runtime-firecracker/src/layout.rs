@@ -47,6 +47,12 @@ impl VmDir {
         self.dir.join("vmm.log")
     }
 
+    /// The sandbox's own copy of its root image (`/dev/vda`, read-write): what the guest
+    /// writes outside `/workspace` stays in it.
+    pub fn root_image(&self) -> PathBuf {
+        self.dir.join("root.ext4")
+    }
+
     /// The per-sandbox workspace disk image (`/dev/vdb` in the guest).
     pub fn workspace_image(&self) -> PathBuf {
         self.dir.join("workspace.ext4")

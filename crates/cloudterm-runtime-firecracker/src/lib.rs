@@ -18,6 +18,7 @@ mod record;
 mod runtime;
 pub mod snapshot;
 pub mod vmm;
+pub mod workspace;
 
 pub use config::{
     locate_binary, FirecrackerConfig, Readiness, AGENT_PORT, DEFAULT_BOOT_ARGS, DEFAULT_MEMORY_MB, DEFAULT_VCPUS,

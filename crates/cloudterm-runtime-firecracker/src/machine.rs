@@ -29,9 +29,12 @@ pub struct MachineSpec {
     pub vcpus: u8,
     /// Guest memory, MiB.
     pub memory_mb: u64,
-    /// The root file system image (`/dev/vda`), attached read-only; `None` for a guest that
-    /// needs no disk (the test harness's bare guest).
+    /// The root file system image (`/dev/vda`); `None` for a guest that needs no disk (the
+    /// test harness's bare guest).
     pub rootfs: Option<PathBuf>,
+    /// Attach the root image read-write (a sandbox's own copy, made while Firecracker starts,
+    /// so it is checked only then) instead of read-only (a shared image).
+    pub root_writable: bool,
     /// The workspace image (`/dev/vdb`), read-write.
     pub workspace: Option<PathBuf>,
 }
@@ -81,7 +84,7 @@ pub async fn boot_after(
     prepare: impl std::future::Future<Output = Result<(), FirecrackerError>>,
 ) -> Result<Vmm, FirecrackerError> {
     check_kernel(&spec.kernel)?;
-    if let Some(rootfs) = &spec.rootfs {
+    if let Some(rootfs) = spec.rootfs.as_ref().filter(|_| !spec.root_writable) {
         check_image("root image", rootfs)?;
     }
     if !(1..=32).contains(&spec.vcpus) {
@@ -103,6 +106,9 @@ pub async fn boot_after(
         if let Some(workspace) = &spec.workspace {
             check_image("workspace image", workspace)?;
         }
+        if let Some(rootfs) = spec.rootfs.as_ref().filter(|_| spec.root_writable) {
+            check_image("root image", rootfs)?;
+        }
         configure(&vmm, dir, spec).await
     };
     match configured.await {
@@ -122,8 +128,13 @@ async fn configure(vmm: &Vmm, dir: &VmDir, spec: &MachineSpec) -> Result<(), Fir
     api.put("/machine-config", &MachineConfig { vcpu_count: spec.vcpus, mem_size_mib: spec.memory_mb, smt: false })
         .await?;
     if let Some(rootfs) = &spec.rootfs {
-        let drive =
-            Drive { drive_id: "rootfs".into(), path_on_host: rootfs.clone(), is_root_device: true, is_read_only: true };
+        // Firecracker adds `root=/dev/vda ro` (or `rw`) to the kernel command line to match.
+        let drive = Drive {
+            drive_id: "rootfs".into(),
+            path_on_host: rootfs.clone(),
+            is_root_device: true,
+            is_read_only: !spec.root_writable,
+        };
         api.put("/drives/rootfs", &drive).await?;
     }
     if let Some(workspace) = &spec.workspace {

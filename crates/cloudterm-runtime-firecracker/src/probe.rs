@@ -60,6 +60,7 @@ async fn probe_in(config: &FirecrackerConfig, dir: &VmDir, timeout: Duration) ->
         vcpus: 1,
         memory_mb: PROBE_MEMORY_MB,
         rootfs: config.default_rootfs.clone(),
+        root_writable: false,
         workspace: None,
     };
     let started = Instant::now();

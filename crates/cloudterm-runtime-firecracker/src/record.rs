@@ -30,6 +30,9 @@ pub struct VmRecord {
     /// How many times it was paused into the store (names the snapshot's objects).
     #[serde(default)]
     pub generation: u64,
+    /// The host directory the workspace disk was made from and is read back into.
+    #[serde(default)]
+    pub workspace: Option<std::path::PathBuf>,
 }
 
 /// Reads `dir`'s record; `None` when there is none or it is unreadable (a VM whose start never
@@ -55,7 +58,13 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = VmDir::new(tmp.path());
         assert_eq!(read(&dir), None);
-        let record = VmRecord { pid: Some(42), phase: VmPhase::PausedInStore, agent_port: 1024, generation: 3 };
+        let record = VmRecord {
+            pid: Some(42),
+            phase: VmPhase::PausedInStore,
+            agent_port: 1024,
+            generation: 3,
+            workspace: Some("/ws".into()),
+        };
         write(&dir, &record).expect("write");
         assert_eq!(read(&dir), Some(record));
         std::fs::write(dir.record(), b"{not json").expect("write");

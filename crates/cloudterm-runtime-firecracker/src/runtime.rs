@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cloudterm_runtime::{
-    AgentClient, AgentEndpoint, Mount, Runtime, RuntimeKind, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
+    AgentClient, AgentEndpoint, Mount, Runtime, RuntimeKind, SandboxExit, SandboxHandle, SandboxRuntimeError,
+    SandboxSpec, Usage,
 };
 use tokio::sync::Mutex;
 
@@ -21,6 +22,7 @@ use crate::machine::{boot_after, MachineSpec};
 use crate::record::{self, VmPhase, VmRecord};
 use crate::snapshot::{self, SnapshotKeys};
 use crate::vmm::{log_tail, Vmm};
+use crate::workspace;
 
 /// Longest kernel command line Firecracker passes on (x86_64 `COMMAND_LINE_SIZE`).
 const MAX_CMDLINE: usize = 2048;
@@ -37,6 +39,10 @@ struct Entry {
     generation: u64,
     /// Set once the sandbox is stopped: a watcher or a queued operation finding it leaves it be.
     gone: bool,
+    /// The host directory its workspace disk was made from and is read back into.
+    workspace: Option<PathBuf>,
+    /// The workspace directory holds what the disk holds: read back since the guest last ran.
+    synced: bool,
 }
 
 type Slot = Arc<Mutex<Entry>>;
@@ -45,6 +51,10 @@ type Slot = Arc<Mutex<Entry>>;
 pub struct FirecrackerRuntime {
     config: FirecrackerConfig,
     vms: Arc<StdMutex<HashMap<String, Slot>>>,
+    /// Sandboxes being started, with their workspace directories (not recorded yet).
+    starting: StdMutex<HashMap<String, PathBuf>>,
+    /// VMs that died, reported once cleaned up.
+    exits: tokio::sync::broadcast::Sender<SandboxExit>,
 }
 
 impl std::fmt::Debug for FirecrackerRuntime {
@@ -60,7 +70,12 @@ fn not_running(id: &str) -> SandboxRuntimeError {
 impl FirecrackerRuntime {
     /// A runtime with this configuration. Nothing is started until the first call.
     pub fn new(config: FirecrackerConfig) -> Self {
-        FirecrackerRuntime { config, vms: Arc::new(StdMutex::new(HashMap::new())) }
+        FirecrackerRuntime {
+            config,
+            vms: Arc::new(StdMutex::new(HashMap::new())),
+            starting: StdMutex::new(HashMap::new()),
+            exits: tokio::sync::broadcast::channel(256).0,
+        }
     }
 
     /// The configuration in use.
@@ -107,6 +122,8 @@ impl FirecrackerRuntime {
             phase: record.phase,
             generation: record.generation,
             gone: false,
+            workspace: record.workspace.clone(),
+            synced: false,
         }));
         let mut vms = self.vms.lock().map_err(|_| SandboxRuntimeError::Failed("vm registry poisoned".into()))?;
         let slot = vms.entry(id.to_owned()).or_insert(slot).clone();
@@ -121,6 +138,8 @@ impl FirecrackerRuntime {
     fn watch(&self, id: &str, slot: &Slot, vmm: Vmm) {
         let (id, slot, vms, dir) = (id.to_owned(), Arc::clone(slot), Arc::clone(&self.vms), self.vm_dir(id).ok());
         let store = self.config.snapshots.clone();
+        let root = self.config.root_dir.clone();
+        let exits = self.exits.clone();
         tokio::spawn(async move {
             let status = vmm.exited().await;
             let mut entry = slot.lock().await;
@@ -137,8 +156,12 @@ impl FirecrackerRuntime {
                 let _ = snapshot::discard_all(&store, &id).await;
             }
             if let Some(dir) = dir {
+                // What the guest wrote before it died is the workspace's now.
+                finish_workspace(&id, &dir, entry.workspace.as_deref(), &root).await;
                 let _ = tokio::fs::remove_dir_all(dir.path()).await;
             }
+            drop(entry);
+            let _ = exits.send(SandboxExit { id, reason: format!("its VM exited ({status}); {output}") });
         });
     }
 
@@ -158,10 +181,6 @@ impl FirecrackerRuntime {
             Some(cpus) => return Err(invalid(format!("cpu limit {cpus} is out of range (at most 32 vCPUs)"))),
         };
         let disk_mb = spec.limits.disk_mb.unwrap_or(self.config.default_workspace_disk_mb);
-        let rootfs = match &spec.image {
-            Some(image) => Some(rootfs_of(image)),
-            None => self.config.default_rootfs.clone(),
-        };
         let mut boot_args = format!(
             "{} -- --vm-init --listen vsock:{} --workspace /workspace",
             self.config.boot_args.trim(),
@@ -187,10 +206,20 @@ impl FirecrackerRuntime {
             boot_args,
             vcpus,
             memory_mb,
-            rootfs,
+            // The sandbox's own copy: what the guest writes outside /workspace stays in it.
+            rootfs: self.base_rootfs(spec).map(|_| dir.root_image()),
+            root_writable: true,
             workspace: spec.workspace_dir.as_ref().map(|_| dir.workspace_image()),
         };
         Ok((machine, disk_mb))
+    }
+
+    /// The root image the sandbox's copy is made from: its image's, else the default.
+    fn base_rootfs(&self, spec: &SandboxSpec) -> Option<PathBuf> {
+        match &spec.image {
+            Some(image) => Some(rootfs_of(image)),
+            None => self.config.default_rootfs.clone(),
+        }
     }
 
     async fn boot_sandbox(&self, spec: &SandboxSpec, dir: &VmDir) -> Result<Vmm, FirecrackerError> {
@@ -205,7 +234,18 @@ impl FirecrackerRuntime {
             }
             Ok(())
         };
-        let vmm = boot_after(&self.config.binary, dir, &spec.id, &machine, workspace_disk).await?;
+        let base = self.base_rootfs(spec);
+        if let Some(base) = &base {
+            crate::machine::check_image("root image", base)?;
+        }
+        let root_copy = async {
+            if let Some(base) = &base {
+                crate::disk::copy_sparse(base, &dir.root_image()).await?;
+            }
+            Ok::<_, FirecrackerError>(())
+        };
+        let disks = async { tokio::try_join!(workspace_disk, root_copy).map(|_| ()) };
+        let vmm = boot_after(&self.config.binary, dir, &spec.id, &machine, disks).await?;
         let timeout = Duration::from_millis(self.config.ready_timeout_ms);
         let endpoint = self.endpoint(dir);
         let ready = tokio::select! {
@@ -238,8 +278,120 @@ impl FirecrackerRuntime {
             phase: entry.phase,
             agent_port,
             generation: entry.generation,
+            workspace: entry.workspace.clone(),
         };
         record::write(dir, &record)
+    }
+
+    /// [`Runtime::start`] once the spec is checked: boots, records, registers and watches.
+    async fn start_recorded(
+        &self,
+        spec: &SandboxSpec,
+        dir: &VmDir,
+        workspace_dir: PathBuf,
+    ) -> Result<SandboxHandle, SandboxRuntimeError> {
+        let dir = dir.clone();
+        tokio::fs::create_dir_all(dir.path())
+            .await
+            .map_err(|err| SandboxRuntimeError::Failed(format!("cannot create {}: {err}", dir.path().display())))?;
+        let vmm = match self.boot_sandbox(spec, &dir).await {
+            Ok(vmm) => vmm,
+            Err(err) => {
+                let _ = self.remove_files(&spec.id, &dir).await;
+                return Err(err.into());
+            }
+        };
+        let entry = Entry {
+            vmm: Some(vmm.clone()),
+            phase: VmPhase::Running,
+            generation: 0,
+            gone: false,
+            workspace: Some(workspace_dir),
+            synced: false,
+        };
+        if let Err(err) = Self::write_record(&dir, &entry, self.config.agent_port).await {
+            vmm.kill().await;
+            let _ = self.remove_files(&spec.id, &dir).await;
+            return Err(err.into());
+        }
+        let slot = Arc::new(Mutex::new(entry));
+        if let Ok(mut vms) = self.vms.lock() {
+            vms.insert(spec.id.clone(), Arc::clone(&slot));
+        }
+        self.watch(&spec.id, &slot, vmm.clone());
+        Ok(SandboxHandle { agent: self.endpoint(&dir), pid: Some(vmm.pid()) })
+    }
+
+    /// Asks the guest's agent to write its dirty pages to its disks (`sync(2)`), so the
+    /// workspace disk read next holds everything written so far. Bounded; a guest without an
+    /// agent (readiness by console line) is not asked, and one that does not answer leaves the
+    /// disk as of its last journal commit (ext4 commits every few seconds).
+    async fn guest_sync(&self, id: &str, dir: &VmDir) {
+        if self.config.readiness != Readiness::Agent {
+            return;
+        }
+        let agent = AgentClient::new(self.endpoint(dir));
+        match tokio::time::timeout(GUEST_SYNC_TIMEOUT, agent.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(sandbox = %id, error = %err, "the guest did not sync its disks"),
+            Err(_) => tracing::warn!(sandbox = %id, "the guest did not sync its disks in time"),
+        }
+    }
+
+    /// Reads a VM's workspace disk back into its workspace directory; the VM must be paused
+    /// (or gone). Does nothing for a VM without a workspace.
+    async fn read_back(
+        &self,
+        id: &str,
+        dir: &VmDir,
+        entry: &Entry,
+        usage: workspace::ImageUse,
+    ) -> Result<(), FirecrackerError> {
+        let Some(target) = &entry.workspace else { return Ok(()) };
+        let started = Instant::now();
+        workspace::sync_back(id, &dir.workspace_image(), target, dir.path(), usage).await?;
+        tracing::debug!(sandbox = %id, ms = started.elapsed().as_millis() as u64, "workspace disk read back");
+        Ok(())
+    }
+
+    /// The sandbox that already runs on `workspace`, if any (its record says so).
+    async fn vm_on_workspace(&self, workspace: &Path) -> Option<String> {
+        for id in self.list().await.ok()? {
+            let Ok(dir) = self.vm_dir(&id) else { continue };
+            if record::read(&dir).and_then(|record| record.workspace).as_deref() == Some(workspace) {
+                return Some(id);
+            }
+        }
+        let starting = self.starting.lock().ok()?;
+        starting.iter().find(|(_, ws)| ws.as_path() == workspace).map(|(id, _)| id.clone())
+    }
+}
+
+/// How long the guest gets to sync its disks before its workspace disk is read.
+const GUEST_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a VM is gone for good (stopped, or dead): reads its workspace disk back into the
+/// workspace directory, replaying the guest's journal in place. A disk that cannot be read is
+/// kept beside the VM directories (`<root>/<id>.workspace.ext4`, never listed as a sandbox)
+/// for an operator, and the failure logged with where it is: the guest's last writes are not
+/// deleted with the VM.
+async fn finish_workspace(id: &str, dir: &VmDir, target: Option<&Path>, root: &Path) {
+    let Some(target) = target else { return };
+    let image = dir.workspace_image();
+    if !image.exists() {
+        return;
+    }
+    let Err(err) = workspace::sync_back(id, &image, target, dir.path(), workspace::ImageUse::Finished).await else {
+        return;
+    };
+    let kept = root.join(format!("{id}.workspace.ext4"));
+    match tokio::fs::rename(&image, &kept).await {
+        Ok(()) => {
+            tracing::error!(sandbox = %id, error = %err, kept = %kept.display(), "the VM's workspace disk could not be read back; the disk is kept")
+        }
+        Err(rename) => {
+            tracing::error!(sandbox = %id, error = %err, %rename, "the VM's workspace disk could not be read back nor kept; the guest's writes since start are lost")
+        }
     }
 }
 
@@ -348,28 +500,27 @@ impl Runtime for FirecrackerRuntime {
         if self.slot(&spec.id).is_some() {
             return Err(SandboxRuntimeError::InvalidSpec(format!("sandbox {} is already running", spec.id)));
         }
-        tokio::fs::create_dir_all(dir.path())
-            .await
-            .map_err(|err| SandboxRuntimeError::Failed(format!("cannot create {}: {err}", dir.path().display())))?;
-        let vmm = match self.boot_sandbox(spec, &dir).await {
-            Ok(vmm) => vmm,
-            Err(err) => {
-                let _ = self.remove_files(&spec.id, &dir).await;
-                return Err(err.into());
-            }
-        };
-        let entry = Entry { vmm: Some(vmm.clone()), phase: VmPhase::Running, generation: 0, gone: false };
-        if let Err(err) = Self::write_record(&dir, &entry, self.config.agent_port).await {
-            vmm.kill().await;
-            let _ = self.remove_files(&spec.id, &dir).await;
-            return Err(err.into());
+        // Each VM has its own copy of the workspace, read back over the directory when it
+        // stops: two VMs on one workspace would overwrite each other's files.
+        let workspace_dir = spec.workspace_dir.clone().unwrap_or_default();
+        if let Some(other) = self.vm_on_workspace(&workspace_dir).await {
+            return Err(SandboxRuntimeError::NotSupported {
+                runtime: RuntimeKind::Firecracker,
+                operation: if other == spec.id {
+                    "starting a sandbox twice"
+                } else {
+                    "two sandboxes on one workspace (each VM has its own copy of the workspace)"
+                },
+            });
         }
-        let slot = Arc::new(Mutex::new(entry));
-        if let Ok(mut vms) = self.vms.lock() {
-            vms.insert(spec.id.clone(), Arc::clone(&slot));
+        if let Ok(mut starting) = self.starting.lock() {
+            starting.insert(spec.id.clone(), workspace_dir.clone());
         }
-        self.watch(&spec.id, &slot, vmm.clone());
-        Ok(SandboxHandle { agent: self.endpoint(&dir), pid: Some(vmm.pid()) })
+        let started = self.start_recorded(spec, &dir, workspace_dir).await;
+        if let Ok(mut starting) = self.starting.lock() {
+            starting.remove(&spec.id);
+        }
+        started
     }
 
     async fn attach(&self, id: &str) -> Result<SandboxHandle, SandboxRuntimeError> {
@@ -388,19 +539,28 @@ impl Runtime for FirecrackerRuntime {
         match &slot {
             Some(slot) => {
                 let mut entry = slot.lock().await;
+                if entry.gone {
+                    // The watcher or an earlier stop has read the disk back already.
+                    Self::forget(&self.vms, id);
+                    return self.remove_files(id, &dir).await;
+                }
                 entry.gone = true;
                 if let Some(vmm) = entry.vmm.take() {
                     vmm.kill().await;
                 }
                 Self::forget(&self.vms, id);
+                finish_workspace(id, &dir, entry.workspace.as_deref(), &self.config.root_dir).await;
                 self.remove_files(id, &dir).await
             }
             None => {
                 // Whatever is left: a VMM whose record was never written still runs with our
                 // socket on its command line.
-                if let Some(vmm) = record::read(&dir).and_then(|r| r.pid).and_then(|pid| Vmm::find(&dir, pid)) {
+                let record = record::read(&dir);
+                if let Some(vmm) = record.as_ref().and_then(|r| r.pid).and_then(|pid| Vmm::find(&dir, pid)) {
                     vmm.kill().await;
                 }
+                let target = record.and_then(|r| r.workspace);
+                finish_workspace(id, &dir, target.as_deref(), &self.config.root_dir).await;
                 self.remove_files(id, &dir).await
             }
         }
@@ -420,6 +580,43 @@ impl Runtime for FirecrackerRuntime {
 
     async fn mount(&self, _id: &str, _mount: &Mount) -> Result<(), SandboxRuntimeError> {
         Err(SandboxRuntimeError::NotSupported { runtime: RuntimeKind::Firecracker, operation: "mount" })
+    }
+
+    async fn sync_workspace(&self, id: &str) -> Result<(), SandboxRuntimeError> {
+        let dir = self.vm_dir(id)?;
+        let slot = self.find(id)?;
+        let mut entry = slot.lock().await;
+        if entry.gone {
+            return Err(not_running(id));
+        }
+        if entry.synced {
+            return Ok(());
+        }
+        match entry.phase {
+            VmPhase::PausedInMemory | VmPhase::PausedInStore => {
+                self.read_back(id, &dir, &entry, workspace::ImageUse::InUse).await?;
+                entry.synced = true;
+            }
+            VmPhase::Running => {
+                // Paused only while the disk is read; the guest runs on afterwards.
+                let vmm = entry.vmm.clone().ok_or_else(|| not_running(id))?;
+                self.guest_sync(id, &dir).await;
+                snapshot::pause(&vmm).await?;
+                let read = self.read_back(id, &dir, &entry, workspace::ImageUse::InUse).await;
+                let resumed = snapshot::resume(&vmm).await;
+                read?;
+                resumed?;
+            }
+        }
+        Ok(())
+    }
+
+    fn keeps_workspace_copy(&self) -> bool {
+        true
+    }
+
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<SandboxExit>> {
+        Some(self.exits.subscribe())
     }
 
     async fn list(&self) -> Result<Vec<String>, SandboxRuntimeError> {
@@ -452,7 +649,15 @@ impl Runtime for FirecrackerRuntime {
             return Ok(());
         }
         let vmm = entry.vmm.clone().ok_or_else(|| not_running(id))?;
+        self.guest_sync(id, &dir).await;
         snapshot::pause(&vmm).await?;
+        // The host's view of the workspace follows the guest's at every pause. A disk that
+        // cannot be read does not keep the sandbox from pausing; `sync_workspace` tries again
+        // and fails for whoever needs the files (a snapshot).
+        match self.read_back(id, &dir, &entry, workspace::ImageUse::InUse).await {
+            Ok(()) => entry.synced = true,
+            Err(err) => tracing::warn!(sandbox = %id, error = %err, "cannot read the workspace disk back at pause"),
+        }
         let Some(store) = &self.config.snapshots else {
             entry.phase = VmPhase::PausedInMemory;
             return Ok(Self::write_record(&dir, &entry, self.config.agent_port).await?);
@@ -470,6 +675,7 @@ impl Runtime for FirecrackerRuntime {
             }
             let _ = snapshot::discard(store, &keys).await;
             let _ = snapshot::resume(&vmm).await;
+            entry.synced = false;
             return Err(err.into());
         }
         // Record first: a crash from here on leaves a record that points at the store.
@@ -494,6 +700,7 @@ impl Runtime for FirecrackerRuntime {
                 let vmm = entry.vmm.clone().ok_or_else(|| not_running(id))?;
                 snapshot::resume(&vmm).await?;
                 entry.phase = VmPhase::Running;
+                entry.synced = false;
                 Ok(Self::write_record(&dir, &entry, self.config.agent_port).await?)
             }
             VmPhase::PausedInStore => {
@@ -512,6 +719,7 @@ impl Runtime for FirecrackerRuntime {
                 let restored = started.elapsed();
                 entry.vmm = Some(vmm.clone());
                 entry.phase = VmPhase::Running;
+                entry.synced = false;
                 if let Err(err) = Self::write_record(&dir, &entry, self.config.agent_port).await {
                     vmm.kill().await;
                     entry.vmm = None;
@@ -566,6 +774,10 @@ mod tests {
         s.limits = Limits { memory_mb: Some(256), cpus: Some(1.5), pids: None, disk_mb: Some(64) };
         let (machine, disk) = rt.machine_spec(&s, &dir).expect("valid");
         assert_eq!((machine.vcpus, machine.memory_mb, disk), (2, 256, 64));
+        assert_eq!(machine.rootfs, None, "no image, no default: no root disk");
+        s.image = Some("/images/base.ext4".into());
+        let (machine, _) = rt.machine_spec(&s, &dir).expect("valid");
+        assert_eq!((machine.rootfs, machine.root_writable), (Some(dir.root_image()), true), "its own copy, writable");
         assert_eq!(machine.workspace, Some(dir.workspace_image()));
         assert!(
             machine.boot_args.ends_with("-- --vm-init --listen vsock:1024 --workspace /workspace"),

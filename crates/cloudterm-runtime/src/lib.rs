@@ -16,8 +16,8 @@ pub use agent_client::{
 };
 pub use process::{ProcessRuntime, ProcessRuntimeConfig};
 pub use runtime::{
-    AgentEndpoint, LayerTree, Limits, Mount, Runtime, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
-    WritableLayer,
+    AgentEndpoint, LayerTree, Limits, Mount, Runtime, SandboxExit, SandboxHandle, SandboxRuntimeError, SandboxSpec,
+    Usage, WritableLayer,
 };
 pub use select::{
     no_firecracker, probe, probe_with, select, select_with, FirecrackerProbe, RuntimeChoice, RuntimeError, RuntimeKind,

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::runtime::{AgentEndpoint, Mount, Runtime, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage};
+use crate::runtime::{
+    AgentEndpoint, Mount, Runtime, SandboxExit, SandboxHandle, SandboxRuntimeError, SandboxSpec, Usage,
+};
 use crate::select::RuntimeKind;
 
 /// Longest wait for a new agent to accept connections.
@@ -35,12 +37,14 @@ pub struct ProcessRuntimeConfig {
 /// Sandboxes as plain processes.
 pub struct ProcessRuntime {
     config: ProcessRuntimeConfig,
+    /// Agents started by this process that exit after their start (not re-attached ones).
+    exits: tokio::sync::broadcast::Sender<SandboxExit>,
 }
 
 impl ProcessRuntime {
     /// A runtime that starts `config.agent_binary`.
     pub fn new(config: ProcessRuntimeConfig) -> Self {
-        ProcessRuntime { config }
+        ProcessRuntime { config, exits: tokio::sync::broadcast::channel(256).0 }
     }
 
     fn state_dir(&self, id: &str) -> Result<PathBuf, SandboxRuntimeError> {
@@ -115,11 +119,19 @@ impl Runtime for ProcessRuntime {
         tokio::fs::write(pid_path(&state_dir), pid.to_string())
             .await
             .map_err(|err| failed("cannot write the pid file", err))?;
-        // Reap the agent when it exits, so no zombie is left while this server runs.
+        // Reap the agent when it exits, so no zombie is left while this server runs. Once
+        // `start` has returned (the receiver is gone), an exit is the sandbox ending.
         let (exited_tx, mut exited_rx) = tokio::sync::oneshot::channel();
+        let (exits, id) = (self.exits.clone(), spec.id.clone());
         tokio::spawn(async move {
             let status = child.wait().await;
-            let _ = exited_tx.send(status);
+            let reason = match &status {
+                Ok(status) => format!("the agent exited ({status})"),
+                Err(err) => format!("the agent is gone ({err})"),
+            };
+            if exited_tx.send(status).is_err() {
+                let _ = exits.send(SandboxExit { id, reason });
+            }
         });
 
         let deadline = Instant::now() + START_TIMEOUT;
@@ -138,6 +150,10 @@ impl Runtime for ProcessRuntime {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<SandboxExit>> {
+        Some(self.exits.subscribe())
     }
 
     async fn attach(&self, id: &str) -> Result<SandboxHandle, SandboxRuntimeError> {

@@ -123,6 +123,17 @@ pub struct SandboxHandle {
     pub pid: Option<u32>,
 }
 
+/// A sandbox that ended on its own, not through [`Runtime::stop`] (its VM died, its agent
+/// exited). The server then records it failed and stops it, which removes whatever the
+/// runtime has not cleaned up itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxExit {
+    /// The sandbox.
+    pub id: String,
+    /// What happened, for the log (exit status, the guest's last output).
+    pub reason: String,
+}
+
 /// Resource use of a running sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -203,6 +214,33 @@ pub trait Runtime: Send + Sync + 'static {
     /// writable layer), and if so the host uid/gid range its files must be owned by: the
     /// first id and how many (what [`WritableLayer::owner_base`] reports for a running one).
     fn layer_owners(&self) -> Option<(u32, u32)> {
+        None
+    }
+
+    /// Brings what the sandbox wrote under `/workspace` back to its host directory, for a
+    /// reader on the host (a workspace snapshot). Runtimes whose sandboxes write the host
+    /// directory itself (linux, process) have nothing to do; one that keeps the workspace on a
+    /// disk of its own (firecracker) reads that disk into a fresh directory and swaps it in.
+    /// Best called with the sandbox paused, so nothing changes while it is read.
+    async fn sync_workspace(&self, _id: &str) -> Result<(), SandboxRuntimeError> {
+        Ok(())
+    }
+
+    /// Whether a running sandbox works on its own copy of the workspace (the firecracker
+    /// runtime's workspace disk) rather than on the host directory. Then a restore cannot reach
+    /// it (a new directory swapped in at the workspace's path is not what it sees), so a restore
+    /// into a workspace one of its sandboxes runs on is refused; and a snapshot need not freeze
+    /// it, since it never writes the host directory and [`sync_workspace`](Runtime::sync_workspace)
+    /// reads its copy with it paused.
+    fn keeps_workspace_copy(&self) -> bool {
+        false
+    }
+
+    /// Sandboxes that end on their own, reported as they end, so the server records them at
+    /// once instead of finding out at the next call. `None` where the runtime does not watch
+    /// its sandboxes. Every call gives a new subscriber; one that falls behind is told how many
+    /// reports it missed.
+    fn exits(&self) -> Option<tokio::sync::broadcast::Receiver<SandboxExit>> {
         None
     }
 

@@ -110,6 +110,8 @@ impl AppState {
             sandbox_runtime,
             sandbox_settings(&config, state_root, &runtime)?,
         ));
+        // Before recovery, so a sandbox that dies while it re-attaches the others is recorded.
+        sandboxes.watch_exits();
         let recovered = sandboxes.recover().await.map_err(|err| anyhow::anyhow!("cannot recover sandboxes: {err}"))?;
         if recovered != Default::default() {
             tracing::info!(reattached = ?recovered.reattached, stopped = ?recovered.marked_stopped, cleaned_up = ?recovered.cleaned_up, volumes_mounted = ?recovered.volumes_mounted, "recovered sandboxes after a restart");

@@ -18,7 +18,7 @@ pub mod state {
     pub const PAUSED: &str = "paused";
     /// Stopped: deleted by its idle TTL, or found dead after a restart.
     pub const STOPPED: &str = "stopped";
-    /// Could not be started.
+    /// Could not be started, or ended on its own while it ran (its VM died, its agent exited).
     pub const FAILED: &str = "failed";
 }
 

@@ -637,6 +637,56 @@ impl SandboxService {
         Ok(report)
     }
 
+    /// Records sandboxes that end on their own (a VM that died, an agent that exited) as
+    /// `failed` as soon as the runtime reports them: out of the live registry (and so out of
+    /// the quota), `failed` in the store, so `GET /sandboxes/{id}` says so before anyone tries
+    /// to use it. Runs in the background until the service is dropped; does nothing on a
+    /// runtime that does not report exits.
+    pub fn watch_exits(self: &Arc<Self>) {
+        use tokio::sync::broadcast::error::RecvError;
+        let Some(mut exits) = self.runtime.exits() else { return };
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let received = exits.recv().await;
+                let Some(service) = service.upgrade() else { return };
+                match received {
+                    Ok(exit) => service.record_exit(&exit.id, &exit.reason).await,
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "missed reports of sandboxes that ended; checking every running one");
+                        service.check_running().await;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// A running sandbox ended on its own: forgotten and recorded `failed`. One that is not in
+    /// the registry was stopped on purpose (delete, idle stop) or never ran here: left be.
+    async fn record_exit(&self, id: &str, reason: &str) {
+        if self.forget_live(id).is_none() {
+            return;
+        }
+        tracing::warn!(sandbox = %id, %reason, "the sandbox ended on its own; recorded as failed");
+        // Whatever the runtime did not remove itself (a dead agent's socket and state).
+        if let Err(err) = self.runtime.stop(id).await {
+            tracing::warn!(sandbox = %id, error = %err, "cannot clean up after a sandbox that ended");
+        }
+        if let Err(err) = self.store.update_sandbox_state(id, state::FAILED, Utc::now()).await {
+            tracing::warn!(sandbox = %id, error = %err, "cannot record a sandbox that ended as failed");
+        }
+    }
+
+    /// Asks the runtime about every running sandbox and records the gone ones `failed`.
+    async fn check_running(&self) {
+        for id in self.running_ids() {
+            if let Err(SandboxRuntimeError::NotRunning(_)) = self.runtime.attach(&id).await {
+                self.record_exit(&id, "found gone").await;
+            }
+        }
+    }
+
     /// The running sandbox `id`, whoever owns it. No access check: only for callers that did
     /// their own (the preview router decides who may reach a preview) or act for the system
     /// (health checks, which must not reset the idle clock, so they use the agent directly).

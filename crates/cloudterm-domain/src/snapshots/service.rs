@@ -159,8 +159,25 @@ impl SnapshotService {
         if let Some(id) = layer_of.as_ref().filter(|id| !running.contains(id)) {
             running.push(id.clone());
         }
-        let frozen = Frozen::freeze(&self.sandboxes, &running).await;
+        // A sandbox on its own copy of the workspace never writes the directory read here (and
+        // `sync_workspace` pauses it while its copy is read): freezing it would only cost a
+        // pause (for a microVM, its memory written to storage) and a resume.
+        let to_freeze: &[String] = if self.sandboxes.runtime().keeps_workspace_copy() { &[] } else { &running };
+        let frozen = Frozen::freeze(&self.sandboxes, to_freeze).await;
         let stored = async {
+            // A sandbox that keeps the workspace on a disk of its own (a microVM) writes the
+            // host directory back now; one whose disk cannot be read fails the snapshot
+            // rather than storing files older than what the sandbox shows.
+            for id in &running {
+                match self.sandboxes.runtime().sync_workspace(id).await {
+                    Ok(()) | Err(SandboxRuntimeError::NotRunning(_)) => {}
+                    Err(err) => {
+                        return Err(DomainError::Unavailable(format!(
+                            "cannot read sandbox {id}'s copy of the workspace: {err}"
+                        )))
+                    }
+                }
+            }
             let layer = match &layer_of {
                 Some(id) => self.writable_layer(id).await?,
                 None => None,
@@ -380,6 +397,16 @@ impl SnapshotService {
             (None, None) => self.sandboxes.resolve_workspace(caller, Some(&record.workspace_id), Access::Write).await?,
         };
         let workspace = target.id.clone();
+        if self.sandboxes.runtime().keeps_workspace_copy() {
+            let running = self.sandboxes.running_on_workspace(&workspace).await?;
+            if !running.is_empty() {
+                return Err(DomainError::Conflict(format!(
+                    "workspace {workspace} is in use by sandbox {}, which keeps its own copy of the workspace on the {} runtime; stop it before restoring into the workspace",
+                    running.join(", "),
+                    self.sandboxes.runtime().kind()
+                )));
+            }
+        }
         let dir = self.sandboxes.prepare_workspace(&target).await?;
         // A snapshot bigger than the workspace's storage limit cannot be restored into it:
         // refused before a byte moves (the archive's own count is checked again while it is

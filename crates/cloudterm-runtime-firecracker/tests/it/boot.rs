@@ -12,7 +12,15 @@ use crate::guest::{self, BANNER};
 use crate::support::{console, eventually, processes_mentioning, Harness};
 
 fn machine(kernel: std::path::PathBuf) -> MachineSpec {
-    MachineSpec { kernel, boot_args: "console=ttyS0".into(), vcpus: 1, memory_mb: 128, rootfs: None, workspace: None }
+    MachineSpec {
+        kernel,
+        boot_args: "console=ttyS0".into(),
+        vcpus: 1,
+        memory_mb: 128,
+        rootfs: None,
+        root_writable: false,
+        workspace: None,
+    }
 }
 
 fn vm_dir(h: &Harness, name: &str) -> VmDir {

@@ -8,3 +8,4 @@ mod probe;
 mod runtime;
 mod snapshot;
 mod support;
+mod workspace;

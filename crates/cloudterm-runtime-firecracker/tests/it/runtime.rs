@@ -26,6 +26,7 @@ async fn a_sandbox_starts_pauses_into_the_store_resumes_where_it_was_and_stops_c
     let spec = h.spec("sbx_life");
     let dir = VmDir::new(h.root().join("sbx_life"));
 
+    let mut exits = runtime.exits().expect("the runtime reports VMs that die");
     let handle = runtime.start(&spec).await.expect("start");
     assert_eq!(handle.agent, AgentEndpoint::Vsock { uds: dir.vsock_socket(), port: 1024 });
     let pid = handle.pid.expect("a VMM pid");
@@ -80,6 +81,7 @@ async fn a_sandbox_starts_pauses_into_the_store_resumes_where_it_was_and_stops_c
 
     restarted.stop("sbx_life").await.expect("stop");
     nothing_left(&h, "sbx_life");
+    assert!(exits.try_recv().is_err(), "a VMM killed by pause or stop is no death");
     assert!(store.list("vms").await.expect("list").is_empty());
     assert!(matches!(restarted.attach("sbx_life").await, Err(SandboxRuntimeError::NotRunning(_))));
     restarted.stop("sbx_life").await.expect("stopping twice is fine");
@@ -162,8 +164,16 @@ async fn a_vm_that_dies_while_running_is_cleaned_up_and_reported_gone() {
     let Some(h) = Harness::new() else { return };
     let store = h.store().await;
     let runtime = h.runtime(Some(store));
+    let mut exits = runtime.exits().expect("the runtime reports VMs that die");
     let handle = runtime.start(&h.spec("sbx_crash")).await.expect("start");
     kill(Pid::from_raw(handle.pid.expect("pid") as i32), Signal::SIGKILL).expect("kill the VMM");
+    let exit = tokio::time::timeout(Duration::from_secs(5), exits.recv())
+        .await
+        .expect("reported within 5 s")
+        .expect("an exit");
+    assert_eq!(exit.id, "sbx_crash");
+    assert!(exit.reason.contains("its VM exited") && exit.reason.contains("signal: 9"), "{}", exit.reason);
+    assert!(!h.root().join("sbx_crash").exists(), "reported once cleaned up");
     assert!(
         eventually(Duration::from_secs(5), || !h.root().join("sbx_crash").exists()).await,
         "the dead VM's directory was not cleaned up"

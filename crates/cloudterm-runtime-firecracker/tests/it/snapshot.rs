@@ -23,6 +23,7 @@ async fn a_paused_vm_stored_in_the_blobstore_resumes_in_a_new_process_with_its_s
         vcpus: 1,
         memory_mb: 128,
         rootfs: None,
+        root_writable: false,
         workspace: None,
     };
     let vmm = boot(&h.binary, &dir, "snap-test", &spec).await.expect("boot");

@@ -98,6 +98,16 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    /// A test that panics before it stops its VMs would leave their VMMs running: every
+    /// process still naming the test's directory is killed.
+    fn drop(&mut self) {
+        for pid in processes_mentioning(&self.dir.path().display().to_string()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// Reads a console log (empty if missing).
 pub fn console(path: &std::path::Path) -> String {
     std::fs::read(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()

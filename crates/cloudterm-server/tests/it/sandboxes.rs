@@ -476,6 +476,29 @@ fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     None
 }
 
+/// A sandbox whose boundary ends on its own (its agent here; a VM's death on the firecracker
+/// runtime, whose report the runtime's own tests check) is recorded failed at once: `GET`
+/// says so without any call having tried to reach it, and it no longer counts as running.
+#[tokio::test]
+async fn a_sandbox_that_ends_on_its_own_is_recorded_failed_without_a_call() {
+    let server = TestServer::start().await;
+    let api = Api::new(&server, "alice");
+    let id = id_of(&api.create(json!({})).await);
+    let pid_file = find_file(&server.data_dir().join("sandboxes").join(&id), "agent.pid").expect("agent.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("pid").trim().to_string();
+    let killed = std::process::Command::new("kill").args(["-KILL", &pid]).status().expect("kill");
+    assert!(killed.success(), "kill the agent {pid}");
+    eventually("the sandbox recorded failed", Duration::from_secs(5), async || {
+        let (status, sandbox) = api.call("GET", &format!("/sandboxes/{id}"), None).await;
+        status == 200 && sandbox["state"] == "failed"
+    })
+    .await;
+    assert!(!server.state().sandboxes.running_ids().contains(&id), "out of the live registry");
+    assert!(!server.data_dir().join("sandboxes").join(&id).exists(), "its state is removed");
+    let (status, body) = api.call("POST", &format!("/sandboxes/{id}/exec"), Some(json!({"command": "true"}))).await;
+    assert_eq!(status, 409, "{body}");
+}
+
 async fn pause_freezes_resume_and_the_next_exec_thaw(runtime: &str) {
     let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
