@@ -60,6 +60,16 @@ pub struct TerminalSettings {
     /// resynchronised with a repaint instead of being queued for, so memory stays bounded
     /// whatever a client does.
     pub queue_chunks: usize,
+    /// How long a viewer whose attach changed the session's size (or that attaches just after
+    /// a resize) may wait for the program to redraw before its first repaint. `vt100` crops a
+    /// screen it resizes, so a repaint taken at once shows a full-screen program's old layout
+    /// cut to the new size; one taken after the program answered its SIGWINCH shows the
+    /// program's own new layout. A program that does not redraw (a shell at its prompt) costs
+    /// the viewer this long, once. Zero: repaint at once.
+    pub redraw_wait: Duration,
+    /// Output then this much silence counts as the program having redrawn (within
+    /// `redraw_wait`): a full-screen program writes its redraw in one burst.
+    pub redraw_quiet: Duration,
     /// Screen cells (columns × rows) the sessions of one sandbox may hold together. A cell costs
     /// the `vt100` screen about 32 bytes, twice that once a program used the alternate screen,
     /// so the default (one million) keeps a sandbox's screens under about 64 MiB whatever its
@@ -74,6 +84,8 @@ impl Default for TerminalSettings {
             max_sessions_per_sandbox: 16,
             max_viewers_per_session: 16,
             queue_chunks: 256,
+            redraw_wait: Duration::from_millis(150),
+            redraw_quiet: Duration::from_millis(25),
             max_cells_per_sandbox: 1_000_000,
         }
     }

@@ -17,10 +17,11 @@ use cloudterm_agent_protocol::{PtyExit, PtyResize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::hub::Shared;
 use crate::screen::Screen;
-use crate::viewer::Viewer;
+use crate::viewer::{First, Hold, Viewer};
 use crate::{PtyStream, TerminalError};
 
 /// Input frames queued towards the agent per session. A client typing faster than the program
@@ -62,6 +63,10 @@ pub(crate) struct State {
     /// `None` once the session ended: dropping the sender tells every receiver.
     pub(crate) output: Option<broadcast::Sender<Output>>,
     pub(crate) ended: Option<End>,
+    /// When the size last changed and when output last came: a viewer attaching within
+    /// `redraw_wait` of a resize waits for the program's redraw before its repaint.
+    resized_at: Option<Instant>,
+    output_at: Option<Instant>,
 }
 
 pub(crate) struct Session {
@@ -98,7 +103,7 @@ impl Session {
         let session = Arc::new(Session {
             key,
             named,
-            state: Mutex::new(State { screen, output: Some(tx), ended: None }),
+            state: Mutex::new(State { screen, output: Some(tx), ended: None, resized_at: None, output_at: None }),
             input,
             size,
             viewers,
@@ -109,7 +114,8 @@ impl Session {
         let reader = tokio::spawn(read_loop(session.clone(), reader));
         let writer = tokio::spawn(write_loop(writer, input_rx, size_rx));
         tokio::spawn(supervise(session.clone(), reader, writer, keepalive));
-        let viewer = Viewer::new(session.clone(), rx, repaint, read_only);
+        // Opened at this viewer's size: the program draws for it from the start.
+        let viewer = Viewer::new(session.clone(), rx, First::Repaint(repaint), read_only);
         (session, viewer)
     }
 
@@ -123,7 +129,9 @@ impl Session {
     }
 
     /// Attaches another viewer. A viewer that may write also sets the size (the latest
-    /// viewer's window wins, as in tmux's `latest` policy), so its repaint is correct for it.
+    /// viewer's window wins, as in tmux's `latest` policy), so its repaint is correct for it:
+    /// when the size changed within `redraw_wait`, the repaint is taken once the program
+    /// redrew (see [`Session::redraw_hold`]).
     pub(crate) fn join(self: &Arc<Self>, cols: u16, rows: u16, read_only: bool) -> Result<Viewer, JoinError> {
         let mut state = self.lock();
         if state.ended.is_some() {
@@ -140,9 +148,31 @@ impl Session {
             let _ = self.resize_locked(&mut state, cols, rows);
         }
         self.viewers.send_modify(|n| *n += 1);
-        let repaint = state.screen.repaint();
+        let first = match self.redraw_hold(&state) {
+            Some(hold) => First::Hold(hold),
+            None => First::Repaint(state.screen.repaint()),
+        };
         drop(state);
-        Ok(Viewer::new(self.clone(), rx, repaint, read_only))
+        Ok(Viewer::new(self.clone(), rx, first, read_only))
+    }
+
+    /// Whether a viewer attaching now should wait for the program to redraw: the size changed
+    /// less than `redraw_wait` ago, and the program has not yet answered with output followed
+    /// by `redraw_quiet` of silence. `vt100` crops a resized screen (no reflow), so until the
+    /// program redraws, the screen holds its old layout cut to the new size.
+    fn redraw_hold(&self, state: &State) -> Option<Hold> {
+        let settings = &self.shared.settings;
+        let resized_at = state.resized_at?;
+        let deadline = resized_at + settings.redraw_wait;
+        let now = Instant::now();
+        if deadline <= now {
+            return None;
+        }
+        let quiet_until = state.output_at.filter(|at| *at > resized_at).map(|at| at + settings.redraw_quiet);
+        if quiet_until.is_some_and(|quiet| quiet <= now) {
+            return None;
+        }
+        Some(Hold { deadline, quiet_until })
     }
 
     /// Queues input for the program; waits while the input queue is full. Input after the
@@ -171,6 +201,7 @@ impl Session {
         }
         self.shared.swap_cells(&self.key.0, cells(now), cells((cols, rows)))?;
         state.screen.resize(cols, rows);
+        state.resized_at = Some(Instant::now());
         self.size.send_replace((cols, rows));
         Ok(())
     }
@@ -179,6 +210,7 @@ impl Session {
     fn output(&self, data: Vec<u8>) {
         let mut state = self.lock();
         state.screen.process(&data);
+        state.output_at = Some(Instant::now());
         if let Some(output) = &state.output {
             // An error only means nobody is watching right now; the screen has it.
             let _ = output.send(Output::Data(Bytes::from(data)));

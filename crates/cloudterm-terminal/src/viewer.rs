@@ -5,12 +5,16 @@
 //! that (a slow or stalled client) loses its place; its next event is a repaint of the current
 //! screen, and it goes on from there. So the program and the other viewers never wait for it,
 //! and the server holds at most one queue per session, whatever its viewers do.
+//!
+//! A viewer that attaches just after the session was resized (its own attach at a new size,
+//! typically) waits for the program's redraw before its first repaint: see [`Hold`].
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::time::Instant;
 
 use crate::session::{End, Output, Session};
 use crate::{check_size, TerminalError};
@@ -32,13 +36,31 @@ pub enum ViewerEvent {
     Ended(End),
 }
 
+/// What a viewer shows first.
+pub(crate) enum First {
+    /// This repaint, taken when the viewer subscribed.
+    Repaint(Bytes),
+    /// A repaint taken once the program redrew after a resize.
+    Hold(Hold),
+}
+
+/// Waiting for a program to redraw after a resize: until output came and then `redraw_quiet`
+/// passed with none (`quiet_until`), or until `deadline` (`redraw_wait` after the resize) for a
+/// program that does not redraw. Then the repaint is taken and the viewer subscribes afresh, so
+/// the redraw is shown once, inside the repaint.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    pub(crate) deadline: Instant,
+    pub(crate) quiet_until: Option<Instant>,
+}
+
 /// One attached viewer. Dropping it detaches; a named session then waits for viewers for the
 /// idle time, an unnamed one ends.
 pub struct Viewer {
     session: Arc<Session>,
     rx: broadcast::Receiver<Output>,
     read_only: bool,
-    repaint: Option<Bytes>,
+    first: Option<First>,
     ended: Option<End>,
 }
 
@@ -53,14 +75,9 @@ impl std::fmt::Debug for Viewer {
 }
 
 impl Viewer {
-    pub(crate) fn new(
-        session: Arc<Session>,
-        rx: broadcast::Receiver<Output>,
-        repaint: Bytes,
-        read_only: bool,
-    ) -> Viewer {
+    pub(crate) fn new(session: Arc<Session>, rx: broadcast::Receiver<Output>, first: First, read_only: bool) -> Viewer {
         session.shared.observer.viewer_attached();
-        Viewer { session, rx, read_only, repaint: Some(repaint), ended: None }
+        Viewer { session, rx, read_only, first: Some(first), ended: None }
     }
 
     /// True when this viewer's input and resizes are ignored.
@@ -75,8 +92,14 @@ impl Viewer {
 
     /// The next thing to show. Cancel-safe: it may be raced against the client's input.
     pub async fn next(&mut self) -> ViewerEvent {
-        if let Some(repaint) = self.repaint.take() {
-            return ViewerEvent::Repaint(repaint);
+        match self.first.take() {
+            Some(First::Repaint(repaint)) => return ViewerEvent::Repaint(repaint),
+            Some(First::Hold(hold)) => {
+                self.first = Some(First::Hold(hold));
+                self.wait_for_redraw().await;
+                return self.repaint_now(false);
+            }
+            None => {}
         }
         if let Some(end) = self.ended {
             return ViewerEvent::Ended(end);
@@ -84,7 +107,7 @@ impl Viewer {
         let first = match self.rx.recv().await {
             Ok(Output::Data(data)) => data,
             Ok(Output::End(end)) => return self.end(end),
-            Err(RecvError::Lagged(_)) => return self.resync(),
+            Err(RecvError::Lagged(_)) => return self.repaint_now(true),
             Err(RecvError::Closed) => {
                 let end = self.session.lock().ended.unwrap_or(End::Lost);
                 return self.end(end);
@@ -100,7 +123,7 @@ impl Viewer {
                     self.ended = Some(end);
                     break;
                 }
-                Err(TryRecvError::Lagged(_)) => return self.resync(),
+                Err(TryRecvError::Lagged(_)) => return self.repaint_now(true),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
@@ -125,9 +148,30 @@ impl Viewer {
         Ok(())
     }
 
-    /// Fell off the queue: start again from the current screen. After the end, the final
-    /// screen is still shown once before the end is reported.
-    fn resync(&mut self) -> ViewerEvent {
+    /// Waits out a [`Hold`]: output (read from the queue only to see that it came; the repaint
+    /// will hold it) then `redraw_quiet` of silence, the deadline, or the session's end.
+    /// Cancel-safe: the progress stays in `self.first`.
+    async fn wait_for_redraw(&mut self) {
+        let quiet = self.session.shared.settings.redraw_quiet;
+        loop {
+            let Some(First::Hold(hold)) = &self.first else { return };
+            let until = hold.quiet_until.map_or(hold.deadline, |quiet_until| quiet_until.min(hold.deadline));
+            let heard = match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(Ok(Output::Data(_)) | Err(RecvError::Lagged(_))) => true,
+                // The time is up, or the session ended: repaint what there is.
+                Err(_) | Ok(Ok(Output::End(_)) | Err(RecvError::Closed)) => false,
+            };
+            match &mut self.first {
+                Some(First::Hold(hold)) if heard => hold.quiet_until = Some(Instant::now() + quiet),
+                _ => self.first = None,
+            }
+        }
+    }
+
+    /// Starts again from the current screen: after attaching with a [`Hold`], or when the
+    /// viewer fell off the queue (`resynced`, which the observer counts). After the end, the
+    /// final screen is still shown once before the end is reported.
+    fn repaint_now(&mut self, resynced: bool) -> ViewerEvent {
         let state = self.session.lock();
         let repaint = state.screen.repaint();
         match (&state.output, state.ended) {
@@ -135,7 +179,9 @@ impl Viewer {
             (_, end) => self.ended = Some(end.unwrap_or(End::Lost)),
         }
         drop(state);
-        self.session.shared.observer.viewer_resynced();
+        if resynced {
+            self.session.shared.observer.viewer_resynced();
+        }
         ViewerEvent::Repaint(repaint)
     }
 

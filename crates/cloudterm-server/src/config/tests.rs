@@ -71,6 +71,7 @@ fn every_setting_has_a_working_override() {
             "preview.base_url" => "https://preview.example.com",
             "preview.secret_file" => "/etc/cloudterm/preview.key",
             "preview.domain" => "preview.example.com",
+            "terminal.redraw_wait_ms" => "7",
             key if key.ends_with("seconds") || key.ends_with("bytes") || key.starts_with("quotas.") => "7",
             _ => "something",
         };
@@ -127,6 +128,7 @@ fn validation_names_the_bad_key() {
         ("CLOUDTERM_SANDBOX_NETWORK_RANGE", "10.0.0.0/33", "sandboxes.network_range"),
         ("CLOUDTERM_SANDBOX_NETWORK_DENY", "10.0.0.0/8,nowhere", "sandboxes.network_deny"),
         ("CLOUDTERM_SANDBOX_NETWORK_DNS", "one.one.one.one", "sandboxes.network_dns"),
+        ("CLOUDTERM_TERMINAL_REDRAW_WAIT_MS", "60000", "terminal.redraw_wait_ms"),
     ];
     for (var, value, key) in cases {
         let err = Config::load(None, env_of(&[(var, value)]), &Overrides::default()).expect_err(var);
