@@ -289,11 +289,15 @@ pub struct TerminalConfig {
     /// redraw before its first repaint, milliseconds (0: repaint at once, the old layout
     /// cropped). See `docs/terminal.md`.
     pub redraw_wait_ms: u64,
+    /// Seconds between the server's pings on a terminal connection; one that sends nothing
+    /// (not even a pong) for three of them is closed. Lower it behind a proxy that drops
+    /// connections idle for less than this.
+    pub ping_seconds: u64,
 }
 
 impl Default for TerminalConfig {
     fn default() -> Self {
-        TerminalConfig { idle_session_seconds: 600, redraw_wait_ms: 150 }
+        TerminalConfig { idle_session_seconds: 600, redraw_wait_ms: 150, ping_seconds: 30 }
     }
 }
 
@@ -1060,6 +1064,15 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "terminal.ping_seconds",
+        env: "CLOUDTERM_TERMINAL_PING_SECONDS",
+        help: "seconds between pings on a terminal connection; a client silent for three of them is dropped (default 30)",
+        apply: |c, v| {
+            c.terminal.ping_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
         key: "preview.base_url",
         env: "CLOUDTERM_PREVIEW_BASE_URL",
         help: "public base URL of the preview router, e.g. https://cloudterm.example.com (default: the request's Host, http)",
@@ -1217,6 +1230,9 @@ impl Config {
         }
         if self.http.request_timeout_seconds == 0 {
             return Err(invalid("http.request_timeout_seconds", "must be greater than 0".into()));
+        }
+        if self.terminal.ping_seconds == 0 {
+            return Err(invalid("terminal.ping_seconds", "must be greater than 0".into()));
         }
         if self.terminal.redraw_wait_ms > 10_000 {
             let message = format!(

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use hub::{AttachError, AttachRequest, TerminalHub};
 pub use limits::{check_session_name, check_size, MAX_DIMENSION, MAX_SESSION_NAME};
 pub use session::End;
-pub use viewer::{Viewer, ViewerEvent};
+pub use viewer::{Viewer, ViewerEvent, ViewerInput};
 
 /// What a terminal session talks to: the agent's upgraded PTY stream.
 pub trait PtyStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

@@ -25,7 +25,8 @@ use crate::viewer::{First, Hold, Viewer};
 use crate::{PtyStream, TerminalError};
 
 /// Input frames queued towards the agent per session. A client typing faster than the program
-/// reads waits here (its own socket then fills), which never blocks output.
+/// reads waits here (its own socket then fills); the connection keeps sending output meanwhile
+/// (the server reads a client's input in a task of its own).
 const INPUT_QUEUE: usize = 64;
 
 /// Largest input chunk sent in one frame (well under the agent's 1 MiB frame limit).

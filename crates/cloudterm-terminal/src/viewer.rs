@@ -64,6 +64,44 @@ pub struct Viewer {
     ended: Option<End>,
 }
 
+/// A viewer's input side, apart from it: [`Viewer::next`] takes `&mut`, and a connection must
+/// be able to wait for the program to take its input while it keeps sending output (a program
+/// that does not read its input must not freeze what the client sees).
+#[derive(Clone)]
+pub struct ViewerInput {
+    session: Arc<Session>,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for ViewerInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewerInput")
+            .field("session", &self.session.name())
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ViewerInput {
+    /// Sends keystrokes (or a paste) to the program; ignored for a read-only viewer. Waits
+    /// while the session's input queue is full (the program is not reading its input).
+    pub async fn send(&self, data: Bytes) {
+        if !self.read_only && !data.is_empty() {
+            self.session.input(data).await;
+        }
+    }
+
+    /// Resizes the session's terminal; ignored for a read-only viewer. Refused when the
+    /// sandbox's screens would hold more cells than it may (the size stays as it was).
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<(), TerminalError> {
+        check_size(cols, rows)?;
+        if !self.read_only {
+            self.session.resize(cols, rows)?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Viewer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Viewer")
@@ -78,6 +116,11 @@ impl Viewer {
     pub(crate) fn new(session: Arc<Session>, rx: broadcast::Receiver<Output>, first: First, read_only: bool) -> Viewer {
         session.shared.observer.viewer_attached();
         Viewer { session, rx, read_only, first: Some(first), ended: None }
+    }
+
+    /// The input side, for a task of its own.
+    pub fn input_handle(&self) -> ViewerInput {
+        ViewerInput { session: self.session.clone(), read_only: self.read_only }
     }
 
     /// True when this viewer's input and resizes are ignored.
@@ -131,21 +174,16 @@ impl Viewer {
     }
 
     /// Sends keystrokes (or a paste) to the program; ignored for a read-only viewer. Waits
-    /// while the program is not reading its input.
+    /// while the program is not reading its input (a connection sends through
+    /// [`Viewer::input_handle`] instead, so that wait does not hold back its output).
     pub async fn input(&self, data: Bytes) {
-        if !self.read_only && !data.is_empty() {
-            self.session.input(data).await;
-        }
+        self.input_handle().send(data).await;
     }
 
     /// Resizes the session's terminal; ignored for a read-only viewer. Refused when the
     /// sandbox's screens would hold more cells than it may (the size stays as it was).
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), TerminalError> {
-        check_size(cols, rows)?;
-        if !self.read_only {
-            self.session.resize(cols, rows)?;
-        }
-        Ok(())
+        self.input_handle().resize(cols, rows)
     }
 
     /// Waits out a [`Hold`]: output (read from the queue only to see that it came; the repaint

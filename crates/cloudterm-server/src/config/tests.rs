@@ -128,6 +128,7 @@ fn validation_names_the_bad_key() {
         ("CLOUDTERM_SANDBOX_NETWORK_RANGE", "10.0.0.0/33", "sandboxes.network_range"),
         ("CLOUDTERM_SANDBOX_NETWORK_DENY", "10.0.0.0/8,nowhere", "sandboxes.network_deny"),
         ("CLOUDTERM_SANDBOX_NETWORK_DNS", "one.one.one.one", "sandboxes.network_dns"),
+        ("CLOUDTERM_TERMINAL_PING_SECONDS", "0", "terminal.ping_seconds"),
         ("CLOUDTERM_TERMINAL_REDRAW_WAIT_MS", "60000", "terminal.redraw_wait_ms"),
     ];
     for (var, value, key) in cases {

@@ -463,6 +463,75 @@ async fn a_viewer_that_never_reads_does_not_hold_back_the_others() {
     );
 }
 
+/// A program that never reads its input, and a paste far larger than every buffer on the way
+/// (the client's and the server's sockets, the session's input queue, the agent's socket, the
+/// PTY): the paste waits, and the output and the pings keep coming meanwhile, past the time a
+/// silent client is dropped (the reader waits on the program, not on the client).
+#[tokio::test]
+async fn input_the_program_does_not_read_never_stops_output_or_pings() {
+    let server = TestServer::start_with(|config| config.terminal.ping_seconds = 1).await;
+    let api = Api::new(&server, "alice");
+    let id = api.create(json!({})).await["id"].as_str().expect("id").to_string();
+    let mut ws = attach(&server, &api, &id, "cols=80&rows=24").await;
+    repaint(&mut ws).await;
+    // Raw mode without echo: the PTY neither answers the paste nor drops it; it fills up.
+    type_in(&mut ws, "stty raw -echo; i=0; while :; do i=$((i+1)); echo tick-$i-; sleep 0.2; done\r").await;
+    read_until(&mut ws, "tick-2-").await;
+    let (mut sink, mut stream) = ws.split();
+    const PASTE_MESSAGES: usize = 32;
+    let paste = tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+        for _ in 0..PASTE_MESSAGES {
+            if sink.send(Message::Binary(chunk.clone())).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    // Ticks are numbered; find the highest one seen, across frame boundaries.
+    let highest = |text: &str| {
+        text.match_indices("tick-")
+            .filter_map(|(at, _)| {
+                let rest = &text[at + 5..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                rest[digits.len()..].starts_with('-').then(|| digits.parse::<u64>().ok()).flatten()
+            })
+            .max()
+    };
+    let mut tail = String::new();
+    let mut first_tick = None;
+    let mut last_tick = 0;
+    let mut pings = 0;
+    let deadline = Instant::now() + WAIT;
+    // Five pings (five seconds at one a second) is past the three a silent client gets.
+    while pings < 5 || first_tick.is_none_or(|first| last_tick < first + 10) {
+        assert!(
+            Instant::now() < deadline,
+            "output or pings stopped while the paste waited: {pings} pings, ticks {first_tick:?}..{last_tick}"
+        );
+        let message = tokio::time::timeout(WAIT, stream.next()).await.expect("a frame in time");
+        match message {
+            Some(Ok(Message::Binary(bytes))) => {
+                tail.push_str(&String::from_utf8_lossy(&bytes));
+                if let Some(tick) = highest(&tail) {
+                    first_tick.get_or_insert(tick);
+                    last_tick = last_tick.max(tick);
+                }
+                keep_tail(&mut tail);
+            }
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            Some(Err(err)) => panic!("the connection broke: {err}"),
+            None => panic!("the server closed the connection"),
+        }
+    }
+    assert!(
+        !paste.is_finished(),
+        "the whole {PASTE_MESSAGES} MiB paste was taken, so nothing waited: the test proves nothing"
+    );
+    paste.abort();
+}
+
 /// Collects what the server logs, to look for secrets in it.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
