@@ -60,6 +60,10 @@ pub struct TerminalSettings {
     /// resynchronised with a repaint instead of being queued for, so memory stays bounded
     /// whatever a client does.
     pub queue_chunks: usize,
+    /// Bytes of output the queue may hold: output is cut into chunks of at most
+    /// `queue_bytes / queue_chunks` bytes (copied, so a queued chunk keeps nothing else alive),
+    /// so the queue holds at most this much whatever size the agent's frames are.
+    pub queue_bytes: usize,
     /// How long a viewer whose attach changed the session's size (or that attaches just after
     /// a resize) may wait for the program to redraw before its first repaint. `vt100` crops a
     /// screen it resizes, so a repaint taken at once shows a full-screen program's old layout
@@ -84,6 +88,7 @@ impl Default for TerminalSettings {
             max_sessions_per_sandbox: 16,
             max_viewers_per_session: 16,
             queue_chunks: 256,
+            queue_bytes: 1 << 20,
             redraw_wait: Duration::from_millis(150),
             redraw_quiet: Duration::from_millis(25),
             max_cells_per_sandbox: 1_000_000,

@@ -6,6 +6,11 @@
 //! exactly the screen at attach time followed by every byte after it: nothing lost, nothing
 //! twice. The reader never waits for a viewer: the broadcast queue is bounded and a viewer that
 //! falls off its end is repainted instead (see `viewer.rs`).
+//!
+//! Both queues have a byte budget, not only a length: output is cut into chunks of
+//! `queue_bytes / capacity` bytes and input into [`INPUT_CHUNK`]s, each copied into its own
+//! buffer, so what a session holds for its viewers and its program does not depend on how large
+//! the agent's frames or the clients' messages are.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,8 +34,10 @@ use crate::{PtyStream, TerminalError};
 /// (the server reads a client's input in a task of its own).
 const INPUT_QUEUE: usize = 64;
 
-/// Largest input chunk sent in one frame (well under the agent's 1 MiB frame limit).
-pub(crate) const INPUT_CHUNK: usize = 64 * 1024;
+/// Largest input chunk sent in one frame, copied out of the client's message: the input queue
+/// holds at most `INPUT_QUEUE × INPUT_CHUNK` = 256 KiB per session, and never keeps a whole
+/// 1 MiB paste alive for its last chunk.
+pub(crate) const INPUT_CHUNK: usize = 4 * 1024;
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +82,8 @@ pub(crate) struct Session {
     /// Named sessions wait for viewers to come back; unnamed ones end with their viewer.
     named: bool,
     state: Mutex<State>,
+    /// Largest output chunk queued for viewers (the queue's byte budget over its capacity).
+    chunk: usize,
     input: mpsc::Sender<Bytes>,
     /// The size the writer should set; a watch, so a burst of resizes (a window being dragged)
     /// becomes one frame and a resize never waits behind queued input.
@@ -95,7 +104,10 @@ impl Session {
         (cols, rows): (u16, u16),
         read_only: bool,
     ) -> (Arc<Session>, Viewer) {
-        let (tx, rx) = broadcast::channel(shared.settings.queue_chunks.max(1));
+        // tokio rounds the capacity up to a power of two: the budget is split over that.
+        let capacity = shared.settings.queue_chunks.max(1).next_power_of_two();
+        let chunk = (shared.settings.queue_bytes / capacity).max(1);
+        let (tx, rx) = broadcast::channel(capacity);
         let screen = Screen::new(cols, rows);
         let repaint = screen.repaint();
         let (input, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -105,6 +117,7 @@ impl Session {
             key,
             named,
             state: Mutex::new(State { screen, output: Some(tx), ended: None, resized_at: None, output_at: None }),
+            chunk,
             input,
             size,
             viewers,
@@ -179,9 +192,8 @@ impl Session {
     /// Queues input for the program; waits while the input queue is full. Input after the
     /// end is dropped.
     pub(crate) async fn input(&self, data: Bytes) {
-        for start in (0..data.len()).step_by(INPUT_CHUNK) {
-            let chunk = data.slice(start..(start + INPUT_CHUNK).min(data.len()));
-            if self.input.send(chunk).await.is_err() {
+        for chunk in data.chunks(INPUT_CHUNK) {
+            if self.input.send(Bytes::copy_from_slice(chunk)).await.is_err() {
                 return;
             }
         }
@@ -207,14 +219,16 @@ impl Session {
         Ok(())
     }
 
-    /// Program output: into the screen, then to the viewers.
-    fn output(&self, data: Vec<u8>) {
+    /// Program output: into the screen, then to the viewers in chunks of the queue's budget.
+    fn output(&self, data: &[u8]) {
         let mut state = self.lock();
-        state.screen.process(&data);
+        state.screen.process(data);
         state.output_at = Some(Instant::now());
         if let Some(output) = &state.output {
-            // An error only means nobody is watching right now; the screen has it.
-            let _ = output.send(Output::Data(Bytes::from(data)));
+            for chunk in data.chunks(self.chunk) {
+                // An error only means nobody is watching right now; the screen has it.
+                let _ = output.send(Output::Data(Bytes::copy_from_slice(chunk)));
+            }
         }
     }
 
@@ -276,7 +290,7 @@ async fn read_loop(session: Arc<Session>, mut reader: ReadHalf<Box<dyn PtyStream
         decoder.push(&buf[..n]);
         loop {
             match decoder.next_frame() {
-                Ok(Some((frame::KIND_DATA, data))) => session.output(data),
+                Ok(Some((frame::KIND_DATA, data))) => session.output(&data),
                 Ok(Some((frame::KIND_EXIT, json))) => {
                     let code = serde_json::from_slice::<PtyExit>(&json).map(|exit| exit.code).unwrap_or(255);
                     break 'read End::Exited(code);

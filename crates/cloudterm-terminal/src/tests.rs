@@ -458,3 +458,46 @@ async fn a_reattach_at_the_same_size_is_repainted_at_once() {
     let ViewerEvent::Repaint(repaint) = next(&mut second).await else { panic!("no repaint first") };
     assert_eq!(screen_text(&repaint, 80, 24), screen_text(&full_screen(80, 24), 80, 24));
 }
+
+#[tokio::test]
+async fn the_output_queue_has_a_byte_budget() {
+    // 4 chunks of at most 16 bytes: 64 bytes queued at most.
+    let settings = TerminalSettings { queue_chunks: 4, queue_bytes: 64, ..TerminalSettings::default() };
+    let (hub, counts) = hub_with(settings);
+    let (mut fast, agent) = attach(&hub, request(Some("budget"), 80, 24)).await;
+    let mut agent = agent.expect("a new session");
+    let (mut slow, _) = attach(&hub, request(Some("budget"), 80, 24)).await;
+    next(&mut fast).await;
+    next(&mut slow).await;
+    // Two frames of 48 bytes: two queue entries if frames were queued whole, six chunks here.
+    let first = "a".repeat(47) + "\n";
+    let second = "b".repeat(47) + "\n";
+    agent.output(first.as_bytes()).await;
+    assert_eq!(output_until(&mut fast, "\n").await, first, "a frame within the budget arrives whole");
+    agent.output(second.as_bytes()).await;
+    assert_eq!(output_until(&mut fast, "\n").await, second);
+    // The slow viewer is 96 bytes behind, past the 64-byte budget: repainted, not queued for.
+    let ViewerEvent::Repaint(_) = next(&mut slow).await else { panic!("the slow viewer was not repainted") };
+    assert_eq!(counts.resyncs.load(Ordering::SeqCst), 1);
+    // One frame larger than the whole budget cannot be queued for anyone: a repaint instead.
+    agent.output(format!("{}END", "c".repeat(100)).as_bytes()).await;
+    let ViewerEvent::Repaint(repaint) = next(&mut fast).await else { panic!("the fast viewer was not repainted") };
+    assert!(screen_text(&repaint, 80, 24).ends_with("cEND"));
+}
+
+#[tokio::test]
+async fn input_is_cut_into_small_chunks() {
+    let (hub, _) = hub();
+    let (viewer, agent) = attach(&hub, request(None, 80, 24)).await;
+    let mut agent = agent.expect("a new session");
+    let paste: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    viewer.input_handle().send(Bytes::from(paste.clone())).await;
+    let mut got = Vec::new();
+    while got.len() < paste.len() {
+        let (kind, data) = agent.frame().await.expect("input frames");
+        assert_eq!(kind, frame::KIND_DATA);
+        assert!(data.len() <= 4096, "a {} byte input frame", data.len());
+        got.extend_from_slice(&data);
+    }
+    assert_eq!(got, paste, "every byte once, in order");
+}

@@ -1,10 +1,11 @@
 //! A viewer: one connection's view of a session.
 //!
 //! Backpressure policy: every viewer reads the session's one bounded queue
-//! ([`crate::TerminalSettings::queue_chunks`] chunks). A viewer that falls further behind than
-//! that (a slow or stalled client) loses its place; its next event is a repaint of the current
-//! screen, and it goes on from there. So the program and the other viewers never wait for it,
-//! and the server holds at most one queue per session, whatever its viewers do.
+//! ([`crate::TerminalSettings::queue_chunks`] chunks holding at most
+//! [`crate::TerminalSettings::queue_bytes`]). A viewer that falls further behind than that (a
+//! slow or stalled client) loses its place; its next event is a repaint of the current screen,
+//! and it goes on from there. So the program and the other viewers never wait for it, and the
+//! server holds at most one queue per session, whatever its viewers do.
 //!
 //! A viewer that attaches just after the session was resized (its own attach at a new size,
 //! typically) waits for the program's redraw before its first repaint: see [`Hold`].
