@@ -229,3 +229,17 @@ fn the_storage_quota_comes_from_the_file_with_overrides_and_the_env_wins() {
     let bad = Config::load(None, env_of(&[("CLOUDTERM_QUOTA_STORAGE_MB", "lots")]), &Overrides::default());
     assert!(bad.is_err_and(|err| err.to_string().contains("CLOUDTERM_QUOTA_STORAGE_MB")));
 }
+
+#[test]
+fn terminal_defaults_are_the_documented_ones() {
+    // docs/terminal.md and docs/operations.md quote these.
+    let defaults = Config::default();
+    assert_eq!(defaults.terminal.idle_session_seconds, 600, "a named session waits 10 minutes for a viewer");
+    assert_eq!(defaults.terminal.redraw_wait_ms, 150);
+    assert_eq!(defaults.terminal.ping_seconds, 30);
+    let loaded = Config::load(None, env_of(&[]), &Overrides::default()).expect("load");
+    assert_eq!(loaded.terminal, defaults.terminal, "nothing but the defaults applies without a file or env");
+    let settings = crate::state::terminal_settings(&loaded);
+    assert_eq!(settings.idle_session, std::time::Duration::from_secs(600));
+    assert_eq!(settings.redraw_wait, std::time::Duration::from_millis(150));
+}
