@@ -289,6 +289,9 @@ pub struct TerminalConfig {
     /// redraw before its first repaint, milliseconds (0: repaint at once, the old layout
     /// cropped). See `docs/terminal.md`.
     pub redraw_wait_ms: u64,
+    /// Output then this much silence, milliseconds, counts as the program having redrawn
+    /// (within `redraw_wait_ms`).
+    pub redraw_quiet_ms: u64,
     /// Seconds between the server's pings on a terminal connection; one that sends nothing
     /// (not even a pong) for three of them is closed. Lower it behind a proxy that drops
     /// connections idle for less than this.
@@ -297,7 +300,7 @@ pub struct TerminalConfig {
 
 impl Default for TerminalConfig {
     fn default() -> Self {
-        TerminalConfig { idle_session_seconds: 600, redraw_wait_ms: 150, ping_seconds: 30 }
+        TerminalConfig { idle_session_seconds: 600, redraw_wait_ms: 150, redraw_quiet_ms: 50, ping_seconds: 30 }
     }
 }
 
@@ -1064,6 +1067,15 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "terminal.redraw_quiet_ms",
+        env: "CLOUDTERM_TERMINAL_REDRAW_QUIET_MS",
+        help: "output then this much silence counts as a program's redraw after a resize (default 50)",
+        apply: |c, v| {
+            c.terminal.redraw_quiet_ms = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
         key: "terminal.ping_seconds",
         env: "CLOUDTERM_TERMINAL_PING_SECONDS",
         help: "seconds between pings on a terminal connection; a client silent for three of them is dropped (default 30)",
@@ -1240,6 +1252,11 @@ impl Config {
                 self.terminal.redraw_wait_ms
             );
             return Err(invalid("terminal.redraw_wait_ms", message));
+        }
+        // Longer than redraw_wait_ms only means the bound decides; past 10 s it is a typo.
+        if self.terminal.redraw_quiet_ms > 10_000 {
+            let message = format!("{} is not a pause between writes; at most 10000", self.terminal.redraw_quiet_ms);
+            return Err(invalid("terminal.redraw_quiet_ms", message));
         }
         for (key, url) in [("auth.issuer", &self.auth.issuer), ("auth.jwks_url", &self.auth.jwks_url)] {
             if let Some(url) = url {

@@ -174,6 +174,7 @@ pub(crate) fn terminal_settings(config: &Config) -> cloudterm_terminal::Terminal
     cloudterm_terminal::TerminalSettings {
         idle_session: std::time::Duration::from_secs(config.terminal.idle_session_seconds),
         redraw_wait: std::time::Duration::from_millis(config.terminal.redraw_wait_ms),
+        redraw_quiet: std::time::Duration::from_millis(config.terminal.redraw_quiet_ms),
         ..cloudterm_terminal::TerminalSettings::default()
     }
 }

@@ -72,7 +72,10 @@ pub struct TerminalSettings {
     /// the viewer this long, once. Zero: repaint at once.
     pub redraw_wait: Duration,
     /// Output then this much silence counts as the program having redrawn (within
-    /// `redraw_wait`): a full-screen program writes its redraw in one burst.
+    /// `redraw_wait`). A program may write its redraw in more than one burst: a curses program
+    /// first has curses refresh the old screen at the new size, then draws its new layout; on a
+    /// loaded machine the gap between the two can pass this, and the first repaint then shows
+    /// the old layout, the redraw following as output.
     pub redraw_quiet: Duration,
     /// Screen cells (columns × rows) the sessions of one sandbox may hold together. A cell costs
     /// the `vt100` screen about 32 bytes, twice that once a program used the alternate screen,
@@ -90,7 +93,7 @@ impl Default for TerminalSettings {
             queue_chunks: 256,
             queue_bytes: 1 << 20,
             redraw_wait: Duration::from_millis(150),
-            redraw_quiet: Duration::from_millis(25),
+            redraw_quiet: Duration::from_millis(50),
             max_cells_per_sandbox: 1_000_000,
         }
     }
