@@ -3,7 +3,9 @@
 # same client (cloudterm-bench terminal, which speaks both protocols):
 #   connect → first prompt of a new shell (p50, p99);
 #   keystroke → echo round trip at a bash prompt (p50, p99);
-#   output flood, `yes | head -c 50M` at the prompt (MB/s, the median of FLOODS).
+#   output flood, `yes | head -c 50M` at the prompt (MB/s to one decimal, the median of FLOODS;
+#   the program output delivered as output in the last flood, and the repaints sent instead of
+#   output a viewer missed).
 #
 # Usage: bench/terminal.sh [RUNTIME] [TTYD]   (RUNTIME linux|process, default linux; TTYD the
 #   ttyd binary, default $TTYD or `ttyd` on PATH; BENCHMARKS.md says how to build it)
@@ -43,7 +45,7 @@ export CLOUDTERM_URL="http://127.0.0.1:$PORT"
 export CLOUDTERM_TOKEN=$("$BIN/cloudterm" token bench --data-dir "$DATA")
 
 echo "runtime: $RUNTIME, ttyd $("$TTYD" --version | awk '{print $NF}'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| server | connect → prompt p50 | p99 | echo p50 | echo p99 | flood ${FLOOD_MB} MiB, median (min–max) | bytes received (last flood) |"
+echo "| server | connect → prompt p50 | p99 | echo p50 | echo p99 | flood ${FLOOD_MB} MiB, median (min–max) | delivered as output (last flood) |"
 echo "|---|---|---|---|---|---|---|"
 ARGS=(--connects "$CONNECTS" --keys "$KEYS" --flood-mb "$FLOOD_MB" --floods "$FLOODS")
 "$BIN/cloudterm-bench" terminal --protocol cloudterm "${ARGS[@]}" --label "cloudterm ($RUNTIME runtime)"

@@ -4,7 +4,9 @@
 //!
 //! Why this shape:
 //! - Nothing built or fetched is committed: `web/package-lock.json` pins the exact versions and
-//!   this script runs `npm ci` in `web/` when the files it needs are missing, so the README's
+//!   this script runs `npm ci` in `web/` when the files it needs are missing or their packages
+//!   are not the versions the lock pins (`build_lock.rs`: a `node_modules` from before a lock
+//!   change is replaced, not embedded), so the README's
 //!   `cargo build --release --bins` gives a working console on a fresh clone. `npm ci` runs in
 //!   `web/` (not in `OUT_DIR`) so the build and the browser test share one `node_modules`, and
 //!   a fresh target directory does not mean another download. The crate is never packaged
@@ -19,6 +21,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "build_lock.rs"]
+mod build_lock;
 
 /// The third-party files the console loads: path under `web/node_modules`, the name it is
 /// served under (`/console/NAME`), and its content type.
@@ -44,7 +49,11 @@ fn main() {
     // would fill (a missing path would make cargo rerun this script on every build).
     match &vendored {
         Ok(()) => {
-            VENDOR.iter().for_each(|(path, _, _)| println!("cargo:rerun-if-changed={}", modules.join(path).display()))
+            VENDOR.iter().for_each(|(path, _, _)| println!("cargo:rerun-if-changed={}", modules.join(path).display()));
+            // A package replaced by hand (another version) shows in its package.json.
+            for package in packages() {
+                println!("cargo:rerun-if-changed={}", modules.join(package).join("package.json").display());
+            }
         }
         Err(_) => println!("cargo:rerun-if-changed={}", web.display()),
     }
@@ -55,14 +64,36 @@ fn main() {
     std::fs::write(out.join("console_vendor.rs"), code).expect("write OUT_DIR/console_vendor.rs");
 }
 
-/// Makes sure every [`VENDOR`] file is in `web/node_modules`, running `npm ci` if not.
-fn ensure_vendored(web: &Path, modules: &Path) -> Result<(), String> {
-    let all_there = || VENDOR.iter().all(|(path, _, _)| modules.join(path).is_file());
-    if all_there() {
-        return Ok(());
+/// The npm packages the [`VENDOR`] files come from.
+fn packages() -> Vec<&'static str> {
+    let mut packages: Vec<&str> = VENDOR.iter().map(|(path, _, _)| build_lock::package_of(path)).collect();
+    packages.dedup();
+    packages
+}
+
+/// What is wrong with `web/node_modules` for the console: nothing (`Ok`), or why it needs an
+/// `npm ci` (a file missing, a package not at the locked version).
+fn check_vendored(web: &Path, modules: &Path) -> Result<(), String> {
+    if let Some((path, _, _)) = VENDOR.iter().find(|(path, _, _)| !modules.join(path).is_file()) {
+        return Err(format!("web/node_modules lacks {path}"));
     }
+    let lock = std::fs::read_to_string(web.join("package-lock.json"))
+        .map_err(|err| format!("cannot read web/package-lock.json: {err}"))?;
+    let installed = |package: &str| std::fs::read_to_string(modules.join(package).join("package.json")).ok();
+    let stale = build_lock::stale_packages(&lock, &packages(), installed)?;
+    if stale.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("web/node_modules is not what web/package-lock.json pins: {}", stale.join("; ")))
+    }
+}
+
+/// Makes sure every [`VENDOR`] file is in `web/node_modules` at the locked version, running
+/// `npm ci` if not.
+fn ensure_vendored(web: &Path, modules: &Path) -> Result<(), String> {
+    let Err(why) = check_vendored(web, modules) else { return Ok(()) };
     if std::env::var_os("CLOUDTERM_CONSOLE_NPM").is_some_and(|value| value == "0") {
-        return Err("CLOUDTERM_CONSOLE_NPM=0 and web/node_modules lacks it".into());
+        return Err(format!("CLOUDTERM_CONSOLE_NPM=0 and {why}"));
     }
     let ran = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
@@ -78,11 +109,7 @@ fn ensure_vendored(web: &Path, modules: &Path) -> Result<(), String> {
             tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
         ));
     }
-    if all_there() {
-        Ok(())
-    } else {
-        Err("npm ci in web/ succeeded but a console file is still missing".into())
-    }
+    check_vendored(web, modules).map_err(|why| format!("npm ci in web/ succeeded, but {why}"))
 }
 
 /// The generated table: `VENDOR: Result<&[VendorFile], &str>`.

@@ -242,26 +242,29 @@ async fn main() -> anyhow::Result<()> {
             terminal::first_prompt(&mut term).await?;
             term.drain(Duration::from_millis(200)).await;
             let mut echo = terminal::echo_round_trip(&mut term, keys).await?;
+            // MB/s = 10⁶ bytes of the program's output a second, to one decimal: at a few MB/s
+            // a whole number hides differences of 20%.
             let mut rates = Vec::with_capacity(floods);
-            let mut received = 0;
+            let mut last = None;
             for _ in 0..floods {
-                let (elapsed, bytes) = terminal::flood(&mut term, flood_mb).await?;
-                rates.push((flood_mb << 20) as f64 / elapsed.as_secs_f64() / 1e6);
-                received = bytes;
+                let flood = terminal::flood(&mut term, flood_mb).await?;
+                rates.push((flood_mb << 20) as f64 / flood.elapsed.as_secs_f64() / 1e6);
+                last = Some(flood);
             }
             rates.sort_by(f64::total_cmp);
             term.close().await;
             let ms = |samples: &mut [Duration], p| percentile(samples, p).as_secs_f64() * 1e3;
+            let (delivered, repaints) = last.map_or((0, 0), |flood| (flood.delivered, flood.repaints));
             println!(
-                "| {label} | {:.2} ms | {:.2} ms | {:.3} ms | {:.3} ms | {:.0} MB/s ({:.0}–{:.0}) | {:.1} MB |",
+                "| {label} | {:.2} ms | {:.2} ms | {:.3} ms | {:.3} ms | {:.1} MB/s ({:.1}–{:.1}) | {:.1} MB, {repaints} repaints |",
                 ms(&mut connect, 0.5),
                 ms(&mut connect, 0.99),
                 ms(&mut echo, 0.5),
                 ms(&mut echo, 0.99),
-                rates[rates.len() / 2],
-                rates[0],
-                rates[rates.len() - 1],
-                received as f64 / 1e6
+                rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+                rates.first().copied().unwrap_or(0.0),
+                rates.last().copied().unwrap_or(0.0),
+                delivered as f64 / 1e6
             );
             if let Some(id) = sandbox {
                 client.delete(&id).await?;

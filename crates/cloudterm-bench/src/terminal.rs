@@ -35,10 +35,17 @@ const ROWS: u16 = 24;
 /// Longest wait for anything; a benchmark that hangs says so instead.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// How cloudterm's repaints start (docs/terminal.md): a viewer that fell behind gets one of
+/// these instead of the output it missed, so its bytes are screen state, not program output.
+const REPAINT_START: &[u8] = b"\x1b[?1049";
+
 /// One terminal connection.
 pub struct Term {
     ws: Ws,
     protocol: Protocol,
+    /// Repaints received so far (cloudterm only), and their bytes.
+    repaints: usize,
+    repaint_bytes: usize,
 }
 
 impl Term {
@@ -55,7 +62,7 @@ impl Term {
         }
         let (ws, _) =
             tokio_tungstenite::connect_async(request).await.with_context(|| format!("connecting to {url}"))?;
-        let mut term = Term { ws, protocol };
+        let mut term = Term { ws, protocol, repaints: 0, repaint_bytes: 0 };
         if protocol == Protocol::Ttyd {
             let hello = serde_json::json!({ "AuthToken": "", "columns": COLS, "rows": ROWS }).to_string();
             term.ws.send(Message::Binary(hello.into_bytes().into())).await?;
@@ -84,7 +91,13 @@ impl Term {
             let message = tokio::time::timeout(PATIENCE, self.ws.next()).await.context("no output for a minute")?;
             match message {
                 Some(Ok(Message::Binary(bytes))) => match self.protocol {
-                    Protocol::Cloudterm => return Ok(bytes.to_vec()),
+                    Protocol::Cloudterm => {
+                        if bytes.starts_with(REPAINT_START) {
+                            self.repaints += 1;
+                            self.repaint_bytes += bytes.len();
+                        }
+                        return Ok(bytes.to_vec());
+                    }
                     Protocol::Ttyd if bytes.first() == Some(&b'0') => return Ok(bytes[1..].to_vec()),
                     Protocol::Ttyd => {}
                 },
@@ -172,17 +185,32 @@ pub async fn echo_round_trip(term: &mut Term, n: usize) -> anyhow::Result<Vec<Du
     Ok(samples)
 }
 
-/// `yes | head -c MB` at the prompt: time from Enter to the marker printed after it, and the
-/// bytes that arrived (more than MB: the terminal turns `\n` into `\r\n`; fewer for a viewer
-/// that was repainted instead of sent what it missed).
-pub async fn flood(term: &mut Term, megabytes: usize) -> anyhow::Result<(Duration, usize)> {
+/// One output flood.
+#[derive(Debug, Clone, Copy)]
+pub struct Flood {
+    /// From Enter to the marker printed after the flood.
+    pub elapsed: Duration,
+    /// Program output that arrived as output: more than the flood's size when all of it arrived
+    /// (the terminal turns `\n` into `\r\n`), fewer when a viewer that fell behind was repainted
+    /// instead of sent what it missed.
+    pub delivered: usize,
+    /// Repaints received instead of missed output (cloudterm only; ttyd has none).
+    pub repaints: usize,
+}
+
+/// `yes | head -c MB` at the prompt: time from Enter to the marker printed after it, and what
+/// arrived meanwhile.
+pub async fn flood(term: &mut Term, megabytes: usize) -> anyhow::Result<Flood> {
     let command = format!("yes | head -c {megabytes}M; echo FLOOD''DONE\r");
     term.input(command.as_bytes()).await?;
     // The echo of the command line itself, so the timing starts at Enter.
     term.until(b"DONE").await?;
+    let (repaints, repaint_bytes) = (term.repaints, term.repaint_bytes);
     let started = Instant::now();
     let received = term.until(b"FLOODDONE").await?;
     let elapsed = started.elapsed();
+    let repaint_bytes = term.repaint_bytes - repaint_bytes;
+    let flood = Flood { elapsed, delivered: received - repaint_bytes, repaints: term.repaints - repaints };
     term.drain(Duration::from_millis(100)).await;
-    Ok((elapsed, received))
+    Ok(flood)
 }

@@ -285,11 +285,22 @@ pub struct TerminalConfig {
     /// How long a named session with no viewer keeps its shell, seconds (0: it ends when its
     /// last viewer leaves).
     pub idle_session_seconds: u64,
+    /// How long a viewer that re-attaches at a new size may wait for a full-screen program to
+    /// redraw before its first repaint, milliseconds (0: repaint at once, the old layout
+    /// cropped). See `docs/terminal.md`.
+    pub redraw_wait_ms: u64,
+    /// Output then this much silence, milliseconds, counts as the program having redrawn
+    /// (within `redraw_wait_ms`).
+    pub redraw_quiet_ms: u64,
+    /// Seconds between the server's pings on a terminal connection; one that sends nothing
+    /// (not even a pong) for three of them is closed. Lower it behind a proxy that drops
+    /// connections idle for less than this.
+    pub ping_seconds: u64,
 }
 
 impl Default for TerminalConfig {
     fn default() -> Self {
-        TerminalConfig { idle_session_seconds: 600 }
+        TerminalConfig { idle_session_seconds: 600, redraw_wait_ms: 150, redraw_quiet_ms: 50, ping_seconds: 30 }
     }
 }
 
@@ -1047,6 +1058,33 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: "terminal.redraw_wait_ms",
+        env: "CLOUDTERM_TERMINAL_REDRAW_WAIT_MS",
+        help: "a viewer re-attaching at a new size waits up to this long for a full-screen program to redraw before its first repaint (default 150; 0 = at once)",
+        apply: |c, v| {
+            c.terminal.redraw_wait_ms = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "terminal.redraw_quiet_ms",
+        env: "CLOUDTERM_TERMINAL_REDRAW_QUIET_MS",
+        help: "output then this much silence counts as a program's redraw after a resize (default 50)",
+        apply: |c, v| {
+            c.terminal.redraw_quiet_ms = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
+        key: "terminal.ping_seconds",
+        env: "CLOUDTERM_TERMINAL_PING_SECONDS",
+        help: "seconds between pings on a terminal connection; a client silent for three of them is dropped (default 30)",
+        apply: |c, v| {
+            c.terminal.ping_seconds = parse_u64(v)?;
+            Ok(())
+        },
+    },
+    Setting {
         key: "preview.base_url",
         env: "CLOUDTERM_PREVIEW_BASE_URL",
         help: "public base URL of the preview router, e.g. https://cloudterm.example.com (default: the request's Host, http)",
@@ -1204,6 +1242,21 @@ impl Config {
         }
         if self.http.request_timeout_seconds == 0 {
             return Err(invalid("http.request_timeout_seconds", "must be greater than 0".into()));
+        }
+        if self.terminal.ping_seconds == 0 {
+            return Err(invalid("terminal.ping_seconds", "must be greater than 0".into()));
+        }
+        if self.terminal.redraw_wait_ms > 10_000 {
+            let message = format!(
+                "{} would leave a re-attaching terminal blank too long; at most 10000",
+                self.terminal.redraw_wait_ms
+            );
+            return Err(invalid("terminal.redraw_wait_ms", message));
+        }
+        // Longer than redraw_wait_ms only means the bound decides; past 10 s it is a typo.
+        if self.terminal.redraw_quiet_ms > 10_000 {
+            let message = format!("{} is not a pause between writes; at most 10000", self.terminal.redraw_quiet_ms);
+            return Err(invalid("terminal.redraw_quiet_ms", message));
         }
         for (key, url) in [("auth.issuer", &self.auth.issuer), ("auth.jwks_url", &self.auth.jwks_url)] {
             if let Some(url) = url {

@@ -171,10 +171,12 @@ impl AppState {
     }
 }
 
-/// Terminal sessions: the configured idle time, the crate's limits.
-fn terminal_settings(config: &Config) -> cloudterm_terminal::TerminalSettings {
+/// Terminal sessions: the configured idle time and redraw wait, the crate's limits.
+pub(crate) fn terminal_settings(config: &Config) -> cloudterm_terminal::TerminalSettings {
     cloudterm_terminal::TerminalSettings {
         idle_session: std::time::Duration::from_secs(config.terminal.idle_session_seconds),
+        redraw_wait: std::time::Duration::from_millis(config.terminal.redraw_wait_ms),
+        redraw_quiet: std::time::Duration::from_millis(config.terminal.redraw_quiet_ms),
         ..cloudterm_terminal::TerminalSettings::default()
     }
 }

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use hub::{AttachError, AttachRequest, TerminalHub};
 pub use limits::{check_session_name, check_size, MAX_DIMENSION, MAX_SESSION_NAME};
 pub use session::End;
-pub use viewer::{Viewer, ViewerEvent};
+pub use viewer::{Viewer, ViewerEvent, ViewerInput};
 
 /// What a terminal session talks to: the agent's upgraded PTY stream.
 pub trait PtyStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -60,6 +60,23 @@ pub struct TerminalSettings {
     /// resynchronised with a repaint instead of being queued for, so memory stays bounded
     /// whatever a client does.
     pub queue_chunks: usize,
+    /// Bytes of output the queue may hold: output is cut into chunks of at most
+    /// `queue_bytes / queue_chunks` bytes (copied, so a queued chunk keeps nothing else alive),
+    /// so the queue holds at most this much whatever size the agent's frames are.
+    pub queue_bytes: usize,
+    /// How long a viewer whose attach changed the session's size (or that attaches just after
+    /// a resize) may wait for the program to redraw before its first repaint. `vt100` crops a
+    /// screen it resizes, so a repaint taken at once shows a full-screen program's old layout
+    /// cut to the new size; one taken after the program answered its SIGWINCH shows the
+    /// program's own new layout. A program that does not redraw (a shell at its prompt) costs
+    /// the viewer this long, once. Zero: repaint at once.
+    pub redraw_wait: Duration,
+    /// Output then this much silence counts as the program having redrawn (within
+    /// `redraw_wait`). A program may write its redraw in more than one burst: a curses program
+    /// first has curses refresh the old screen at the new size, then draws its new layout; on a
+    /// loaded machine the gap between the two can pass this, and the first repaint then shows
+    /// the old layout, the redraw following as output.
+    pub redraw_quiet: Duration,
     /// Screen cells (columns × rows) the sessions of one sandbox may hold together. A cell costs
     /// the `vt100` screen about 32 bytes, twice that once a program used the alternate screen,
     /// so the default (one million) keeps a sandbox's screens under about 64 MiB whatever its
@@ -74,6 +91,9 @@ impl Default for TerminalSettings {
             max_sessions_per_sandbox: 16,
             max_viewers_per_session: 16,
             queue_chunks: 256,
+            queue_bytes: 1 << 20,
+            redraw_wait: Duration::from_millis(150),
+            redraw_quiet: Duration::from_millis(50),
             max_cells_per_sandbox: 1_000_000,
         }
     }

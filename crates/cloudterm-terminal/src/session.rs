@@ -6,6 +6,11 @@
 //! exactly the screen at attach time followed by every byte after it: nothing lost, nothing
 //! twice. The reader never waits for a viewer: the broadcast queue is bounded and a viewer that
 //! falls off its end is repainted instead (see `viewer.rs`).
+//!
+//! Both queues have a byte budget, not only a length: output is cut into chunks of
+//! `queue_bytes / capacity` bytes and input into [`INPUT_CHUNK`]s, each copied into its own
+//! buffer, so what a session holds for its viewers and its program does not depend on how large
+//! the agent's frames or the clients' messages are.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,18 +22,22 @@ use cloudterm_agent_protocol::{PtyExit, PtyResize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::hub::Shared;
 use crate::screen::Screen;
-use crate::viewer::Viewer;
+use crate::viewer::{First, Hold, Viewer};
 use crate::{PtyStream, TerminalError};
 
 /// Input frames queued towards the agent per session. A client typing faster than the program
-/// reads waits here (its own socket then fills), which never blocks output.
+/// reads waits here (its own socket then fills); the connection keeps sending output meanwhile
+/// (the server reads a client's input in a task of its own).
 const INPUT_QUEUE: usize = 64;
 
-/// Largest input chunk sent in one frame (well under the agent's 1 MiB frame limit).
-pub(crate) const INPUT_CHUNK: usize = 64 * 1024;
+/// Largest input chunk sent in one frame, copied out of the client's message: the input queue
+/// holds at most `INPUT_QUEUE × INPUT_CHUNK` = 256 KiB per session, and never keeps a whole
+/// 1 MiB paste alive for its last chunk.
+pub(crate) const INPUT_CHUNK: usize = 4 * 1024;
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +71,10 @@ pub(crate) struct State {
     /// `None` once the session ended: dropping the sender tells every receiver.
     pub(crate) output: Option<broadcast::Sender<Output>>,
     pub(crate) ended: Option<End>,
+    /// When the size last changed and when output last came: a viewer attaching within
+    /// `redraw_wait` of a resize waits for the program's redraw before its repaint.
+    resized_at: Option<Instant>,
+    output_at: Option<Instant>,
 }
 
 pub(crate) struct Session {
@@ -69,6 +82,8 @@ pub(crate) struct Session {
     /// Named sessions wait for viewers to come back; unnamed ones end with their viewer.
     named: bool,
     state: Mutex<State>,
+    /// Largest output chunk queued for viewers (the queue's byte budget over its capacity).
+    chunk: usize,
     input: mpsc::Sender<Bytes>,
     /// The size the writer should set; a watch, so a burst of resizes (a window being dragged)
     /// becomes one frame and a resize never waits behind queued input.
@@ -89,7 +104,10 @@ impl Session {
         (cols, rows): (u16, u16),
         read_only: bool,
     ) -> (Arc<Session>, Viewer) {
-        let (tx, rx) = broadcast::channel(shared.settings.queue_chunks.max(1));
+        // tokio rounds the capacity up to a power of two: the budget is split over that.
+        let capacity = shared.settings.queue_chunks.max(1).next_power_of_two();
+        let chunk = (shared.settings.queue_bytes / capacity).max(1);
+        let (tx, rx) = broadcast::channel(capacity);
         let screen = Screen::new(cols, rows);
         let repaint = screen.repaint();
         let (input, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -98,7 +116,8 @@ impl Session {
         let session = Arc::new(Session {
             key,
             named,
-            state: Mutex::new(State { screen, output: Some(tx), ended: None }),
+            state: Mutex::new(State { screen, output: Some(tx), ended: None, resized_at: None, output_at: None }),
+            chunk,
             input,
             size,
             viewers,
@@ -109,7 +128,8 @@ impl Session {
         let reader = tokio::spawn(read_loop(session.clone(), reader));
         let writer = tokio::spawn(write_loop(writer, input_rx, size_rx));
         tokio::spawn(supervise(session.clone(), reader, writer, keepalive));
-        let viewer = Viewer::new(session.clone(), rx, repaint, read_only);
+        // Opened at this viewer's size: the program draws for it from the start.
+        let viewer = Viewer::new(session.clone(), rx, First::Repaint(repaint), read_only);
         (session, viewer)
     }
 
@@ -123,7 +143,9 @@ impl Session {
     }
 
     /// Attaches another viewer. A viewer that may write also sets the size (the latest
-    /// viewer's window wins, as in tmux's `latest` policy), so its repaint is correct for it.
+    /// viewer's window wins, as in tmux's `latest` policy), so its repaint is correct for it:
+    /// when the size changed within `redraw_wait`, the repaint is taken once the program
+    /// redrew (see [`Session::redraw_hold`]).
     pub(crate) fn join(self: &Arc<Self>, cols: u16, rows: u16, read_only: bool) -> Result<Viewer, JoinError> {
         let mut state = self.lock();
         if state.ended.is_some() {
@@ -140,17 +162,38 @@ impl Session {
             let _ = self.resize_locked(&mut state, cols, rows);
         }
         self.viewers.send_modify(|n| *n += 1);
-        let repaint = state.screen.repaint();
+        let first = match self.redraw_hold(&state) {
+            Some(hold) => First::Hold(hold),
+            None => First::Repaint(state.screen.repaint()),
+        };
         drop(state);
-        Ok(Viewer::new(self.clone(), rx, repaint, read_only))
+        Ok(Viewer::new(self.clone(), rx, first, read_only))
+    }
+
+    /// Whether a viewer attaching now should wait for the program to redraw: the size changed
+    /// less than `redraw_wait` ago, and the program has not yet answered with output followed
+    /// by `redraw_quiet` of silence. `vt100` crops a resized screen (no reflow), so until the
+    /// program redraws, the screen holds its old layout cut to the new size.
+    fn redraw_hold(&self, state: &State) -> Option<Hold> {
+        let settings = &self.shared.settings;
+        let resized_at = state.resized_at?;
+        let deadline = resized_at + settings.redraw_wait;
+        let now = Instant::now();
+        if deadline <= now {
+            return None;
+        }
+        let quiet_until = state.output_at.filter(|at| *at > resized_at).map(|at| at + settings.redraw_quiet);
+        if quiet_until.is_some_and(|quiet| quiet <= now) {
+            return None;
+        }
+        Some(Hold { deadline, quiet_until })
     }
 
     /// Queues input for the program; waits while the input queue is full. Input after the
     /// end is dropped.
     pub(crate) async fn input(&self, data: Bytes) {
-        for start in (0..data.len()).step_by(INPUT_CHUNK) {
-            let chunk = data.slice(start..(start + INPUT_CHUNK).min(data.len()));
-            if self.input.send(chunk).await.is_err() {
+        for chunk in data.chunks(INPUT_CHUNK) {
+            if self.input.send(Bytes::copy_from_slice(chunk)).await.is_err() {
                 return;
             }
         }
@@ -171,17 +214,21 @@ impl Session {
         }
         self.shared.swap_cells(&self.key.0, cells(now), cells((cols, rows)))?;
         state.screen.resize(cols, rows);
+        state.resized_at = Some(Instant::now());
         self.size.send_replace((cols, rows));
         Ok(())
     }
 
-    /// Program output: into the screen, then to the viewers.
-    fn output(&self, data: Vec<u8>) {
+    /// Program output: into the screen, then to the viewers in chunks of the queue's budget.
+    fn output(&self, data: &[u8]) {
         let mut state = self.lock();
-        state.screen.process(&data);
+        state.screen.process(data);
+        state.output_at = Some(Instant::now());
         if let Some(output) = &state.output {
-            // An error only means nobody is watching right now; the screen has it.
-            let _ = output.send(Output::Data(Bytes::from(data)));
+            for chunk in data.chunks(self.chunk) {
+                // An error only means nobody is watching right now; the screen has it.
+                let _ = output.send(Output::Data(Bytes::copy_from_slice(chunk)));
+            }
         }
     }
 
@@ -243,7 +290,7 @@ async fn read_loop(session: Arc<Session>, mut reader: ReadHalf<Box<dyn PtyStream
         decoder.push(&buf[..n]);
         loop {
             match decoder.next_frame() {
-                Ok(Some((frame::KIND_DATA, data))) => session.output(data),
+                Ok(Some((frame::KIND_DATA, data))) => session.output(&data),
                 Ok(Some((frame::KIND_EXIT, json))) => {
                     let code = serde_json::from_slice::<PtyExit>(&json).map(|exit| exit.code).unwrap_or(255);
                     break 'read End::Exited(code);

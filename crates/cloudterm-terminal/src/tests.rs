@@ -378,3 +378,126 @@ async fn a_sandboxs_screens_stay_within_its_cell_budget() {
     eventually("session a ended", || hub.sessions() == 2).await;
     let (_c, _agent_c) = attach(&hub, request(Some("c"), 100, 40)).await;
 }
+
+/// What a full-screen program (`vim`, `htop`) draws at a size, reduced to a layout a test can
+/// check: a rule across the top row, numbered rows ending in `|` at the last column, a status
+/// line on the bottom row, on the alternate screen.
+fn full_screen(cols: u16, rows: u16) -> Vec<u8> {
+    let width = usize::from(cols);
+    let mut out = format!("\x1b[?1049h\x1b[H\x1b[2J{}", "=".repeat(width));
+    for row in 2..rows {
+        let line = format!("{:.<w$}|", format!("row {row:02}"), w = width - 1);
+        out.push_str(&format!("\x1b[{row};1H{line}"));
+    }
+    out.push_str(&format!("\x1b[{rows};1HSTATUS {cols}x{rows}"));
+    out.into_bytes()
+}
+
+/// A session at 80×24 showing [`full_screen`], its first viewer gone.
+async fn full_screen_session(hub: &TerminalHub) -> FakeAgent {
+    let (mut first, agent) = attach(hub, request(Some("vim"), 80, 24)).await;
+    let mut agent = agent.expect("a new session");
+    next(&mut first).await;
+    agent.output(&full_screen(80, 24)).await;
+    output_until(&mut first, "STATUS 80x24").await;
+    agent
+}
+
+#[tokio::test]
+async fn a_reattach_at_a_new_size_is_repainted_once_the_program_redrew() {
+    let redraw_wait = Duration::from_secs(3);
+    let (hub, counts) = hub_with(TerminalSettings { redraw_wait, ..TerminalSettings::default() });
+    let mut agent = full_screen_session(&hub).await;
+    let started = tokio::time::Instant::now();
+    let (mut second, again) = attach(&hub, request(Some("vim"), 40, 10)).await;
+    assert!(again.is_none(), "the running session was re-attached");
+    // The program gets its SIGWINCH (the resize frame) and redraws for the new size.
+    assert_eq!(agent.frame().await, Some((frame::KIND_RESIZE, br#"{"cols":40,"rows":10}"#.to_vec())));
+    agent.output(&full_screen(40, 10)).await;
+    let ViewerEvent::Repaint(repaint) = next(&mut second).await else { panic!("no repaint first") };
+    assert!(started.elapsed() < redraw_wait, "released by the redraw, not the bound: {:?}", started.elapsed());
+    let shown = screen_text(&repaint, 40, 10);
+    assert_eq!(shown, screen_text(&full_screen(40, 10), 40, 10), "the program's own layout at 40x10");
+    let rows: Vec<&str> = shown.lines().collect();
+    assert_eq!(rows.len(), 10, "{shown}");
+    assert_eq!(rows[9], "STATUS 40x10", "the status line is on the last row: {shown}");
+    assert!(rows[1..9].iter().all(|row| row.len() == 40 && row.ends_with('|')), "{shown}");
+    assert!(repaint.starts_with(b"\x1b[?1049h"), "repainted on the alternate screen");
+    // The redraw is in the repaint only: the next event is the next output.
+    agent.output(b"x").await;
+    assert_eq!(next(&mut second).await, ViewerEvent::Output(Bytes::from_static(b"x")));
+    assert_eq!(counts.resyncs.load(Ordering::SeqCst), 0, "a held repaint is not a resync");
+}
+
+#[tokio::test]
+async fn a_program_that_does_not_redraw_is_repainted_cropped_after_the_bound() {
+    let redraw_wait = Duration::from_millis(300);
+    let (hub, _) = hub_with(TerminalSettings { redraw_wait, ..TerminalSettings::default() });
+    let mut agent = full_screen_session(&hub).await;
+    let started = tokio::time::Instant::now();
+    let (mut second, _) = attach(&hub, request(Some("vim"), 40, 10)).await;
+    assert_eq!(agent.frame().await, Some((frame::KIND_RESIZE, br#"{"cols":40,"rows":10}"#.to_vec())));
+    let ViewerEvent::Repaint(repaint) = next(&mut second).await else { panic!("no repaint first") };
+    assert!(started.elapsed() >= redraw_wait, "repainted after {:?}, before the bound", started.elapsed());
+    // What vt100 makes of the old layout at 40x10: cropped, not reflowed (rows above the
+    // cursor scroll off, columns are cut).
+    let mut cropped = crate::screen::Screen::new(80, 24);
+    cropped.process(&full_screen(80, 24));
+    cropped.resize(40, 10);
+    assert_eq!(screen_text(&repaint, 40, 10), cropped.text());
+    assert_ne!(cropped.text(), screen_text(&full_screen(40, 10), 40, 10));
+}
+
+#[tokio::test]
+async fn a_reattach_at_the_same_size_is_repainted_at_once() {
+    // A bound longer than the test's patience: a held repaint would time `next` out.
+    let settings = TerminalSettings { redraw_wait: Duration::from_secs(60), ..TerminalSettings::default() };
+    let (hub, _) = hub_with(settings);
+    let _agent = full_screen_session(&hub).await;
+    let (mut second, _) = attach(&hub, request(Some("vim"), 80, 24)).await;
+    let ViewerEvent::Repaint(repaint) = next(&mut second).await else { panic!("no repaint first") };
+    assert_eq!(screen_text(&repaint, 80, 24), screen_text(&full_screen(80, 24), 80, 24));
+}
+
+#[tokio::test]
+async fn the_output_queue_has_a_byte_budget() {
+    // 4 chunks of at most 16 bytes: 64 bytes queued at most.
+    let settings = TerminalSettings { queue_chunks: 4, queue_bytes: 64, ..TerminalSettings::default() };
+    let (hub, counts) = hub_with(settings);
+    let (mut fast, agent) = attach(&hub, request(Some("budget"), 80, 24)).await;
+    let mut agent = agent.expect("a new session");
+    let (mut slow, _) = attach(&hub, request(Some("budget"), 80, 24)).await;
+    next(&mut fast).await;
+    next(&mut slow).await;
+    // Two frames of 48 bytes: two queue entries if frames were queued whole, six chunks here.
+    let first = "a".repeat(47) + "\n";
+    let second = "b".repeat(47) + "\n";
+    agent.output(first.as_bytes()).await;
+    assert_eq!(output_until(&mut fast, "\n").await, first, "a frame within the budget arrives whole");
+    agent.output(second.as_bytes()).await;
+    assert_eq!(output_until(&mut fast, "\n").await, second);
+    // The slow viewer is 96 bytes behind, past the 64-byte budget: repainted, not queued for.
+    let ViewerEvent::Repaint(_) = next(&mut slow).await else { panic!("the slow viewer was not repainted") };
+    assert_eq!(counts.resyncs.load(Ordering::SeqCst), 1);
+    // One frame larger than the whole budget cannot be queued for anyone: a repaint instead.
+    agent.output(format!("{}END", "c".repeat(100)).as_bytes()).await;
+    let ViewerEvent::Repaint(repaint) = next(&mut fast).await else { panic!("the fast viewer was not repainted") };
+    assert!(screen_text(&repaint, 80, 24).ends_with("cEND"));
+}
+
+#[tokio::test]
+async fn input_is_cut_into_small_chunks() {
+    let (hub, _) = hub();
+    let (viewer, agent) = attach(&hub, request(None, 80, 24)).await;
+    let mut agent = agent.expect("a new session");
+    let paste: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    viewer.input_handle().send(Bytes::from(paste.clone())).await;
+    let mut got = Vec::new();
+    while got.len() < paste.len() {
+        let (kind, data) = agent.frame().await.expect("input frames");
+        assert_eq!(kind, frame::KIND_DATA);
+        assert!(data.len() <= 4096, "a {} byte input frame", data.len());
+        got.extend_from_slice(&data);
+    }
+    assert_eq!(got, paste, "every byte once, in order");
+}

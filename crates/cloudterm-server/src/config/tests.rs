@@ -71,6 +71,7 @@ fn every_setting_has_a_working_override() {
             "preview.base_url" => "https://preview.example.com",
             "preview.secret_file" => "/etc/cloudterm/preview.key",
             "preview.domain" => "preview.example.com",
+            "terminal.redraw_wait_ms" | "terminal.redraw_quiet_ms" => "7",
             key if key.ends_with("seconds") || key.ends_with("bytes") || key.starts_with("quotas.") => "7",
             _ => "something",
         };
@@ -127,6 +128,9 @@ fn validation_names_the_bad_key() {
         ("CLOUDTERM_SANDBOX_NETWORK_RANGE", "10.0.0.0/33", "sandboxes.network_range"),
         ("CLOUDTERM_SANDBOX_NETWORK_DENY", "10.0.0.0/8,nowhere", "sandboxes.network_deny"),
         ("CLOUDTERM_SANDBOX_NETWORK_DNS", "one.one.one.one", "sandboxes.network_dns"),
+        ("CLOUDTERM_TERMINAL_PING_SECONDS", "0", "terminal.ping_seconds"),
+        ("CLOUDTERM_TERMINAL_REDRAW_WAIT_MS", "60000", "terminal.redraw_wait_ms"),
+        ("CLOUDTERM_TERMINAL_REDRAW_QUIET_MS", "60000", "terminal.redraw_quiet_ms"),
     ];
     for (var, value, key) in cases {
         let err = Config::load(None, env_of(&[(var, value)]), &Overrides::default()).expect_err(var);
@@ -225,4 +229,20 @@ fn the_storage_quota_comes_from_the_file_with_overrides_and_the_env_wins() {
 
     let bad = Config::load(None, env_of(&[("CLOUDTERM_QUOTA_STORAGE_MB", "lots")]), &Overrides::default());
     assert!(bad.is_err_and(|err| err.to_string().contains("CLOUDTERM_QUOTA_STORAGE_MB")));
+}
+
+#[test]
+fn terminal_defaults_are_the_documented_ones() {
+    // docs/terminal.md and docs/operations.md quote these.
+    let defaults = Config::default();
+    assert_eq!(defaults.terminal.idle_session_seconds, 600, "a named session waits 10 minutes for a viewer");
+    assert_eq!(defaults.terminal.redraw_wait_ms, 150);
+    assert_eq!(defaults.terminal.redraw_quiet_ms, 50);
+    assert_eq!(defaults.terminal.ping_seconds, 30);
+    let loaded = Config::load(None, env_of(&[]), &Overrides::default()).expect("load");
+    assert_eq!(loaded.terminal, defaults.terminal, "nothing but the defaults applies without a file or env");
+    let settings = crate::state::terminal_settings(&loaded);
+    assert_eq!(settings.idle_session, std::time::Duration::from_secs(600));
+    assert_eq!(settings.redraw_wait, std::time::Duration::from_millis(150));
+    assert_eq!(settings.redraw_quiet, std::time::Duration::from_millis(50));
 }

@@ -8,7 +8,13 @@
 //! JSON control messages (`TerminalClientMessage`, `TerminalServerMessage`). Sessions, their
 //! screens and the backpressure policy live in `cloudterm-terminal`; docs/terminal.md has the
 //! protocol.
+//!
+//! A connection is two tasks: this one sends output, pings and goodbyes; a reader task takes
+//! the client's frames and hands input to the session, waiting when the program does not read
+//! it. Waiting there never holds back the output (a program that ignores its input must not
+//! freeze what the client sees, nor the pings that keep the connection alive).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -21,10 +27,14 @@ use chrono::{DateTime, Utc};
 use cloudterm_api_types::{ErrorEnvelope, TerminalClientMessage, TerminalServerMessage};
 use cloudterm_domain::sandboxes::open_terminal;
 use cloudterm_domain::{Access, DomainError, Principal};
-use cloudterm_terminal::{check_session_name, check_size, AttachRequest, End, Opened, Viewer, ViewerEvent};
-use futures_util::stream::SplitSink;
+use cloudterm_terminal::{
+    check_session_name, check_size, AttachRequest, End, Opened, Viewer, ViewerEvent, ViewerInput,
+};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::extract::{authenticate, ApiQuery, Caller};
@@ -42,10 +52,13 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// viewer a repaint (see `cloudterm_terminal::viewer`).
 const STALLED_SEND: Duration = Duration::from_secs(30);
 
-/// Pings keep idle connections alive through proxies and reveal dead peers: a client that sent
-/// nothing (not even a pong, which browsers send by themselves) for `SILENT_LIMIT` is gone.
-const PING_EVERY: Duration = Duration::from_secs(30);
-const SILENT_LIMIT: Duration = Duration::from_secs(90);
+/// Pings (every `terminal.ping_seconds`) keep idle connections alive through proxies and reveal
+/// dead peers: a client that sent nothing (not even a pong, which browsers send by themselves)
+/// for this many ping intervals is gone.
+const SILENT_PINGS: u32 = 3;
+
+/// Control answers (`bad_control`) the reader task may have waiting for the sender.
+const REPLIES: usize = 4;
 
 /// Query of the terminal route. Not `Debug`: it holds the token.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -124,10 +137,11 @@ pub async fn terminal(
         })
         .await?;
     let expires_at = caller.expires_at;
+    let ping_every = Duration::from_secs(state.config.terminal.ping_seconds.max(1));
     Ok(upgrade
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, viewer, expires_at))
+        .on_upgrade(move |socket| serve(socket, viewer, expires_at, ping_every))
         .into_response())
 }
 
@@ -151,48 +165,65 @@ struct Closing {
     reason: &'static str,
 }
 
-/// Moves frames between the socket and the viewer until either side ends.
-async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTime<Utc>>) {
-    let (mut sink, mut stream) = socket.split();
+/// When the client was last heard from, and whether its reader is waiting for the program to
+/// take input (then its frames wait in the socket, and its silence is not the client's).
+struct Heard {
+    at: Instant,
+    waiting_on_program: bool,
+}
+
+/// Shared by a connection's two tasks.
+type HeardCell = Arc<Mutex<Heard>>;
+
+/// Records that a frame arrived now (and whether its input is now waiting for the program).
+fn note_heard(cell: &HeardCell, waiting_on_program: bool) {
+    let mut heard = cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    *heard = Heard { at: Instant::now(), waiting_on_program };
+}
+
+/// Aborts the reader task when the connection ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Moves frames between the socket and the viewer until either side ends: output, pings and
+/// answers go out from here; the client's frames are read by [`read_client`] in a task of its
+/// own, so input the program does not take never stops the output.
+async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTime<Utc>>, ping_every: Duration) {
+    let (mut sink, stream) = socket.split();
     let token_left = expires_at.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
     let token_expiry = tokio::time::sleep(token_left.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
     tokio::pin!(token_expiry);
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
-    let mut last_heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let silent_limit = ping_every * SILENT_PINGS;
+    let last_heard: HeardCell = Arc::new(Mutex::new(Heard { at: Instant::now(), waiting_on_program: false }));
+    let (replies_tx, mut replies) = mpsc::channel(REPLIES);
+    let _reader = AbortOnDrop(tokio::spawn(read_client(stream, viewer.input_handle(), last_heard.clone(), replies_tx)));
     let closing = loop {
+        // Biased, output last: an answer to a control frame goes out before any output the
+        // client's later input caused (the reader queues it before it passes that input on),
+        // and a flood of output cannot starve the pings.
         tokio::select! {
-            event = viewer.next() => match event {
-                ViewerEvent::Output(bytes) | ViewerEvent::Repaint(bytes) => {
-                    if !send(&mut sink, Message::Binary(bytes)).await {
+            biased;
+            reply = replies.recv() => match reply {
+                Some(message) => {
+                    if !send_json(&mut sink, &message).await {
                         return;
                     }
                 }
-                ViewerEvent::Ended(end) => break ended(end),
+                // The reader ended: the client closed, or its socket broke.
+                None => return,
             },
-            message = stream.next() => {
-                let Some(Ok(message)) = message else { return };
-                last_heard = tokio::time::Instant::now();
-                match message {
-                    Message::Binary(bytes) => viewer.input(bytes).await,
-                    Message::Text(text) => {
-                        let refused = match serde_json::from_str::<TerminalClientMessage>(text.as_str()) {
-                            Ok(TerminalClientMessage::Resize { cols, rows }) => viewer.resize(cols, rows).err().map(|e| e.to_string()),
-                            Err(err) => Some(format!("not a control message: {err}")),
-                        };
-                        if let Some(message) = refused {
-                            let error = TerminalServerMessage::Error { code: "bad_control".into(), message };
-                            if !send_json(&mut sink, &error).await {
-                                return;
-                            }
-                        }
-                    }
-                    Message::Close(_) => return,
-                    // axum answers pings itself; a pong only proves the client is there.
-                    Message::Ping(_) | Message::Pong(_) => {}
-                }
-            }
             _ = ping.tick() => {
-                if last_heard.elapsed() > SILENT_LIMIT {
+                let silent = {
+                    let heard = last_heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    !heard.waiting_on_program && heard.at.elapsed() > silent_limit
+                };
+                if silent {
                     return;
                 }
                 if !send(&mut sink, Message::Ping(bytes::Bytes::new())).await {
@@ -207,6 +238,14 @@ async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTim
                 code: close_code::POLICY,
                 reason: "token expired",
             },
+            event = viewer.next() => match event {
+                ViewerEvent::Output(bytes) | ViewerEvent::Repaint(bytes) => {
+                    if !send(&mut sink, Message::Binary(bytes)).await {
+                        return;
+                    }
+                }
+                ViewerEvent::Ended(end) => break ended(end),
+            },
         }
     };
     // Detach before the goodbye, so a client that reconnects at once finds the session free.
@@ -218,6 +257,45 @@ async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTim
     }
     let frame = CloseFrame { code: closing.code, reason: closing.reason.into() };
     let _ = send(&mut sink, Message::Close(Some(frame))).await;
+}
+
+/// Reads the client's frames until it closes: input to the program (waiting while the program
+/// does not read it, which leaves the client's further frames in its socket), resizes, and
+/// `bad_control` answers handed to the sender. Ends (dropping `replies`, which ends the
+/// connection) when the client closes or its socket breaks.
+async fn read_client(
+    mut stream: SplitStream<WebSocket>,
+    input: ViewerInput,
+    last_heard: HeardCell,
+    replies: mpsc::Sender<TerminalServerMessage>,
+) {
+    while let Some(Ok(message)) = stream.next().await {
+        note_heard(&last_heard, false);
+        match message {
+            Message::Binary(bytes) => {
+                note_heard(&last_heard, true);
+                input.send(bytes).await;
+                note_heard(&last_heard, false);
+            }
+            Message::Text(text) => {
+                let refused = match serde_json::from_str::<TerminalClientMessage>(text.as_str()) {
+                    Ok(TerminalClientMessage::Resize { cols, rows }) => {
+                        input.resize(cols, rows).err().map(|e| e.to_string())
+                    }
+                    Err(err) => Some(format!("not a control message: {err}")),
+                };
+                if let Some(message) = refused {
+                    let error = TerminalServerMessage::Error { code: "bad_control".into(), message };
+                    if replies.send(error).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Message::Close(_) => return,
+            // axum answers pings itself; a pong only proves the client is there.
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
 }
 
 /// What the client is told when the session ends.

@@ -11,6 +11,10 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
+/// The build script's check of `web/node_modules` against the lock.
+#[path = "../../build_lock.rs"]
+mod build_lock;
+
 /// The whole browser script, including starting Chromium on a loaded machine.
 const BROWSER_TEST_LIMIT: Duration = Duration::from_secs(300);
 
@@ -170,4 +174,37 @@ async fn the_console_works_in_a_real_browser() {
     // What the browser did is real: alice's sandbox exists and its shell ran the command.
     let (_, list) = get(&server.url("/sandboxes"), Some(&server.token("alice"))).await;
     assert_eq!(list["sandboxes"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
+/// `build.rs` re-runs `npm ci` when `web/node_modules` is not what the lock pins; this is the
+/// check that decides it.
+#[test]
+fn the_build_notices_a_node_modules_that_is_not_the_lock() {
+    let lock = r#"{"packages": {"": {}, "node_modules/@xterm/xterm": {"version": "6.0.0"}, "node_modules/plain": {"version": "1.2.3"}}}"#;
+    let installed = |xterm: Option<&'static str>| {
+        move |package: &str| match package {
+            "@xterm/xterm" => xterm.map(|version| format!(r#"{{"name": "@xterm/xterm", "version": "{version}"}}"#)),
+            "plain" => Some(r#"{"version": "1.2.3"}"#.to_string()),
+            _ => None,
+        }
+    };
+    let packages = ["@xterm/xterm", "plain"];
+    assert_eq!(build_lock::stale_packages(lock, &packages, installed(Some("6.0.0"))), Ok(vec![]));
+    let older = build_lock::stale_packages(lock, &packages, installed(Some("5.5.0"))).expect("a readable lock");
+    assert_eq!(older, vec!["@xterm/xterm is 5.5.0, the lock pins 6.0.0".to_string()]);
+    let missing = build_lock::stale_packages(lock, &packages, installed(None)).expect("a readable lock");
+    assert_eq!(missing, vec!["@xterm/xterm is not installed".to_string()]);
+    assert!(build_lock::stale_packages(lock, &["@xterm/addon-fit"], installed(None)).is_err(), "not pinned");
+    assert!(build_lock::stale_packages("{", &packages, installed(None)).is_err(), "not JSON");
+    assert_eq!(build_lock::package_of("@xterm/xterm/lib/xterm.mjs"), "@xterm/xterm");
+    assert_eq!(build_lock::package_of("plain/index.js"), "plain");
+    // This checkout: whatever built this test embedded what the lock pins.
+    if cloudterm_server::console::vendor_missing().is_none() {
+        let web = web_dir();
+        let lock = std::fs::read_to_string(web.join("package-lock.json")).expect("web/package-lock.json");
+        let modules = web.join("node_modules");
+        let read = |package: &str| std::fs::read_to_string(modules.join(package).join("package.json")).ok();
+        let stale = build_lock::stale_packages(&lock, &["@xterm/xterm", "@xterm/addon-fit"], read);
+        assert_eq!(stale, Ok(vec![]), "the embedded console is not the locked one");
+    }
 }

@@ -18,6 +18,9 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Long enough for a shell to start and answer on a loaded CI machine.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A curses program that fills the screen with a layout checkable at any size.
+const FULL_SCREEN: &str = include_str!("fixtures/fullscreen.py");
+
 /// What the server sent.
 #[derive(Debug)]
 enum Frame {
@@ -212,6 +215,74 @@ async fn a_named_session_survives_a_disconnect_and_is_repainted_at_the_new_size(
     assert_eq!(shell_pid(&mut ws, "after").await, pid, "the same shell kept running");
 }
 
+/// A real full-screen program (curses, `fixtures/fullscreen.py`) drawn at 80x24, its session
+/// re-attached at 50x12: the first frame alone must show the program's own 50x12 layout, not
+/// its 80x24 one cropped (which is all `vt100` holds until the program redraws on SIGWINCH).
+async fn a_full_screen_program_is_repainted_at_the_new_size_on_reattach(runtime: &str) {
+    // A bound far above a redraw's time: the repaint must be released by the redraw (checked
+    // below), and a loaded machine must not make the test fail by hitting the bound. A curses
+    // program writes twice after SIGWINCH (curses' refresh of the old screen, then the
+    // program's new layout): the quiet time must outlast the gap between them, which on a
+    // machine at load 10 can pass the default 50 ms (seen once in five runs).
+    let redraw_wait = Duration::from_secs(5);
+    let Some(server) = TestServer::start_runtime(runtime, |config| {
+        config.terminal.redraw_wait_ms = redraw_wait.as_millis() as u64;
+        config.terminal.redraw_quiet_ms = 500;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = Api::new(&server, "alice");
+    let id = api.create(json!({})).await["id"].as_str().expect("id").to_string();
+    let check =
+        api.sh(&id, "python3 -c \"import curses; curses.setupterm('xterm-256color'); print('curses-ok')\"").await;
+    assert!(
+        check["stdout"].as_str().is_some_and(|out| out.contains("curses-ok")),
+        "the {runtime} sandbox needs python3 with curses and xterm-256color's terminfo: {check}"
+    );
+    let (status, body) = api
+        .call("POST", &format!("/sandboxes/{id}/files"), Some(json!({"path": "fullscreen.py", "content": FULL_SCREEN})))
+        .await;
+    assert!((200..300).contains(&status), "writing the program: {status} {body}");
+    let mut ws = attach(&server, &api, &id, "session=vim&cols=80&rows=24").await;
+    repaint(&mut ws).await;
+    type_in(&mut ws, "python3 fullscreen.py\r").await;
+    read_until(&mut ws, "STATUS 80x24").await;
+    ws.close(None).await.expect("close");
+    drop(ws);
+
+    let started = Instant::now();
+    let mut ws = attach(&server, &api, &id, "session=vim&cols=50&rows=12").await;
+    let first = match frame(&mut ws).await {
+        Frame::Bytes(bytes) => bytes,
+        other => panic!("expected a repaint, got {other:?}"),
+    };
+    let waited = started.elapsed();
+    assert!(first.starts_with(b"\x1b[?1049h"), "the program is repainted on the alternate screen");
+    let mut screen = vt100::Parser::new(
+        std::num::NonZeroU16::new(12).expect("rows"),
+        std::num::NonZeroU16::new(50).expect("cols"),
+        0,
+    );
+    screen.process(&first);
+    let rows: Vec<String> = screen.screen().rows(0, 50).collect();
+    let shown = rows.join("\n");
+    assert_eq!(rows.len(), 12, "{shown}");
+    assert_eq!(rows[0], "=".repeat(50), "the top rule spans the new width:\n{shown}");
+    for (i, row) in rows.iter().enumerate().take(11).skip(1) {
+        let expected = format!("{:.<49}|", format!("row {:02}", i + 1));
+        assert_eq!(*row, expected, "row {i} is the program's 50-column layout:\n{shown}");
+    }
+    assert_eq!(rows[11], "STATUS 50x12", "the status line is on the last row:\n{shown}");
+    assert!(!shown.contains("80x24"), "80x24 leftovers:\n{shown}");
+    assert!(waited < redraw_wait, "the repaint waited for the bound ({waited:?}), not for the redraw");
+    // The program still runs and answers this viewer: a key makes it redraw, `q` ends it.
+    type_in(&mut ws, "q").await;
+    type_in(&mut ws, "echo back-$((40+2))\r").await;
+    read_until(&mut ws, "back-42").await;
+}
+
 async fn viewers_share_a_session_and_read_only_ones_cannot_type(runtime: &str) {
     let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
     let api = Api::new(&server, "alice");
@@ -272,6 +343,7 @@ async fn sessions_end_when_unwatched_and_metrics_count_them(runtime: &str) {
 on_every_runtime!(
     a_shell_runs_resizes_and_reports_its_exit_code,
     a_named_session_survives_a_disconnect_and_is_repainted_at_the_new_size,
+    a_full_screen_program_is_repainted_at_the_new_size_on_reattach,
     viewers_share_a_session_and_read_only_ones_cannot_type,
     sessions_end_when_unwatched_and_metrics_count_them,
 );
@@ -393,6 +465,75 @@ async fn a_viewer_that_never_reads_does_not_hold_back_the_others() {
         "flood: {FLOOD} bytes in {:?}; fast viewer {received} bytes + {repaints} repaints; slow viewer {slow_bytes} bytes; {resyncs} resyncs",
         started.elapsed()
     );
+}
+
+/// A program that never reads its input, and a paste far larger than every buffer on the way
+/// (the client's and the server's sockets, the session's input queue, the agent's socket, the
+/// PTY): the paste waits, and the output and the pings keep coming meanwhile, past the time a
+/// silent client is dropped (the reader waits on the program, not on the client).
+#[tokio::test]
+async fn input_the_program_does_not_read_never_stops_output_or_pings() {
+    let server = TestServer::start_with(|config| config.terminal.ping_seconds = 1).await;
+    let api = Api::new(&server, "alice");
+    let id = api.create(json!({})).await["id"].as_str().expect("id").to_string();
+    let mut ws = attach(&server, &api, &id, "cols=80&rows=24").await;
+    repaint(&mut ws).await;
+    // Raw mode without echo: the PTY neither answers the paste nor drops it; it fills up.
+    type_in(&mut ws, "stty raw -echo; i=0; while :; do i=$((i+1)); echo tick-$i-; sleep 0.2; done\r").await;
+    read_until(&mut ws, "tick-2-").await;
+    let (mut sink, mut stream) = ws.split();
+    const PASTE_MESSAGES: usize = 32;
+    let paste = tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+        for _ in 0..PASTE_MESSAGES {
+            if sink.send(Message::Binary(chunk.clone())).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    // Ticks are numbered; find the highest one seen, across frame boundaries.
+    let highest = |text: &str| {
+        text.match_indices("tick-")
+            .filter_map(|(at, _)| {
+                let rest = &text[at + 5..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                rest[digits.len()..].starts_with('-').then(|| digits.parse::<u64>().ok()).flatten()
+            })
+            .max()
+    };
+    let mut tail = String::new();
+    let mut first_tick = None;
+    let mut last_tick = 0;
+    let mut pings = 0;
+    let deadline = Instant::now() + WAIT;
+    // Five pings (five seconds at one a second) is past the three a silent client gets.
+    while pings < 5 || first_tick.is_none_or(|first| last_tick < first + 10) {
+        assert!(
+            Instant::now() < deadline,
+            "output or pings stopped while the paste waited: {pings} pings, ticks {first_tick:?}..{last_tick}"
+        );
+        let message = tokio::time::timeout(WAIT, stream.next()).await.expect("a frame in time");
+        match message {
+            Some(Ok(Message::Binary(bytes))) => {
+                tail.push_str(&String::from_utf8_lossy(&bytes));
+                if let Some(tick) = highest(&tail) {
+                    first_tick.get_or_insert(tick);
+                    last_tick = last_tick.max(tick);
+                }
+                keep_tail(&mut tail);
+            }
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            Some(Err(err)) => panic!("the connection broke: {err}"),
+            None => panic!("the server closed the connection"),
+        }
+    }
+    assert!(
+        !paste.is_finished(),
+        "the whole {PASTE_MESSAGES} MiB paste was taken, so nothing waited: the test proves nothing"
+    );
+    paste.abort();
 }
 
 /// Collects what the server logs, to look for secrets in it.
