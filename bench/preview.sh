@@ -5,14 +5,17 @@
 # process runtime). The app is the tests' standard-library Python server
 # (crates/cloudterm-server/tests/it/fixtures/preview_app.py, HTTP/1.1 keep-alive).
 #
-# Usage: bench/preview.sh [RUNTIME] [DURATION] [CONNECTIONS]   (RUNTIME linux|process, default linux)
+# Usage: bench/preview.sh [RUNTIME] [DURATION] [CONNECTIONS] [RUNS]   (RUNTIME linux|process, default
+# linux; RUNS of each side, alternating direct and preview, default 3: on shared cores one run
+# of each says little)
 # Needs: wrk (apt-get install wrk), python3, curl, root for the linux runtime, release builds:
 #   cargo build --release -p cloudterm -p cloudterm-agent -p cloudterm-runtime-linux
 set -euo pipefail
 RUNTIME=${1:-linux}
 DURATION=${2:-10s}
 CONNS=${3:-16}
-BIN=target/release
+RUNS=${4:-3}
+BIN=${BIN:-target/release}  # another build to compare: BIN=DIR (with cloudterm-agent and cloudterm-linux-helper beside)
 APP=crates/cloudterm-server/tests/it/fixtures/preview_app.py
 DATA=$(mktemp -d)
 chmod 711 "$DATA"
@@ -88,14 +91,16 @@ measure() {
   true
 }
 
-echo "runtime: $RUNTIME, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), wrk -t2 -c$CONNS -d$DURATION"
+echo "runtime: $RUNTIME, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), wrk -t2 -c$CONNS -d$DURATION, $RUNS runs of each side"
 for path in whoami "big?mb=1"; do
-  echo
-  echo "== direct, inside the sandbox's network: GET /$path"
-  measure "${DIRECT[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$APP_PORT/$path"
-  echo
-  echo "== through the preview (owner's bearer token): GET /preview/$SBX/$APP_PORT/$path"
-  measure wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL/preview/$SBX/$APP_PORT/$path"
+  for run in $(seq "$RUNS"); do
+    echo
+    echo "== run $run, direct, inside the sandbox's network: GET /$path (load $(cut -d' ' -f1 /proc/loadavg))"
+    measure "${DIRECT[@]}" wrk -t2 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$APP_PORT/$path"
+    echo
+    echo "== run $run, through the preview (owner's bearer token): GET /preview/$SBX/$APP_PORT/$path (load $(cut -d' ' -f1 /proc/loadavg))"
+    measure wrk -t2 -c"$CONNS" -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "$URL/preview/$SBX/$APP_PORT/$path"
+  done
   # New connections to the app, and the server's own view of the time to the answer's head.
   curl -fs "$URL/metrics" | grep -E '^preview_target_connections_total|^http_request_duration_seconds_bucket.*route="/preview/\{sandbox_id\}/\{port\}/\{\*path\}"' || true
 done

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cloudterm_runtime::PortStream;
@@ -21,6 +22,15 @@ use crate::sandboxes::{agent_error, ActivityGuard, SandboxService};
 /// How many targets one health pass checks at once.
 const CHECK_CONCURRENCY: usize = 16;
 
+/// How long `find` answers from memory. Every proxied request looks its preview up; from the
+/// store that was a round trip through sqlx's worker thread (SQLite's file locks included) for
+/// a record that almost never changes. This server's own register/unregister update the
+/// cache at once; another server's (PostgreSQL, scaled out) are seen within this time.
+const RECORD_TTL: Duration = Duration::from_secs(1);
+
+/// Most records remembered; the cache starts over when full.
+const RECORD_CAPACITY: usize = 4096;
+
 /// Previews: records in the store, health in memory, connections through the agents.
 pub struct PreviewService {
     store: Arc<dyn Store>,
@@ -29,6 +39,8 @@ pub struct PreviewService {
     settings: PreviewSettings,
     /// Keyed by `(sandbox_id, port)` of the registration.
     health: RwLock<HashMap<(String, u16), PreviewHealth>>,
+    /// Records `find` read from the store recently, with when (see [`RECORD_TTL`]).
+    records: RwLock<HashMap<(String, u16), (PreviewRecord, Instant)>>,
 }
 
 impl PreviewService {
@@ -39,7 +51,14 @@ impl PreviewService {
         observer: Arc<dyn PreviewObserver>,
         settings: PreviewSettings,
     ) -> Self {
-        PreviewService { store, sandboxes, observer, settings, health: RwLock::new(HashMap::new()) }
+        PreviewService {
+            store,
+            sandboxes,
+            observer,
+            settings,
+            health: RwLock::new(HashMap::new()),
+            records: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Registers (or updates `public` and the fallback of) a preview of one of the caller's
@@ -67,6 +86,7 @@ impl PreviewService {
             StoreError::NotFound => DomainError::NotFound(format!("sandbox {}", record.sandbox_id)),
             other => other.into(),
         })?;
+        self.forget_record(&stored.sandbox_id, stored.port);
         let preview = self.view(stored);
         self.check(&preview).await;
         Ok(self.view_of(&preview))
@@ -94,6 +114,7 @@ impl PreviewService {
             Ok(()) | Err(StoreError::NotFound) => {}
             Err(err) => return Err(err.into()),
         }
+        self.forget_record(&preview.sandbox_id, preview.port);
         if let Ok(mut health) = self.health.write() {
             health.remove(&(preview.sandbox_id, preview.port));
         }
@@ -101,11 +122,45 @@ impl PreviewService {
     }
 
     /// The preview at `sandbox_id:port`, whoever owns it: the router decides who may reach it.
+    ///
+    /// A record read within [`RECORD_TTL`] is answered from memory while its sandbox is
+    /// running; anything else (no such preview, a stopped or deleted sandbox) asks the store,
+    /// so a deleted sandbox's previews are gone at once.
     pub async fn find(&self, sandbox_id: &str, port: u16) -> Result<Option<Preview>, DomainError> {
+        if let Some(record) = self.cached_record(sandbox_id, port) {
+            return Ok(Some(self.view(record)));
+        }
         match self.store.get_preview(sandbox_id, port).await {
-            Ok(record) => Ok(Some(self.view(record))),
+            Ok(record) => {
+                self.remember_record(&record);
+                Ok(Some(self.view(record)))
+            }
             Err(StoreError::NotFound) => Ok(None),
             Err(err) => Err(err.into()),
+        }
+    }
+
+    fn cached_record(&self, sandbox_id: &str, port: u16) -> Option<PreviewRecord> {
+        let record = {
+            let records = self.records.read().ok()?;
+            let (record, read_at) = records.get(&(sandbox_id.to_owned(), port))?;
+            (read_at.elapsed() < RECORD_TTL).then(|| record.clone())?
+        };
+        self.sandboxes.live_sandbox(sandbox_id).map(|_| record)
+    }
+
+    fn remember_record(&self, record: &PreviewRecord) {
+        if let Ok(mut records) = self.records.write() {
+            if records.len() >= RECORD_CAPACITY {
+                records.clear();
+            }
+            records.insert((record.sandbox_id.clone(), record.port), (record.clone(), Instant::now()));
+        }
+    }
+
+    fn forget_record(&self, sandbox_id: &str, port: u16) {
+        if let Ok(mut records) = self.records.write() {
+            records.remove(&(sandbox_id.to_owned(), port));
         }
     }
 

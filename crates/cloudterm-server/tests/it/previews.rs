@@ -393,6 +393,15 @@ async fn links_cookies_strangers_and_bad_input(runtime: &str) {
     register(&alice, json!({"sandbox_id": id, "port": dead})).await;
     let (status, _, body) = get(&format!("/preview/{id}/{dead}/"), Some(&alice.token), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (502, Some("bad_gateway")), "{body}");
+
+    // A deleted sandbox's previews are gone at once, though the proxy remembers a preview's
+    // record for a second (the public one was just used, so its record is remembered).
+    let (status, _, _) = get(&format!("{prefix}/echo"), None, None).await;
+    assert_eq!(status, 200);
+    let (status, _) = alice.call("DELETE", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, _, body) = get(&format!("{prefix}/echo"), Some(&alice.token), None).await;
+    assert_eq!(status, 404, "{body}");
 }
 
 on_every_runtime!(
