@@ -13,6 +13,7 @@ use crate::access::{Access, AccessControl, Grant};
 use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::marketplace::{self, MarketplaceService};
+use crate::previews::PreviewService;
 use crate::principal::Principal;
 use crate::sandboxes::{CreateSandbox, SandboxService, StorageUsage};
 use crate::snapshots::SnapshotService;
@@ -29,6 +30,7 @@ pub struct WorkspaceService {
     sandboxes: Arc<SandboxService>,
     snapshots: Arc<SnapshotService>,
     marketplace: Arc<MarketplaceService>,
+    previews: Arc<PreviewService>,
     /// One lock per workspace whose sandbox is being found or started, so two execs arriving
     /// together on an idle workspace start one sandbox, not two.
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -41,8 +43,9 @@ impl WorkspaceService {
         sandboxes: Arc<SandboxService>,
         snapshots: Arc<SnapshotService>,
         marketplace: Arc<MarketplaceService>,
+        previews: Arc<PreviewService>,
     ) -> Self {
-        WorkspaceService { store, sandboxes, snapshots, marketplace, starting: Mutex::new(HashMap::new()) }
+        WorkspaceService { store, sandboxes, snapshots, marketplace, previews, starting: Mutex::new(HashMap::new()) }
     }
 
     fn access(&self) -> &AccessControl {
@@ -169,6 +172,10 @@ impl WorkspaceService {
         };
         let entry = audit_entry(caller, id, "share", agent_id, Some(grant.as_str()));
         self.store.grant_share(&share, &entry).await?;
+        if grant.access() < Access::Write {
+            // Lowered to `read` (or granted it): nothing they exposed or run may keep going.
+            self.withdraw(&record, agent_id).await?;
+        }
         Ok(share)
     }
 
@@ -180,12 +187,35 @@ impl WorkspaceService {
         }
         let entry = audit_entry(caller, id, "revoke", agent_id, None);
         match self.store.revoke_share(id, agent_id, &entry).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(StoreError::NotFound) => {
-                Err(DomainError::NotFound(format!("a share of workspace {id} with {agent_id}")))
+                return Err(DomainError::NotFound(format!("a share of workspace {id} with {agent_id}")))
             }
-            Err(err) => Err(err.into()),
+            Err(err) => return Err(err.into()),
         }
+        self.withdraw(&record, agent_id).await
+    }
+
+    /// Ends what `agent_id` left running on the workspace once they may no longer write to it
+    /// (revoked, or lowered to `read`). Their previews of its sandboxes go (and with them every
+    /// signed link). The sandboxes they started there are stopped as an idle one is: taken out
+    /// of service, an `idle` snapshot with the writable layer, then stopped, so nothing they
+    /// started keeps running on the workspace or counts against their quota while they can no
+    /// longer see or delete it, and the next workspace exec resumes from that snapshot.
+    /// Waits for the stops, so when the revocation answers, they are done.
+    async fn withdraw(&self, workspace: &WorkspaceRecord, agent_id: &str) -> Result<(), DomainError> {
+        let removed = self.previews.forget_registrant(&workspace.id, agent_id).await?;
+        for sandbox in self.sandboxes.running_on_workspace_of(&workspace.id, agent_id).await? {
+            if !self.sandboxes.take(&sandbox) {
+                continue;
+            }
+            self.snapshots.before_idle_stop(&sandbox).await;
+            self.sandboxes.stop_taken(&sandbox, "its owner's access to the workspace was withdrawn").await;
+        }
+        if removed > 0 {
+            tracing::info!(workspace = %workspace.id, agent = %agent_id, previews = removed, "previews of a withdrawn collaborator removed");
+        }
+        Ok(())
     }
 
     /// The workspace's grants, oldest first (read).

@@ -6,7 +6,19 @@
 use cloudterm_test_support::TestServer;
 use serde_json::{json, Value};
 
+use crate::previews::{client as previews_client, free_port, json_of, path_of, register, start_app, APP};
 use crate::sandboxes::Api;
+
+/// How much of a quota the principal uses, from `GET /me`.
+async fn quota_used(api: &Api, kind: &str) -> u64 {
+    let (status, me) = api.call("GET", "/me", None).await;
+    assert_eq!(status, 200, "{me}");
+    me["quota"]
+        .as_array()
+        .and_then(|quota| quota.iter().find(|entry| entry["kind"] == kind))
+        .and_then(|entry| entry["used"].as_u64())
+        .unwrap_or_else(|| panic!("no {kind} quota in {me}"))
+}
 
 fn id_of(value: &Value, field: &str) -> String {
     value[field].as_str().unwrap_or_else(|| panic!("no {field} in {value}")).to_string()
@@ -302,12 +314,17 @@ async fn workspaces_are_created_listed_by_tag_and_shared_with_their_permission()
     assert_eq!(status, 409, "{answer}");
 }
 
+/// Sharing changes take effect on the next request, everywhere: revoking a writer also ends
+/// the previews she registered (her token, a link she signed before, its cookie) and stops the
+/// sandbox she started on the workspace; owner and admins see and unregister collaborators'
+/// previews.
 #[tokio::test]
 async fn grants_and_revocations_are_enforced_at_once_and_audited() {
     let server = TestServer::start().await;
     let alice = Api::new(&server, "alice");
     let adam = Api::new(&server, "adam");
     let wendy = Api::new(&server, "wendy");
+    let rita = Api::new(&server, "rita");
     let crew = Crew { alice: Api::new(&server, "alice") };
     let ws = crew.shared_workspace("team").await;
     let sbx = crew.sandbox_on(&ws).await;
@@ -322,6 +339,77 @@ async fn grants_and_revocations_are_enforced_at_once_and_audited() {
     assert_eq!(status, 403);
     let (status, _) = wendy.call("DELETE", &format!("/workspaces/{ws}/share/rita"), None).await;
     assert_eq!(status, 403);
+
+    // Before the revocation, wendy exposes alice's sandbox: an app she starts there, a private
+    // preview of it, a signed link; and a sandbox of her own on the workspace.
+    let port = free_port();
+    let (status, body) = wendy
+        .call("POST", &format!("/sandboxes/{sbx}/files"), Some(json!({"path": "preview_app.py", "content": APP})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    start_app(&wendy, &sbx, port, "team").await;
+    let preview = register(&wendy, json!({"sandbox_id": sbx, "port": port})).await;
+    assert_eq!(preview["registered_by"], "wendy", "{preview}");
+    let through = format!("/preview/{sbx}/{port}/echo");
+    let (status, echo) = wendy.call("GET", &through, None).await;
+    assert_eq!(status, 200, "her token reaches her preview: {echo}");
+    let (status, link) = wendy.call("POST", "/preview/link", Some(json!({"sandbox_id": sbx, "port": port}))).await;
+    assert_eq!(status, 200, "{link}");
+    let link = path_of(link["url"].as_str().expect("url"));
+    let anonymous = previews_client();
+    let open_link = async |path: &str, cookie: Option<&str>| {
+        let mut request = anonymous.get(server.url(path));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .map(str::to_string);
+        (status, cookie, json_of(response).await)
+    };
+    let (status, cookie, _) = open_link(&link, None).await;
+    assert_eq!(status, 303, "the link works before the revocation");
+    let cookie = cookie.expect("the link sets its cookie");
+    let (status, _, _) = open_link(&through, Some(&cookie)).await;
+    assert_eq!(status, 200, "and so does its cookie");
+    // A second preview of hers (nothing listens): the owner sees both and can take one down.
+    register(&wendy, json!({"sandbox_id": sbx, "port": port + 1})).await;
+    let (_, listed) = alice.call("GET", "/preview/list", None).await;
+    let seen: Vec<(u64, String)> = listed["previews"]
+        .as_array()
+        .expect("previews")
+        .iter()
+        .map(|p| (p["port"].as_u64().unwrap_or(0), id_of(p, "registered_by")))
+        .collect();
+    assert_eq!(seen, [(u64::from(port), "wendy".into()), (u64::from(port) + 1, "wendy".into())], "{listed}");
+    let (_, listed) = adam.call("GET", "/preview/list", None).await;
+    assert_eq!(listed["previews"].as_array().map(Vec::len), Some(2), "an admin oversees them too: {listed}");
+    let (_, listed) = rita.call("GET", "/preview/list", None).await;
+    assert_eq!(listed["previews"], json!([]), "a reader does not: {listed}");
+    let key = json!({"sandbox_id": sbx, "port": port + 1});
+    let (status, body) = rita.call("POST", "/preview/unregister", Some(key.clone())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, body) = alice.call("POST", "/preview/unregister", Some(key)).await;
+    assert_eq!(status, 204, "the owner unregisters a collaborator's preview: {body}");
+    let (_, mine) = wendy.call("GET", "/preview/list", None).await;
+    assert_eq!(mine["previews"].as_array().map(Vec::len), Some(1), "{mine}");
+    let (status, own) = wendy.call("POST", "/sandboxes", Some(json!({"workspace_id": ws}))).await;
+    assert_eq!(status, 201, "{own}");
+    let own = id_of(&own, "id");
+    let (_, listed) = alice.call("GET", "/sandboxes?include_shared=true", None).await;
+    let entry = listed["sandboxes"].as_array().expect("list").iter().find(|s| s["id"] == own.as_str()).cloned();
+    assert_eq!(
+        entry.map(|s| (s["workspace_id"].clone(), s["permission"].clone())),
+        Some((json!(ws), json!("owner"))),
+        "the owner sees a collaborator's sandbox on her workspace: {listed}"
+    );
+    assert_eq!(quota_used(&wendy, "sandboxes").await, 1);
+
     let (status, _) = adam.call("DELETE", &format!("/workspaces/{ws}/share/wendy"), None).await;
     assert_eq!(status, 204);
     // Revoked: the running sandbox is gone for her at once.
@@ -330,6 +418,31 @@ async fn grants_and_revocations_are_enforced_at_once_and_audited() {
     assert_eq!((status, out["error"]["code"].as_str()), (404, Some("not_found")), "{out}");
     let (status, _) = wendy.call("GET", &format!("/workspaces/{ws}"), None).await;
     assert_eq!(status, 404);
+    // And so is everything she exposed: her token, her link and its cookie reach nothing,
+    // she cannot sign a new link, and the preview is gone from the owner's list.
+    let (status, body) = wendy.call("GET", &through, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, _, body) = open_link(&link, None).await;
+    assert_eq!(status, 404, "a link signed before the revocation: {body}");
+    let (status, _, body) = open_link(&through, Some(&cookie)).await;
+    assert_eq!(status, 404, "its cookie: {body}");
+    let (status, body) = wendy.call("POST", "/preview/link", Some(json!({"sandbox_id": sbx, "port": port}))).await;
+    assert_eq!(status, 404, "{body}");
+    let (_, listed) = alice.call("GET", "/preview/list", None).await;
+    assert_eq!(listed["previews"], json!([]), "{listed}");
+    // Her sandbox on the workspace was snapshotted and stopped: it no longer runs there or
+    // counts against her quota, and the owner finds the `idle` snapshot it left.
+    let (status, stopped) = alice.call("GET", &format!("/sandboxes/{own}"), None).await;
+    assert_eq!((status, stopped["state"].as_str()), (200, Some("stopped")), "{stopped}");
+    assert_eq!(quota_used(&wendy, "sandboxes").await, 0);
+    let (_, snapshots) = alice.call("GET", &format!("/snapshot/list?workspace_id={ws}"), None).await;
+    let kinds: Vec<&Value> = snapshots["snapshots"].as_array().expect("list").iter().map(|s| &s["kind"]).collect();
+    assert_eq!(kinds, [&json!("idle")], "{snapshots}");
+    // Alice's own sandbox keeps running and serving the workspace.
+    let (status, out) =
+        alice.call("POST", &format!("/workspaces/{ws}/exec"), Some(json!({"command": "echo ok"}))).await;
+    assert_eq!((status, out["stdout"].as_str()), (200, Some("ok\n")), "{out}");
+    alice.call("DELETE", &format!("/sandboxes/{own}"), None).await;
     // Nobody revokes the owner; a grant that does not exist is 404.
     let (status, answer) = adam.call("DELETE", &format!("/workspaces/{ws}/share/alice"), None).await;
     assert_eq!(status, 403, "{answer}");
