@@ -116,6 +116,12 @@ async fn every_route_enforces_the_permission_matrix() {
     assert_eq!(status, 201, "{job}");
     let job = id_of(&job, "job_id");
     let snap = crew.snapshot_of(&ws).await;
+    // A second sandbox on the workspace, as a preview's fallback; and the preview that the
+    // link and proxy rows use (nothing listens on its port).
+    let fallback = crew.sandbox_on(&ws).await;
+    let (status, preview) =
+        crew.alice.call("POST", "/preview/register", Some(json!({"sandbox_id": sbx, "port": 8765}))).await;
+    assert_eq!(status, 201, "{preview}");
     let (status, worker) = crew
         .alice
         .call(
@@ -153,6 +159,10 @@ async fn every_route_enforces_the_permission_matrix() {
         row("GET", format!("/sandboxes/{sbx}/files?path=."), Body::None, all),
         row("GET", format!("/sandboxes/{sbx}/files/a.txt"), Body::None, all),
         row("POST", format!("/sandboxes/{sbx}/keepalive"), Body::Json(json!({})), write),
+        // Past the check the process runtime cannot pause (409); resuming a running sandbox
+        // changes nothing.
+        row("POST", format!("/sandboxes/{sbx}/pause"), Body::None, [409, 409, 409, 403, 404]),
+        row("POST", format!("/sandboxes/{sbx}/resume"), Body::None, write),
         // Past the permission check the process runtime cannot mount (409).
         row(
             "POST",
@@ -179,12 +189,26 @@ async fn every_route_enforces_the_permission_matrix() {
         row("POST", "/snapshot/create".into(), Body::Json(json!({"workspace_id": ws})), created),
         row("POST", "/snapshot/create".into(), Body::Json(json!({"sandbox_id": sbx})), created),
         row("POST", "/snapshot/restore".into(), Body::Json(json!({"snapshot_id": snap})), write),
+        row("POST", "/snapshot/restore".into(), Body::Json(json!({"snapshot_id": snap, "sandbox_id": sbx})), write),
+        row("POST", "/snapshot/restore".into(), Body::Json(json!({"snapshot_id": snap, "workspace_id": ws})), write),
         // Past the check, a body that is not an archive is refused (422).
         row("POST", format!("/snapshot/import?workspace_id={ws}"), Body::Raw(b"not a tar"), [422, 422, 422, 403, 404]),
         // Previews of the workspace's sandbox: exposing a port is a write; members may reach a
         // private one with their token (nothing listens there: 502 past the check).
         row("POST", format!("/sandboxes/{sbx}/preview"), Body::Json(json!({"port": 8765})), write),
+        row("POST", "/preview/register".into(), Body::Json(json!({"sandbox_id": sbx, "port": 8766})), created),
+        row(
+            "POST",
+            "/preview/register".into(),
+            Body::Json(json!({"sandbox_id": sbx, "port": 8767, "fallback_sandbox_id": fallback})),
+            created,
+        ),
+        row("POST", "/preview/link".into(), Body::Json(json!({"sandbox_id": sbx, "port": 8765})), write),
         row("GET", format!("/preview/{sbx}/8765/"), Body::None, [502, 502, 502, 502, 404]),
+        row("POST", format!("/preview/{sbx}/8765/deep/path?x=1"), Body::Json(json!({})), [502, 502, 502, 502, 404]),
+        // The bare form answers 308 to the slash form for anyone (it reveals nothing); the
+        // client follows it into the check.
+        row("GET", format!("/preview/{sbx}/8765"), Body::None, [502, 502, 502, 502, 404]),
     ];
     let mut failures = Vec::new();
     for (role, api) in ROLES.iter().zip(&apis) {
@@ -208,8 +232,25 @@ async fn every_route_enforces_the_permission_matrix() {
     }
 
     // Destructive routes, each role on a fresh target of its own.
-    for (role, api) in ROLES.iter().zip(&apis) {
+    for (port, (role, api)) in (9001u16..).zip(ROLES.iter().zip(&apis)) {
         let expected = |statuses: [u16; 5]| statuses[index_of(role)];
+        let key = json!({"sandbox_id": sbx, "port": port});
+        let (status, body) = crew.alice.call("POST", "/preview/register", Some(key.clone())).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = api.call("POST", "/preview/unregister", Some(key.clone())).await;
+        if status != expected([204, 204, 204, 403, 404]) {
+            failures.push(format!("{role}: POST /preview/unregister → {status}: {body}"));
+        }
+        crew.alice.call("POST", "/preview/unregister", Some(key)).await;
+        // A fallback is checked on its own: the role's own sandbox as the primary, the
+        // workspace's as the fallback.
+        let own = id_of(&api.create(json!({})).await, "id");
+        let body = json!({"sandbox_id": own, "port": port, "fallback_sandbox_id": sbx});
+        let (status, answer) = api.call("POST", "/preview/register", Some(body)).await;
+        if status != expected(created) {
+            failures.push(format!("{role}: POST /preview/register with the fallback → {status}: {answer}"));
+        }
+        api.call("DELETE", &format!("/sandboxes/{own}"), None).await;
         let fresh = crew.snapshot_of(&ws).await;
         let (status, body) = api.call("DELETE", &format!("/snapshot/{fresh}"), None).await;
         if status != expected([204, 204, 403, 403, 404]) {
@@ -226,6 +267,9 @@ async fn every_route_enforces_the_permission_matrix() {
         if status != expected([204, 204, 403, 403, 404]) {
             failures.push(format!("{role}: DELETE /workspaces/{{id}} → {status}: {body}"));
         }
+    }
+    for sandbox in [&sbx, &fallback] {
+        crew.alice.call("DELETE", &format!("/sandboxes/{sandbox}"), None).await;
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
