@@ -59,7 +59,7 @@ impl MarketplaceService {
 
         let worker = self.worker_for(caller, &request.name).await?;
         let versions = self.store.list_worker_versions(&worker.id).await?;
-        if versions.iter().any(|v| v.version == version) {
+        if versions.iter().any(|v| validate::same_version(&v.version, &version)) {
             return Err(version_exists(&request.name, &version));
         }
         let files_key = if request.files.is_empty() {
@@ -171,7 +171,7 @@ impl MarketplaceService {
             .collect())
     }
 
-    /// A worker with every version, newest first.
+    /// A worker with every version, highest first (the first is the latest).
     pub async fn get(&self, id: &str) -> Result<Worker, DomainError> {
         let worker = self.worker(id).await?;
         let versions = self.store.list_worker_versions(id).await?;
@@ -184,7 +184,8 @@ impl MarketplaceService {
         })
     }
 
-    /// A version of a worker to run: the one named, or the latest.
+    /// A version of a worker to run: the one named, or the latest (the highest by semver
+    /// precedence, not the last published).
     pub async fn version(
         &self,
         id: &str,

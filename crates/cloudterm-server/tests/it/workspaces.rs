@@ -633,6 +633,31 @@ async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers(
         )
         .await;
     assert_eq!(status, 201);
+    // Build metadata does not make another version: 1.1.0+build2 is refused (semver
+    // precedence ignores it, so it would be a second 1.1.0).
+    let (status, answer) =
+        alice.call("POST", "/marketplace/publish", Some(publish("quoter", "1.1.0+build2", "sneaky", json!([])))).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (422, Some("validation_failed")), "{answer}");
+    // A backport published after 1.1.0 does not become the latest: the highest version is.
+    let (status, answer) = alice
+        .call("POST", "/marketplace/publish", Some(publish("quoter", "1.0.1", "backported fix", json!(["shell"]))))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    // Mentions quoting once, deep in a long description: found, ranked below quoter.
+    let (status, answer) = alice
+        .call(
+            "POST",
+            "/marketplace/publish",
+            Some(publish(
+                "table-fmt",
+                "1.0.0",
+                "formats tables of numbers and text into aligned columns, with widths, padding, \
+                 borders, headers, footers, colours and, for cells holding separators, quoting",
+                json!(["data"]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
 
     // Bad input: 4xx with the envelope.
     for body in [
@@ -656,11 +681,23 @@ async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers(
     let (status, found) = bob.call("GET", "/marketplace/search?q=quote", None).await;
     assert_eq!(status, 200, "{found}");
     let hits = found["workers"].as_array().expect("workers");
-    assert_eq!(hits.len(), 1, "{found}");
+    let named: Vec<&str> = hits.iter().filter_map(|hit| hit["name"].as_str()).collect();
+    assert_eq!(named, ["quoter", "table-fmt"], "{found}");
     assert_eq!((hits[0]["name"].as_str(), hits[0]["version"].as_str()), (Some("quoter"), Some("1.1.0")));
+    // The issue's example: q=quoting finds the worker whose description mentions quoting,
+    // best match first (name and description) with a strictly higher score.
+    let (status, found) = bob.call("GET", "/marketplace/search?q=quoting", None).await;
+    assert_eq!(status, 200, "{found}");
+    let hits = found["workers"].as_array().expect("workers");
+    let named: Vec<&str> = hits.iter().filter_map(|hit| hit["name"].as_str()).collect();
+    assert_eq!(named, ["quoter", "table-fmt"], "{found}");
+    let scores: Vec<f64> = hits.iter().filter_map(|hit| hit["score"].as_f64()).collect();
+    assert!(scores.len() == 2 && scores[0] > scores[1] && scores[1] > 0.0, "ranked by relevance: {found}");
+    assert_eq!(hits[0]["version"], "1.1.0", "the latest is the highest version, not the backport: {found}");
     let (_, tagged) = bob.call("GET", "/marketplace/search?tag=data", None).await;
-    assert_eq!(tagged["workers"][0]["name"], "csv-tools", "{tagged}");
-    assert_eq!(tagged["workers"].as_array().map(Vec::len), Some(1));
+    let named: Vec<&str> =
+        tagged["workers"].as_array().expect("workers").iter().filter_map(|hit| hit["name"].as_str()).collect();
+    assert_eq!(named, ["table-fmt", "csv-tools"], "the most recent first without q: {tagged}");
     let (_, all) = bob.call("GET", "/marketplace/search?limit=1", None).await;
     assert_eq!(all["workers"].as_array().map(Vec::len), Some(1));
     let (_, nothing) = bob.call("GET", "/marketplace/search?q=%22NEAR(%20*", None).await;
@@ -673,7 +710,7 @@ async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers(
     assert_eq!(status, 200, "{shown}");
     let versions: Vec<&str> =
         shown["versions"].as_array().expect("versions").iter().filter_map(|v| v["version"].as_str()).collect();
-    assert_eq!(versions, ["1.1.0", "1.0.0"]);
+    assert_eq!(versions, ["1.1.0", "1.0.1", "1.0.0"], "highest first, whenever published");
     assert_eq!(
         (shown["latest_version"].as_str(), shown["versions"][0]["has_files"].as_bool()),
         (Some("1.1.0"), Some(true))
