@@ -582,7 +582,81 @@ async fn workspace_exec_starts_a_sandbox_on_demand_and_resumes_from_the_newest_s
     assert_eq!(status, 404);
 }
 
-on_every_runtime!(workspace_exec_starts_a_sandbox_on_demand_and_resumes_from_the_newest_snapshot);
+/// The idle path end to end for a workspace: the sandbox a workspace exec started idles out,
+/// is snapshotted (`kind: idle`, with its writable layer) and stopped by the reaper; the next
+/// workspace exec starts a new sandbox from that snapshot (on the linux runtime what was
+/// installed outside `/workspace` comes back, which only the snapshot's layer can bring).
+async fn an_idle_workspace_sandbox_is_snapshotted_and_the_next_exec_resumes_from_it(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |config| {
+        config.sandboxes.default_timeout_seconds = 2;
+        config.sandboxes.warm_pool = 0;
+        config.snapshots.on_idle = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let alice = Api::new(&server, "alice");
+    let (status, ws) = alice.call("POST", "/workspaces", Some(json!({"name": "napping"}))).await;
+    assert_eq!(status, 201, "{ws}");
+    let ws = id_of(&ws, "id");
+    let exec = |command: &str| json!({ "command": command });
+    let setup =
+        if runtime == "linux" { "echo v1 > kept.txt; echo installed > /etc/tool.conf" } else { "echo v1 > kept.txt" };
+    let (status, out) = alice.call("POST", &format!("/workspaces/{ws}/exec"), Some(exec(setup))).await;
+    assert_eq!((status, out["exit_code"].as_i64()), (200, Some(0)), "{out}");
+    let (_, sandboxes) = alice.call("GET", "/sandboxes", None).await;
+    let first = id_of(&sandboxes["sandboxes"][0], "id");
+    let stopped = async |id: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (_, sandbox) = alice.call("GET", &format!("/sandboxes/{id}"), None).await;
+            if sandbox["state"] == "stopped" {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{id} did not idle out: {sandbox}");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    };
+    stopped(&first).await;
+    let (_, snapshots) = alice.call("GET", &format!("/snapshot/list?workspace_id={ws}"), None).await;
+    let kinds: Vec<&Value> = snapshots["snapshots"].as_array().expect("list").iter().map(|s| &s["kind"]).collect();
+    assert_eq!(kinds, [&json!("idle")], "the idle stop left one idle snapshot: {snapshots}");
+
+    let (status, out) = alice
+        .call(
+            "POST",
+            &format!("/workspaces/{ws}/exec"),
+            Some(exec("cat kept.txt; cat /etc/tool.conf 2>/dev/null || echo none")),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let expected = if runtime == "linux" { "v1\ninstalled\n" } else { "v1\nnone\n" };
+    assert_eq!(out["stdout"], expected, "{out}");
+    let (_, sandboxes) = alice.call("GET", "/sandboxes", None).await;
+    let running: Vec<String> = sandboxes["sandboxes"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|s| s["state"] == "running")
+        .map(|s| id_of(s, "id"))
+        .collect();
+    assert_eq!(running.len(), 1, "{sandboxes}");
+    assert_ne!(running[0], first, "a new sandbox serves the workspace");
+
+    // Let the second one idle out too (so no idle snapshot is being taken), then clean up.
+    stopped(&running[0]).await;
+    for id in [&first, &running[0]] {
+        alice.call("DELETE", &format!("/sandboxes/{id}"), None).await;
+    }
+    let (status, body) = alice.call("DELETE", &format!("/workspaces/{ws}"), None).await;
+    assert_eq!(status, 204, "{body}");
+}
+
+on_every_runtime!(
+    workspace_exec_starts_a_sandbox_on_demand_and_resumes_from_the_newest_snapshot,
+    an_idle_workspace_sandbox_is_snapshotted_and_the_next_exec_resumes_from_it,
+);
 
 #[tokio::test]
 async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers() {
