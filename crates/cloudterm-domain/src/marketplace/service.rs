@@ -5,7 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::Utc;
 use cloudterm_archive::{PackOptions, UnpackOptions};
 use cloudterm_blobstore::BlobStore;
 use cloudterm_store::{Store, StoreError, WorkerRecord, WorkerVersionRecord};
@@ -76,7 +75,7 @@ impl MarketplaceService {
             tags,
             command: request.command,
             files_key: files_key.clone(),
-            created_at: Utc::now(),
+            created_at: crate::clock::now(),
         };
         if let Err(err) = self.store.insert_worker_version(&record).await {
             if let Some(key) = files_key {
@@ -101,7 +100,7 @@ impl MarketplaceService {
                     id: new_id("wkr"),
                     name: name.to_string(),
                     author: caller.id().to_string(),
-                    created_at: Utc::now(),
+                    created_at: crate::clock::now(),
                 };
                 match self.store.insert_worker(&worker).await {
                     Ok(()) => return Ok(worker),

@@ -64,7 +64,7 @@ impl PreviewService {
             owner: caller.id().to_owned(),
             public: request.public,
             fallback_sandbox_id: request.fallback_sandbox_id,
-            created_at: Utc::now(),
+            created_at: crate::clock::now(),
         };
         let stored = self.store.put_preview(&record).await.map_err(|err| match err {
             StoreError::NotFound => DomainError::NotFound(format!("sandbox {}", record.sandbox_id)),

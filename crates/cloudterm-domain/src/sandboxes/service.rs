@@ -173,7 +173,7 @@ impl SandboxService {
         }
 
         let id = new_id("sbx");
-        let now = Utc::now();
+        let now = crate::clock::now();
         let expires_at = now + chrono::Duration::seconds(timeout_seconds as i64);
         let record = SandboxRecord {
             id: id.clone(),
@@ -255,7 +255,7 @@ impl SandboxService {
             if self.limits_for(claim.caller.id()).egress_bytes() != pooled.egress_limit {
                 self.apply_egress_limit(&id, claim.caller.id()).await.map_err(runtime_error)?;
             }
-            let now = Utc::now();
+            let now = crate::clock::now();
             let expires_at = now + chrono::Duration::seconds(claim.timeout_seconds as i64);
             let record = SandboxRecord {
                 id: id.clone(),

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use chrono::Utc;
 use cloudterm_agent_protocol::ExecRequest;
 use cloudterm_store::{AuditRecord, NewAuditRecord, ShareRecord, Store, StoreError, WorkspaceRecord};
 
@@ -66,7 +65,7 @@ impl WorkspaceService {
             description,
             tags,
             is_home: false,
-            created_at: Utc::now(),
+            created_at: crate::clock::now(),
         };
         self.store.insert_workspace(&record).await.map_err(|err| match err {
             StoreError::Conflict(_) => {
@@ -168,7 +167,7 @@ impl WorkspaceService {
             agent_id: agent_id.to_string(),
             permission: grant.as_str().to_string(),
             granted_by: caller.id().to_string(),
-            granted_at: Utc::now(),
+            granted_at: crate::clock::now(),
         };
         let entry = audit_entry(caller, id, "share", agent_id, Some(grant.as_str()));
         self.store.grant_share(&share, &entry).await?;
@@ -350,6 +349,6 @@ fn audit_entry(caller: &Principal, id: &str, action: &str, subject: &str, permis
         action: action.to_string(),
         subject: subject.to_string(),
         permission: permission.map(str::to_string),
-        at: Utc::now(),
+        at: crate::clock::now(),
     }
 }

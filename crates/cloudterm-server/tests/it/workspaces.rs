@@ -289,6 +289,7 @@ async fn workspaces_are_created_listed_by_tag_and_shared_with_their_permission()
     assert_eq!(status, 201, "{ml}");
     assert_eq!((ml["owner"].as_str(), ml["permission"].as_str()), (Some("alice"), Some("owner")));
     assert!(ml["id"].as_str().is_some_and(|id| id.starts_with("ws_")));
+    let created_at = ml["created_at"].clone();
     let ml = id_of(&ml, "id");
     let (status, _) = alice.call("POST", "/workspaces", Some(json!({"name": "web", "tags": ["team"]}))).await;
     assert_eq!(status, 201);
@@ -320,6 +321,8 @@ async fn workspaces_are_created_listed_by_tag_and_shared_with_their_permission()
     assert_eq!(names(&shared_gpu), ["ml"]);
     let (status, seen) = bob.call("GET", &format!("/workspaces/{ml}"), None).await;
     assert_eq!((status, seen["permission"].as_str()), (200, Some("write")));
+    // Times are recorded at the store's precision: the create's answer and every read agree.
+    assert_eq!(seen["created_at"], created_at, "{seen}");
     let (_, collaborators) = bob.call("GET", &format!("/workspaces/{ml}/collaborators"), None).await;
     assert_eq!(collaborators["owner"], "alice");
     assert_eq!(collaborators["collaborators"][0]["agent_id"], "bob");
