@@ -23,6 +23,9 @@ use crate::workspaces::validate;
 /// relative paths there on every runtime).
 const WORKERS_DIR: &str = ".workers";
 
+/// Withdrawals a terminal connection may fall behind on before it re-checks regardless.
+const WITHDRAWN_QUEUE: usize = 64;
+
 /// Workspaces and what is shared of them.
 pub struct WorkspaceService {
     store: Arc<dyn Store>,
@@ -30,6 +33,9 @@ pub struct WorkspaceService {
     snapshots: Arc<SnapshotService>,
     marketplace: Arc<MarketplaceService>,
     previews: Arc<PreviewService>,
+    /// Principals just withdrawn from a workspace (revoked or lowered to `read`), for
+    /// connections that outlive a request (terminals) to check their access again at once.
+    withdrawn: tokio::sync::broadcast::Sender<String>,
     /// One lock per workspace whose sandbox is being found or started, so two execs arriving
     /// together on an idle workspace start one sandbox, not two.
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -44,7 +50,24 @@ impl WorkspaceService {
         marketplace: Arc<MarketplaceService>,
         previews: Arc<PreviewService>,
     ) -> Self {
-        WorkspaceService { store, sandboxes, snapshots, marketplace, previews, starting: Mutex::new(HashMap::new()) }
+        let (withdrawn, _) = tokio::sync::broadcast::channel(WITHDRAWN_QUEUE);
+        WorkspaceService {
+            store,
+            sandboxes,
+            snapshots,
+            marketplace,
+            previews,
+            withdrawn,
+            starting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Announces every principal withdrawn from a workspace from now on. A long-lived
+    /// connection (a terminal) checks its caller's access again when its caller is named, or
+    /// when it lagged behind and may have missed it, since its access was checked only once,
+    /// at the upgrade.
+    pub fn withdrawals(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.withdrawn.subscribe()
     }
 
     fn access(&self) -> &AccessControl {
@@ -203,6 +226,8 @@ impl WorkspaceService {
     /// longer see or delete it, and the next workspace exec resumes from that snapshot.
     /// Waits for the stops, so when the revocation answers, they are done.
     async fn withdraw(&self, workspace: &WorkspaceRecord, agent_id: &str) -> Result<(), DomainError> {
+        // No receiver is not an error: no terminal is open.
+        let _ = self.withdrawn.send(agent_id.to_string());
         let removed = self.previews.forget_registrant(&workspace.id, agent_id).await?;
         for sandbox in self.sandboxes.running_on_workspace_of(&workspace.id, agent_id).await? {
             if !self.sandboxes.take(&sandbox) {

@@ -109,6 +109,7 @@ pub async fn terminal(
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::BadRequest(format!("this route needs a WebSocket upgrade: {}", rejection.body_text()))
     })?;
+    let request_sandbox = id.clone();
     let request = AttachRequest { sandbox_id: id, session: query.session, cols, rows, read_only };
     let viewer = state
         .terminals
@@ -124,10 +125,18 @@ pub async fn terminal(
         })
         .await?;
     let expires_at = caller.expires_at;
+    // Subscribed before the upgrade, so a revocation from here on is not missed.
+    let watch = AccessWatch {
+        state: state.clone(),
+        principal: caller.principal,
+        sandbox_id: request_sandbox,
+        needed,
+        withdrawals: state.workspaces.withdrawals(),
+    };
     Ok(upgrade
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, viewer, expires_at))
+        .on_upgrade(move |socket| serve(socket, viewer, expires_at, watch))
         .into_response())
 }
 
@@ -151,14 +160,58 @@ struct Closing {
     reason: &'static str,
 }
 
-/// Moves frames between the socket and the viewer until either side ends.
-async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTime<Utc>>) {
+/// The connection's caller and the level it was let in with, to check again when the caller
+/// is withdrawn from a workspace: access is checked per request everywhere else, and a
+/// terminal connection must not outlive a revocation.
+struct AccessWatch {
+    state: AppState,
+    principal: Principal,
+    sandbox_id: String,
+    needed: Access,
+    withdrawals: tokio::sync::broadcast::Receiver<String>,
+}
+
+impl AccessWatch {
+    /// Waits for a withdrawal that may concern the caller (it names them, or some were missed)
+    /// after which the caller no longer has the level they were let in with. Never returns
+    /// while they keep it.
+    async fn lost(&mut self) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let concerns = match self.withdrawals.recv().await {
+                Ok(who) => who == self.principal.id(),
+                Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Closed) => return std::future::pending().await,
+            };
+            if !concerns {
+                continue;
+            }
+            match self.state.sandboxes.access_to(&self.principal, &self.sandbox_id).await {
+                Ok(access) if access >= self.needed => {}
+                Ok(_) | Err(DomainError::NotFound(_) | DomainError::Forbidden(_)) => return,
+                // The store could not say: keep the connection, as a failed check would not
+                // have refused it at the upgrade either; the next withdrawal checks again.
+                Err(err) => {
+                    tracing::warn!(sandbox = %self.sandbox_id, error = %err, "cannot re-check a terminal viewer's access")
+                }
+            }
+        }
+    }
+}
+
+/// Moves frames between the socket and the viewer until either side ends, the token expires
+/// or the caller loses the access they attached with.
+async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTime<Utc>>, mut watch: AccessWatch) {
     let (mut sink, mut stream) = socket.split();
     let token_left = expires_at.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
     let token_expiry = tokio::time::sleep(token_left.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
     tokio::pin!(token_expiry);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = tokio::time::Instant::now();
+    // One future for the whole connection: a check in progress is not dropped when another
+    // branch fires.
+    let lost = watch.lost();
+    tokio::pin!(lost);
     let closing = loop {
         tokio::select! {
             event = viewer.next() => match event {
@@ -199,6 +252,14 @@ async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTim
                     return;
                 }
             }
+            () = &mut lost => break Closing {
+                message: Some(TerminalServerMessage::Error {
+                    code: "access_revoked".into(),
+                    message: "your access to this sandbox's workspace was revoked or lowered".into(),
+                }),
+                code: close_code::POLICY,
+                reason: "access revoked",
+            },
             _ = &mut token_expiry, if token_left.is_some() => break Closing {
                 message: Some(TerminalServerMessage::Error {
                     code: "token_expired".into(),

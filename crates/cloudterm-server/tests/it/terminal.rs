@@ -278,6 +278,64 @@ async fn a_reader_grantee_without_a_mode_watches_and_cannot_type(runtime: &str) 
     assert_eq!(status, 204);
 }
 
+/// An open terminal does not outlive a revocation: the moment a writer is revoked her
+/// connection gets `access_revoked` and closes, and what she typed after does not run; the
+/// session keeps running for the owner. A writer lowered to `read` is cut off too.
+#[tokio::test]
+async fn revoking_a_collaborator_closes_her_open_terminal() {
+    let server = TestServer::start().await;
+    let alice = Api::new(&server, "alice");
+    let wendy = Api::new(&server, "wendy");
+    let rita = Api::new(&server, "rita");
+    let (status, ws) = alice.call("POST", "/workspaces", Some(json!({"name": "cut"}))).await;
+    assert_eq!(status, 201, "{ws}");
+    let ws = ws["id"].as_str().expect("id").to_string();
+    for (agent, permission) in [("wendy", "write"), ("rita", "write")] {
+        let grant = json!({"agent_id": agent, "permission": permission});
+        let (status, body) = alice.call("POST", &format!("/workspaces/{ws}/share"), Some(grant)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let id = alice.create(json!({"workspace_id": ws})).await["id"].as_str().expect("id").to_string();
+    let mut owner = attach(&server, &alice, &id, "session=team").await;
+    repaint(&mut owner).await;
+    let mut revoked = attach(&server, &wendy, &id, "session=team").await;
+    repaint(&mut revoked).await;
+    let mut lowered = attach(&server, &rita, &id, "session=team").await;
+    repaint(&mut lowered).await;
+    type_in(&mut revoked, "echo before-$((6*7))\r").await;
+    read_until(&mut owner, "before-42").await;
+
+    let (status, _) = alice.call("DELETE", &format!("/workspaces/{ws}/share/wendy"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = alice
+        .call("POST", &format!("/workspaces/{ws}/share"), Some(json!({"agent_id": "rita", "permission": "read"})))
+        .await;
+    assert_eq!(status, 200);
+    for viewer in [&mut revoked, &mut lowered] {
+        let closing = loop {
+            match frame(viewer).await {
+                Frame::Bytes(_) => {}
+                other => break other,
+            }
+        };
+        match closing {
+            Frame::Control(message) => assert_eq!(message["code"], "access_revoked", "{message}"),
+            other => panic!("expected access_revoked, got {other:?}"),
+        }
+        // Whatever she still sends goes nowhere.
+        let _ = viewer.send(Message::Binary(b"echo after-$((7*7))\r".to_vec().into())).await;
+    }
+    type_in(&mut owner, "echo probe-$((4*4))\r").await;
+    let seen = read_until(&mut owner, "probe-16").await;
+    assert!(!seen.contains("after-49"), "input after the revocation reached the shell: {seen:?}");
+    // Lowered to read, rita may still watch.
+    let mut watching = attach(&server, &rita, &id, "session=team").await;
+    repaint(&mut watching).await;
+    drop((owner, revoked, lowered, watching));
+    let (status, _) = alice.call("DELETE", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(status, 204);
+}
+
 async fn sessions_end_when_unwatched_and_metrics_count_them(runtime: &str) {
     let Some(server) = TestServer::start_runtime(runtime, |config| config.terminal.idle_session_seconds = 1).await
     else {
