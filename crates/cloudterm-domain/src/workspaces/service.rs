@@ -196,7 +196,7 @@ impl WorkspaceService {
         self.store.grant_share(&share, &entry).await?;
         if grant.access() < Access::Write {
             // Lowered to `read` (or granted it): nothing they exposed or run may keep going.
-            self.withdraw(&record, agent_id).await?;
+            self.withdraw(&record, agent_id).await;
         }
         Ok(share)
     }
@@ -215,7 +215,8 @@ impl WorkspaceService {
             }
             Err(err) => return Err(err.into()),
         }
-        self.withdraw(&record, agent_id).await
+        self.withdraw(&record, agent_id).await;
+        Ok(())
     }
 
     /// Ends what `agent_id` left running on the workspace once they may no longer write to it
@@ -225,11 +226,23 @@ impl WorkspaceService {
     /// started keeps running on the workspace or counts against their quota while they can no
     /// longer see or delete it, and the next workspace exec resumes from that snapshot.
     /// Waits for the stops, so when the revocation answers, they are done.
-    async fn withdraw(&self, workspace: &WorkspaceRecord, agent_id: &str) -> Result<(), DomainError> {
+    ///
+    /// Runs after the grant change is committed, so it fails nothing: a retry of the
+    /// revocation would find no grant and never get here again. What it cannot do is logged;
+    /// access is cut regardless (every request reads the grants, and a preview whose registrant
+    /// lost `write` serves nothing).
+    async fn withdraw(&self, workspace: &WorkspaceRecord, agent_id: &str) {
         // No receiver is not an error: no terminal is open.
         let _ = self.withdrawn.send(agent_id.to_string());
-        let removed = self.previews.forget_registrant(&workspace.id, agent_id).await?;
-        for sandbox in self.sandboxes.running_on_workspace_of(&workspace.id, agent_id).await? {
+        let removed = self.previews.forget_registrant(&workspace.id, agent_id).await.unwrap_or_else(|err| {
+            tracing::warn!(workspace = %workspace.id, agent = %agent_id, error = %err, "cannot remove a withdrawn collaborator's previews");
+            0
+        });
+        let sandboxes = self.sandboxes.running_on_workspace_of(&workspace.id, agent_id).await.unwrap_or_else(|err| {
+            tracing::warn!(workspace = %workspace.id, agent = %agent_id, error = %err, "cannot list a withdrawn collaborator's sandboxes");
+            Vec::new()
+        });
+        for sandbox in sandboxes {
             if !self.sandboxes.take(&sandbox) {
                 continue;
             }
@@ -239,7 +252,6 @@ impl WorkspaceService {
         if removed > 0 {
             tracing::info!(workspace = %workspace.id, agent = %agent_id, previews = removed, "previews of a withdrawn collaborator removed");
         }
-        Ok(())
     }
 
     /// The workspace's grants, oldest first (read).
