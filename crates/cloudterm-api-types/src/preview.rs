@@ -76,6 +76,9 @@ pub struct PreviewResponse {
     pub port: u16,
     /// Reachable without credentials.
     pub public: bool,
+    /// The principal that registered it (`GET /preview/list` also shows a workspace's owner
+    /// and admins the previews collaborators registered on its sandboxes).
+    pub registered_by: String,
     /// The primary target answered its last health check (a TCP connect through the agent).
     pub healthy: bool,
     /// The fallback sandbox, if one was registered.

@@ -31,7 +31,8 @@ pub enum TerminalServerMessage {
     /// Something the client should know: a control frame it sent was not understood
     /// (`bad_control`, the connection stays), or the connection closes for another reason than
     /// the shell exiting (`terminal_lost`: the sandbox or its agent went away; `shutting_down`;
-    /// `token_expired`: reconnect with a fresh token, the session keeps running).
+    /// `token_expired`: reconnect with a fresh token, the session keeps running;
+    /// `access_revoked`: the caller lost the access to the workspace they attached with).
     Error {
         /// Stable snake_case code.
         code: String,

@@ -9,6 +9,7 @@
 //! Someone with no access at all gets "not found" (never reveal that a workspace exists); a
 //! collaborator whose level is too low gets "forbidden", since they already know it exists.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -173,6 +174,19 @@ impl AccessControl {
         let access = self.of_parent(caller, Some(&record.workspace_id), &record.owner).await?;
         check(access, needed, what)?;
         Ok((record, access))
+    }
+
+    /// Ids of the workspaces on which the caller is owner or admin: whose sandboxes' previews
+    /// they oversee (`GET /preview/list`), since they may revoke whoever registered them.
+    pub async fn administered(&self, caller: &Principal) -> Result<HashSet<String>, DomainError> {
+        let mut ids: HashSet<String> =
+            self.store.list_workspaces_by_owner(caller.id(), None).await?.into_iter().map(|w| w.id).collect();
+        for (workspace, permission) in self.store.list_workspaces_shared_with(caller.id()).await? {
+            if Grant::parse(&permission).is_ok_and(|grant| grant.access() >= Access::Admin) {
+                ids.insert(workspace.id);
+            }
+        }
+        Ok(ids)
     }
 
     /// Access through a child's workspace; when that workspace is gone (or the child has none),

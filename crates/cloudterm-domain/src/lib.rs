@@ -5,6 +5,7 @@
 //! Runtime) are chosen by the server's wiring and handed in as trait objects.
 
 pub mod access;
+pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod marketplace;

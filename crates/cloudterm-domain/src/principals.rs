@@ -44,7 +44,7 @@ impl PrincipalService {
         if let Some(view) = self.cached(principal.id()) {
             return Ok(view);
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         let home = WorkspaceRecord {
             id: new_id("ws"),
             owner: principal.id().to_string(),

@@ -50,7 +50,7 @@ pub struct App {
     /// Terminal sessions, which outlive their WebSocket connections.
     pub terminals: cloudterm_terminal::TerminalHub,
     /// Registered previews, their health and fallbacks.
-    pub previews: PreviewService,
+    pub previews: Arc<PreviewService>,
     /// The preview proxy's link key and connection pool.
     pub preview_router: crate::preview::PreviewRouter,
     /// Where the runtime keeps per-sandbox state.
@@ -132,18 +132,19 @@ impl AppState {
         let _ = std::fs::remove_dir_all(&scratch_dir);
         let marketplace =
             Arc::new(MarketplaceService::new(store.clone(), blobs.clone(), MarketplaceSettings { scratch_dir }));
+        let metrics = Metrics::new();
+        let previews = Arc::new(PreviewService::new(
+            store.clone(),
+            Arc::clone(&sandboxes),
+            Arc::new(metrics.clone()),
+            PreviewSettings::default(),
+        ));
         let workspaces = WorkspaceService::new(
             store.clone(),
             Arc::clone(&sandboxes),
             Arc::clone(&snapshots),
             Arc::clone(&marketplace),
-        );
-        let metrics = Metrics::new();
-        let previews = PreviewService::new(
-            store.clone(),
-            Arc::clone(&sandboxes),
-            Arc::new(metrics.clone()),
-            PreviewSettings::default(),
+            Arc::clone(&previews),
         );
         let preview_router = crate::preview::PreviewRouter {
             links: crate::preview::LinkSigner::load(config.preview.secret_file.as_deref(), &config.data_dir)?,

@@ -3,6 +3,8 @@
 //! milliseconds, lists and JSON as JSON text, `IN (…)` placeholders, and the splitting of a
 //! marketplace query into words. Each backend only adds how to pull a value out of its row type.
 
+use std::cmp::Ordering;
+
 use chrono::{DateTime, Utc};
 
 use crate::StoreError;
@@ -89,6 +91,33 @@ pub(crate) fn search_words(text: &str) -> Vec<&str> {
             &word[..end]
         })
         .collect()
+}
+
+/// How two worker versions order by semver precedence, higher first (build metadata ignored,
+/// as semver says). Text that is not semver (the service never stores any) comes after every
+/// version that is; ties are `Equal`, so a stable sort keeps the query's order among them.
+fn higher_first(a: &str, b: &str) -> Ordering {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => b.cmp_precedence(&a),
+        (Ok(_), Err(_)) => Ordering::Less,
+        (Err(_), Ok(_)) => Ordering::Greater,
+        (Err(_), Err(_)) => Ordering::Equal,
+    }
+}
+
+/// Orders a worker's versions as the API shows them: highest semver precedence first, so
+/// "latest" means the highest version, never merely the last published (a `1.5.1` backport
+/// published after `2.0.0` does not replace it). Among equal precedence the given order (newest
+/// first) stays. SQL cannot order by semver (pre-release identifiers compare field by field), so
+/// both backends sort here.
+pub(crate) fn sort_versions<T>(versions: &mut [T], version_of: impl Fn(&T) -> &str) {
+    versions.sort_by(|a, b| higher_first(version_of(a), version_of(b)));
+}
+
+/// The latest of a worker's versions (given newest first): the highest by semver precedence.
+pub(crate) fn latest_version(mut versions: Vec<String>) -> Option<String> {
+    sort_versions(&mut versions, String::as_str);
+    versions.into_iter().next()
 }
 
 #[cfg(test)]

@@ -214,11 +214,12 @@ pub trait Store: Send + Sync + 'static {
     async fn get_worker_by_name(&self, name: &str) -> Result<WorkerRecord, StoreError>;
 
     /// Publishes a version. Versions are immutable: `Conflict` if `(worker_id, version)`
-    /// exists; `NotFound` if the worker does not. The newest version (by `created_at`) becomes
-    /// what search shows.
+    /// exists; `NotFound` if the worker does not. The highest version by semver precedence
+    /// (not the last published) is the worker's latest, which search shows.
     async fn insert_worker_version(&self, version: &WorkerVersionRecord) -> Result<(), StoreError>;
 
-    /// The worker's versions, newest first.
+    /// The worker's versions, highest semver precedence first (so the first is the latest);
+    /// equal precedence, newest first.
     async fn list_worker_versions(&self, worker_id: &str) -> Result<Vec<WorkerVersionRecord>, StoreError>;
 
     /// Ranked marketplace search over each worker's name and latest description and tags.

@@ -5,7 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::Utc;
 use cloudterm_archive::{PackOptions, UnpackOptions};
 use cloudterm_blobstore::BlobStore;
 use cloudterm_store::{Store, StoreError, WorkerRecord, WorkerVersionRecord};
@@ -59,7 +58,7 @@ impl MarketplaceService {
 
         let worker = self.worker_for(caller, &request.name).await?;
         let versions = self.store.list_worker_versions(&worker.id).await?;
-        if versions.iter().any(|v| v.version == version) {
+        if versions.iter().any(|v| validate::same_version(&v.version, &version)) {
             return Err(version_exists(&request.name, &version));
         }
         let files_key = if request.files.is_empty() {
@@ -76,7 +75,7 @@ impl MarketplaceService {
             tags,
             command: request.command,
             files_key: files_key.clone(),
-            created_at: Utc::now(),
+            created_at: crate::clock::now(),
         };
         if let Err(err) = self.store.insert_worker_version(&record).await {
             if let Some(key) = files_key {
@@ -101,7 +100,7 @@ impl MarketplaceService {
                     id: new_id("wkr"),
                     name: name.to_string(),
                     author: caller.id().to_string(),
-                    created_at: Utc::now(),
+                    created_at: crate::clock::now(),
                 };
                 match self.store.insert_worker(&worker).await {
                     Ok(()) => return Ok(worker),
@@ -171,7 +170,7 @@ impl MarketplaceService {
             .collect())
     }
 
-    /// A worker with every version, newest first.
+    /// A worker with every version, highest first (the first is the latest).
     pub async fn get(&self, id: &str) -> Result<Worker, DomainError> {
         let worker = self.worker(id).await?;
         let versions = self.store.list_worker_versions(id).await?;
@@ -184,7 +183,8 @@ impl MarketplaceService {
         })
     }
 
-    /// A version of a worker to run: the one named, or the latest.
+    /// A version of a worker to run: the one named, or the latest (the highest by semver
+    /// precedence, not the last published).
     pub async fn version(
         &self,
         id: &str,

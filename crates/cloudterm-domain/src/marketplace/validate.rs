@@ -35,11 +35,29 @@ pub(crate) fn name(name: &str) -> Result<(), DomainError> {
     }
 }
 
-/// A semantic version (`1.2.3`, `1.0.0-rc.1`), returned in its canonical text.
+/// A semantic version (`1.2.3`, `1.0.0-rc.1`), returned in its canonical text. Build metadata
+/// (`+build2`) is refused: semver precedence ignores it, so `2.0.0+build2` would be a second,
+/// different `2.0.0`, and versions are immutable.
 pub(crate) fn version(text: &str) -> Result<String, DomainError> {
-    semver::Version::parse(text)
-        .map(|version| version.to_string())
-        .map_err(|err| DomainError::InvalidInput(format!("version must be semver (like 1.2.0), got {text:?}: {err}")))
+    let version = semver::Version::parse(text).map_err(|err| {
+        DomainError::InvalidInput(format!("version must be semver (like 1.2.0), got {text:?}: {err}"))
+    })?;
+    if !version.build.is_empty() {
+        return Err(DomainError::InvalidInput(format!(
+            "version must not carry build metadata (+{}): it does not make a new version; got {text:?}",
+            version.build
+        )));
+    }
+    Ok(version.to_string())
+}
+
+/// Whether two stored versions are the same version by semver precedence (build metadata
+/// ignored), so a version stored before build metadata was refused still blocks its twin.
+pub(crate) fn same_version(a: &str, b: &str) -> bool {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a.cmp_precedence(&b).is_eq(),
+        _ => a == b,
+    }
 }
 
 /// Description: bounded, no control characters but newlines and tabs.
@@ -153,9 +171,17 @@ mod tests {
     fn versions_are_semver() {
         assert_eq!(version("1.2.0").ok().as_deref(), Some("1.2.0"));
         assert_eq!(version("1.0.0-rc.1").ok().as_deref(), Some("1.0.0-rc.1"));
-        for bad in ["", "1", "1.2", "v1.2.0", "latest", "1.2.3.4", " 1.2.3"] {
-            assert!(version(bad).is_err(), "{bad:?}");
+        for bad in ["", "1", "1.2", "v1.2.0", "latest", "1.2.3.4", " 1.2.3", "2.0.0+build2", "1.0.0-rc.1+b"] {
+            assert!(matches!(version(bad), Err(DomainError::InvalidInput(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn versions_are_the_same_by_precedence() {
+        assert!(same_version("2.0.0", "2.0.0+build2"));
+        assert!(same_version("2.0.0", "2.0.0"));
+        assert!(!same_version("2.0.0", "2.0.0-rc.1"));
+        assert!(!same_version("2.0.0", "2.0.1"));
     }
 
     #[test]

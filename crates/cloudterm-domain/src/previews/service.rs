@@ -17,7 +17,10 @@ use crate::previews::model::{
     validate_port, Preview, PreviewHealth, PreviewObserver, PreviewSettings, RegisterPreview,
 };
 use crate::principal::Principal;
-use crate::sandboxes::{agent_error, ActivityGuard, SandboxService};
+use crate::sandboxes::{agent_error, state, ActivityGuard, SandboxService};
+
+/// Every sandbox state: a preview's record lives as long as its sandbox's, whatever its state.
+const ALL_STATES: [&str; 5] = [state::STARTING, state::RUNNING, state::PAUSED, state::STOPPED, state::FAILED];
 
 /// How many targets one health pass checks at once.
 const CHECK_CONCURRENCY: usize = 16;
@@ -31,6 +34,10 @@ const RECORD_TTL: Duration = Duration::from_secs(1);
 /// Most records remembered; the cache starts over when full.
 const RECORD_CAPACITY: usize = 4096;
 
+/// A live preview record as `find` remembers it: the record (a fallback the registrant lost
+/// already removed), whether one was, and when it was read.
+type LiveRecord = (PreviewRecord, bool, Instant);
+
 /// Previews: records in the store, health in memory, connections through the agents.
 pub struct PreviewService {
     store: Arc<dyn Store>,
@@ -39,8 +46,9 @@ pub struct PreviewService {
     settings: PreviewSettings,
     /// Keyed by `(sandbox_id, port)` of the registration.
     health: RwLock<HashMap<(String, u16), PreviewHealth>>,
-    /// Records `find` read from the store recently, with when (see [`RECORD_TTL`]).
-    records: RwLock<HashMap<(String, u16), (PreviewRecord, Instant)>>,
+    /// Live records `find` read from the store recently: the record (a fallback the registrant
+    /// lost already removed), whether one was, and when (see [`RECORD_TTL`]).
+    records: RwLock<HashMap<(String, u16), LiveRecord>>,
 }
 
 impl PreviewService {
@@ -61,9 +69,9 @@ impl PreviewService {
         }
     }
 
-    /// Registers (or updates `public` and the fallback of) a preview of one of the caller's
-    /// sandboxes. Another principal's sandbox, as primary or fallback, is "not found". The
-    /// targets are checked at once, so the answer says whether the port answers.
+    /// Registers (or updates `public` and the fallback of) a preview of a sandbox on which the
+    /// caller has `write`, as primary and as fallback; a non-member's sandbox is "not found".
+    /// The targets are checked at once, so the answer says whether the port answers.
     pub async fn register(&self, caller: &Principal, request: RegisterPreview) -> Result<Preview, DomainError> {
         let port = validate_port(request.port)?;
         // Exposing a port is a write on the sandbox's workspace (a reader may only watch).
@@ -80,7 +88,7 @@ impl PreviewService {
             owner: caller.id().to_owned(),
             public: request.public,
             fallback_sandbox_id: request.fallback_sandbox_id,
-            created_at: Utc::now(),
+            created_at: crate::clock::now(),
         };
         let stored = self.store.put_preview(&record).await.map_err(|err| match err {
             StoreError::NotFound => DomainError::NotFound(format!("sandbox {}", record.sandbox_id)),
@@ -92,69 +100,168 @@ impl PreviewService {
         Ok(self.view_of(&preview))
     }
 
-    /// The caller's previews, oldest first.
+    /// The caller's previews, then those others registered on sandboxes of workspaces the
+    /// caller owns or administers (they can revoke the registrant, so they must be able to see
+    /// what it exposes), oldest first.
     pub async fn list(&self, caller: &Principal) -> Result<Vec<Preview>, DomainError> {
-        let records = self.store.list_previews_by_owner(caller.id()).await?;
+        let mut records = self.store.list_previews_by_owner(caller.id()).await?;
+        let administered = self.sandboxes.access().administered(caller).await?;
+        if !administered.is_empty() {
+            // Two reads whatever the numbers (not one per preview): every preview and the
+            // workspace of every sandbox a preview can name.
+            let workspace_of: HashMap<String, String> = self
+                .store
+                .list_sandboxes_in_states(&ALL_STATES)
+                .await?
+                .into_iter()
+                .filter_map(|sandbox| Some((sandbox.id, sandbox.workspace_id?)))
+                .collect();
+            let foreign = self.store.list_previews().await?.into_iter().filter(|record| {
+                record.owner != caller.id()
+                    && workspace_of.get(&record.sandbox_id).is_some_and(|ws| administered.contains(ws))
+            });
+            records.extend(foreign);
+            records.sort_by_key(|record| record.created_at);
+        }
         Ok(records.into_iter().map(|record| self.view(record)).collect())
     }
 
-    /// One of the caller's previews; another principal's is "not found".
+    /// A live preview (see [`find`](Self::find)) that the caller may manage: signing links to
+    /// it needs `write` on its sandbox's workspace, as registering does (a writer could make it
+    /// public anyway). A non-member gets "not found", a reader "forbidden".
     pub async fn get(&self, caller: &Principal, sandbox_id: &str, port: u32) -> Result<Preview, DomainError> {
         let port = validate_port(port)?;
-        match self.find(sandbox_id, port).await? {
-            Some(preview) if preview.owner == caller.id() => Ok(preview),
-            _ => Err(not_found(sandbox_id, port)),
-        }
+        self.sandboxes.check_access(caller, sandbox_id, Access::Write).await?;
+        self.find(sandbox_id, port).await?.ok_or_else(|| not_found(sandbox_id, port))
     }
 
-    /// Unregisters one of the caller's previews, which also revokes its signed links.
+    /// Unregisters a preview, which also revokes its signed links. Needs `write` on its
+    /// sandbox's workspace, whoever registered it: an owner or admin must be able to take down
+    /// what a collaborator exposed (a writer may delete the whole sandbox anyway). Works on a
+    /// preview whose registrant lost access too, so it can be cleaned up.
     pub async fn unregister(&self, caller: &Principal, sandbox_id: &str, port: u32) -> Result<(), DomainError> {
-        let preview = self.get(caller, sandbox_id, port).await?;
-        match self.store.delete_preview(&preview.sandbox_id, preview.port).await {
-            Ok(()) | Err(StoreError::NotFound) => {}
+        let port = validate_port(port)?;
+        self.sandboxes.check_access(caller, sandbox_id, Access::Write).await?;
+        match self.store.delete_preview(sandbox_id, port).await {
+            Ok(()) => {}
+            Err(StoreError::NotFound) => return Err(not_found(sandbox_id, port)),
             Err(err) => return Err(err.into()),
         }
-        self.forget_record(&preview.sandbox_id, preview.port);
-        if let Ok(mut health) = self.health.write() {
-            health.remove(&(preview.sandbox_id, preview.port));
-        }
+        self.forget_record(sandbox_id, port);
+        self.forget_health(sandbox_id, port);
         Ok(())
     }
 
-    /// The preview at `sandbox_id:port`, whoever owns it: the router decides who may reach it.
-    ///
-    /// A record read within [`RECORD_TTL`] is answered from memory while its sandbox is
-    /// running; anything else (no such preview, a stopped or deleted sandbox) asks the store,
-    /// so a deleted sandbox's previews are gone at once.
-    pub async fn find(&self, sandbox_id: &str, port: u16) -> Result<Option<Preview>, DomainError> {
-        if let Some(record) = self.cached_record(sandbox_id, port) {
-            return Ok(Some(self.view(record)));
-        }
-        match self.store.get_preview(sandbox_id, port).await {
-            Ok(record) => {
-                self.remember_record(&record);
-                Ok(Some(self.view(record)))
+    /// Removes every preview `principal` registered on a sandbox of `workspace_id`: called when
+    /// their access to it is revoked or lowered below `write`, so those previews and their
+    /// signed links end at once (and stay ended if access is granted again). Returns how many.
+    pub async fn forget_registrant(&self, workspace_id: &str, principal: &str) -> Result<usize, DomainError> {
+        let mut removed = 0;
+        for record in self.store.list_previews_by_owner(principal).await? {
+            let on_workspace = match self.store.get_sandbox(&record.sandbox_id).await {
+                Ok(sandbox) => sandbox.workspace_id.as_deref() == Some(workspace_id),
+                Err(StoreError::NotFound) => false,
+                Err(err) => return Err(err.into()),
+            };
+            if !on_workspace {
+                continue;
             }
-            Err(StoreError::NotFound) => Ok(None),
-            Err(err) => Err(err.into()),
+            match self.store.delete_preview(&record.sandbox_id, record.port).await {
+                Ok(()) | Err(StoreError::NotFound) => {}
+                Err(err) => return Err(err.into()),
+            }
+            self.forget_record(&record.sandbox_id, record.port);
+            self.forget_health(&record.sandbox_id, record.port);
+            removed += 1;
+        }
+        // A preview of another registrant whose *fallback* is on this workspace was remembered
+        // with that fallback; forget everything so the next request checks again.
+        self.forget_all_records();
+        Ok(removed)
+    }
+
+    fn forget_health(&self, sandbox_id: &str, port: u16) {
+        if let Ok(mut health) = self.health.write() {
+            health.remove(&(sandbox_id.to_owned(), port));
         }
     }
 
-    fn cached_record(&self, sandbox_id: &str, port: u16) -> Option<PreviewRecord> {
-        let record = {
-            let records = self.records.read().ok()?;
-            let (record, read_at) = records.get(&(sandbox_id.to_owned(), port))?;
-            (read_at.elapsed() < RECORD_TTL).then(|| record.clone())?
+    /// The preview at `sandbox_id:port` if it is live, whoever registered it: the router
+    /// decides who may reach it. A preview lives only while its registrant may still register
+    /// it (`write` on the sandbox's workspace): one whose registrant was revoked or lowered to
+    /// `read` is `None`, so neither it nor a link signed for it serves anything, even when its
+    /// record outlives the revocation (a race with [`forget_registrant`](Self::forget_registrant)).
+    /// A fallback on a sandbox the registrant lost is dropped the same way.
+    ///
+    /// A live record (registrant checked, fallback settled) found within [`RECORD_TTL`] is
+    /// answered from memory while its sandbox is running: every proxied request looks its
+    /// preview up, and the store reads behind it were most of the proxy's own CPU per request.
+    /// This server's register, unregister and revocations forget records at once; anything
+    /// else (no such preview, a stopped or deleted sandbox) asks the store.
+    pub async fn find(&self, sandbox_id: &str, port: u16) -> Result<Option<Preview>, DomainError> {
+        if let Some((record, fallback_dropped)) = self.cached_record(sandbox_id, port) {
+            return Ok(Some(self.live_view(record, fallback_dropped)));
+        }
+        let mut record = match self.store.get_preview(sandbox_id, port).await {
+            Ok(record) => record,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(err) => return Err(err.into()),
         };
-        self.sandboxes.live_sandbox(sandbox_id).map(|_| record)
+        let registrant = Principal::new(record.owner.clone());
+        if !self.may_serve(&registrant, sandbox_id).await? {
+            return Ok(None);
+        }
+        let mut fallback_dropped = false;
+        if let Some(fallback) = record.fallback_sandbox_id.clone() {
+            if !self.may_serve(&registrant, &fallback).await? {
+                record.fallback_sandbox_id = None;
+                fallback_dropped = true;
+            }
+        }
+        self.remember_record(&record, fallback_dropped);
+        Ok(Some(self.live_view(record, fallback_dropped)))
     }
 
-    fn remember_record(&self, record: &PreviewRecord) {
+    /// The preview of a live record; a dropped fallback is never reported as promoted.
+    fn live_view(&self, record: PreviewRecord, fallback_dropped: bool) -> Preview {
+        let mut preview = self.view(record);
+        if fallback_dropped {
+            preview.health.promoted = false;
+        }
+        preview
+    }
+
+    /// Whether `registrant` may still expose ports of the sandbox (`write`).
+    async fn may_serve(&self, registrant: &Principal, sandbox_id: &str) -> Result<bool, DomainError> {
+        match self.sandboxes.check_access(registrant, sandbox_id, Access::Write).await {
+            Ok(()) => Ok(true),
+            Err(DomainError::NotFound(_) | DomainError::Forbidden(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn cached_record(&self, sandbox_id: &str, port: u16) -> Option<(PreviewRecord, bool)> {
+        let cached = {
+            let records = self.records.read().ok()?;
+            let (record, fallback_dropped, read_at) = records.get(&(sandbox_id.to_owned(), port))?;
+            (read_at.elapsed() < RECORD_TTL).then(|| (record.clone(), *fallback_dropped))?
+        };
+        self.sandboxes.live_sandbox(sandbox_id).map(|_| cached)
+    }
+
+    fn remember_record(&self, record: &PreviewRecord, fallback_dropped: bool) {
         if let Ok(mut records) = self.records.write() {
             if records.len() >= RECORD_CAPACITY {
                 records.clear();
             }
-            records.insert((record.sandbox_id.clone(), record.port), (record.clone(), Instant::now()));
+            records
+                .insert((record.sandbox_id.clone(), record.port), (record.clone(), fallback_dropped, Instant::now()));
+        }
+    }
+
+    fn forget_all_records(&self) {
+        if let Ok(mut records) = self.records.write() {
+            records.clear();
         }
     }
 

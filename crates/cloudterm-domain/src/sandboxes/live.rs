@@ -65,7 +65,7 @@ impl LiveSandbox {
     /// Pushes the idle deadline to `now + timeout` (used on every operation) and returns it.
     pub fn touch(&self) -> DateTime<Utc> {
         let timeout = self.timeout.lock().map(|t| *t).unwrap_or_else(|poisoned| *poisoned.into_inner());
-        let deadline = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero());
+        let deadline = crate::clock::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero());
         if let Ok(mut expires_at) = self.expires_at.lock() {
             if deadline > *expires_at {
                 *expires_at = deadline;
@@ -79,7 +79,7 @@ impl LiveSandbox {
     /// of the pause).
     pub fn restart_clock(&self) -> DateTime<Utc> {
         let timeout = self.timeout.lock().map(|t| *t).unwrap_or_else(|poisoned| *poisoned.into_inner());
-        self.hold_until(Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero()))
+        self.hold_until(crate::clock::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero()))
     }
 
     /// Sets the idle deadline to `deadline`, keeping the TTL (an idle pause's end).
@@ -95,7 +95,7 @@ impl LiveSandbox {
         if let Ok(mut current) = self.timeout.lock() {
             *current = timeout;
         }
-        let deadline = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero());
+        let deadline = crate::clock::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::zero());
         if let Ok(mut expires_at) = self.expires_at.lock() {
             *expires_at = deadline;
         }

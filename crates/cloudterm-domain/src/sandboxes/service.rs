@@ -173,7 +173,7 @@ impl SandboxService {
         }
 
         let id = new_id("sbx");
-        let now = Utc::now();
+        let now = crate::clock::now();
         let expires_at = now + chrono::Duration::seconds(timeout_seconds as i64);
         let record = SandboxRecord {
             id: id.clone(),
@@ -255,7 +255,7 @@ impl SandboxService {
             if self.limits_for(claim.caller.id()).egress_bytes() != pooled.egress_limit {
                 self.apply_egress_limit(&id, claim.caller.id()).await.map_err(runtime_error)?;
             }
-            let now = Utc::now();
+            let now = crate::clock::now();
             let expires_at = now + chrono::Duration::seconds(claim.timeout_seconds as i64);
             let record = SandboxRecord {
                 id: id.clone(),
@@ -303,10 +303,18 @@ impl SandboxService {
         Ok(records.into_iter().map(|record| self.view(record)).collect())
     }
 
-    /// The running (or paused) sandboxes on workspaces shared with the caller, whoever started
-    /// them, each with the caller's access through the grant; oldest first.
+    /// The running (or paused) sandboxes others started on workspaces the caller owns or that
+    /// are shared with the caller, each with the caller's access (`Owner` on their own
+    /// workspaces, else the grant's); oldest first. The owner sees collaborators' sandboxes so
+    /// that what runs on their workspace is never hidden from them.
     pub async fn list_shared(&self, caller: &Principal) -> Result<Vec<(Sandbox, Access)>, DomainError> {
-        let mut shared = HashMap::new();
+        let mut shared: HashMap<String, Access> = self
+            .store
+            .list_workspaces_by_owner(caller.id(), None)
+            .await?
+            .into_iter()
+            .map(|workspace| (workspace.id, Access::Owner))
+            .collect();
         for (workspace, permission) in self.store.list_workspaces_shared_with(caller.id()).await? {
             if let Ok(grant) = crate::access::Grant::parse(&permission) {
                 shared.insert(workspace.id, grant.access());
@@ -535,12 +543,27 @@ impl SandboxService {
 
     /// Stops a sandbox [`take_idle`](Self::take_idle) took.
     pub async fn stop_idle(&self, id: &str) {
-        tracing::info!(sandbox = %id, "idle timeout: stopping sandbox");
+        self.stop_taken(id, "idle timeout").await;
+    }
+
+    /// Takes one running sandbox out of service whether or not it is idle (no new operation
+    /// reaches it; those in flight end when it stops), so it can be snapshotted and stopped
+    /// like an idle one: for a collaborator's sandbox when their access to its workspace is
+    /// revoked. `false` when it was not running.
+    pub fn take(&self, id: &str) -> bool {
+        self.forget_live(id).is_some()
+    }
+
+    /// Stops a sandbox taken out of service ([`take_idle`](Self::take_idle),
+    /// [`take`](Self::take)) and records it `stopped`; `why` goes to the log. Failures are
+    /// logged: the sandbox is out of service either way.
+    pub async fn stop_taken(&self, id: &str, why: &str) {
+        tracing::info!(sandbox = %id, reason = why, "stopping sandbox");
         if let Err(err) = self.runtime.stop(id).await {
-            tracing::warn!(sandbox = %id, error = %err, "stopping an idle sandbox failed");
+            tracing::warn!(sandbox = %id, reason = why, error = %err, "stopping a sandbox failed");
         }
         if let Err(err) = self.store.update_sandbox_state(id, state::STOPPED, Utc::now()).await {
-            tracing::warn!(sandbox = %id, error = %err, "cannot record the idle stop");
+            tracing::warn!(sandbox = %id, reason = why, error = %err, "cannot record the stop");
         }
     }
 
@@ -739,6 +762,20 @@ impl SandboxService {
         Ok(records
             .into_iter()
             .filter(|r| r.workspace_id.as_deref() == Some(workspace_id) && self.live_sandbox(&r.id).is_some())
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// Ids of the running sandboxes that `owner` started on `workspace_id`, oldest first.
+    pub async fn running_on_workspace_of(&self, workspace_id: &str, owner: &str) -> Result<Vec<String>, DomainError> {
+        let records = self.store.list_sandboxes_in_states(&[state::RUNNING, state::PAUSED]).await?;
+        Ok(records
+            .into_iter()
+            .filter(|r| {
+                r.workspace_id.as_deref() == Some(workspace_id)
+                    && r.owner == owner
+                    && self.live_sandbox(&r.id).is_some()
+            })
             .map(|r| r.id)
             .collect())
     }

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::Utc;
 use cloudterm_archive::{PackOptions, UnpackOptions};
 use cloudterm_blobstore::{BlobStore, ObjectReader};
 use cloudterm_runtime::{Mount, SandboxRuntimeError, WritableLayer};
@@ -229,7 +228,7 @@ impl SnapshotService {
             file_count: 0,
             sha256: None,
             layer: None,
-            created_at: Utc::now(),
+            created_at: crate::clock::now(),
         };
         self.store.insert_snapshot(&record).await?;
         let options = PackOptions {

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use chrono::Utc;
 use cloudterm_agent_protocol::ExecRequest;
 use cloudterm_store::{AuditRecord, NewAuditRecord, ShareRecord, Store, StoreError, WorkspaceRecord};
 
@@ -13,6 +12,7 @@ use crate::access::{Access, AccessControl, Grant};
 use crate::error::DomainError;
 use crate::ids::new_id;
 use crate::marketplace::{self, MarketplaceService};
+use crate::previews::PreviewService;
 use crate::principal::Principal;
 use crate::sandboxes::{CreateSandbox, SandboxService, StorageUsage};
 use crate::snapshots::SnapshotService;
@@ -23,12 +23,19 @@ use crate::workspaces::validate;
 /// relative paths there on every runtime).
 const WORKERS_DIR: &str = ".workers";
 
+/// Withdrawals a terminal connection may fall behind on before it re-checks regardless.
+const WITHDRAWN_QUEUE: usize = 64;
+
 /// Workspaces and what is shared of them.
 pub struct WorkspaceService {
     store: Arc<dyn Store>,
     sandboxes: Arc<SandboxService>,
     snapshots: Arc<SnapshotService>,
     marketplace: Arc<MarketplaceService>,
+    previews: Arc<PreviewService>,
+    /// Principals just withdrawn from a workspace (revoked or lowered to `read`), for
+    /// connections that outlive a request (terminals) to check their access again at once.
+    withdrawn: tokio::sync::broadcast::Sender<String>,
     /// One lock per workspace whose sandbox is being found or started, so two execs arriving
     /// together on an idle workspace start one sandbox, not two.
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -41,8 +48,26 @@ impl WorkspaceService {
         sandboxes: Arc<SandboxService>,
         snapshots: Arc<SnapshotService>,
         marketplace: Arc<MarketplaceService>,
+        previews: Arc<PreviewService>,
     ) -> Self {
-        WorkspaceService { store, sandboxes, snapshots, marketplace, starting: Mutex::new(HashMap::new()) }
+        let (withdrawn, _) = tokio::sync::broadcast::channel(WITHDRAWN_QUEUE);
+        WorkspaceService {
+            store,
+            sandboxes,
+            snapshots,
+            marketplace,
+            previews,
+            withdrawn,
+            starting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Announces every principal withdrawn from a workspace from now on. A long-lived
+    /// connection (a terminal) checks its caller's access again when its caller is named, or
+    /// when it lagged behind and may have missed it, since its access was checked only once,
+    /// at the upgrade.
+    pub fn withdrawals(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.withdrawn.subscribe()
     }
 
     fn access(&self) -> &AccessControl {
@@ -63,7 +88,7 @@ impl WorkspaceService {
             description,
             tags,
             is_home: false,
-            created_at: Utc::now(),
+            created_at: crate::clock::now(),
         };
         self.store.insert_workspace(&record).await.map_err(|err| match err {
             StoreError::Conflict(_) => {
@@ -165,10 +190,14 @@ impl WorkspaceService {
             agent_id: agent_id.to_string(),
             permission: grant.as_str().to_string(),
             granted_by: caller.id().to_string(),
-            granted_at: Utc::now(),
+            granted_at: crate::clock::now(),
         };
         let entry = audit_entry(caller, id, "share", agent_id, Some(grant.as_str()));
         self.store.grant_share(&share, &entry).await?;
+        if grant.access() < Access::Write {
+            // Lowered to `read` (or granted it): nothing they exposed or run may keep going.
+            self.withdraw(&record, agent_id).await;
+        }
         Ok(share)
     }
 
@@ -180,11 +209,48 @@ impl WorkspaceService {
         }
         let entry = audit_entry(caller, id, "revoke", agent_id, None);
         match self.store.revoke_share(id, agent_id, &entry).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(StoreError::NotFound) => {
-                Err(DomainError::NotFound(format!("a share of workspace {id} with {agent_id}")))
+                return Err(DomainError::NotFound(format!("a share of workspace {id} with {agent_id}")))
             }
-            Err(err) => Err(err.into()),
+            Err(err) => return Err(err.into()),
+        }
+        self.withdraw(&record, agent_id).await;
+        Ok(())
+    }
+
+    /// Ends what `agent_id` left running on the workspace once they may no longer write to it
+    /// (revoked, or lowered to `read`). Their previews of its sandboxes go (and with them every
+    /// signed link). The sandboxes they started there are stopped as an idle one is: taken out
+    /// of service, an `idle` snapshot with the writable layer, then stopped, so nothing they
+    /// started keeps running on the workspace or counts against their quota while they can no
+    /// longer see or delete it, and the next workspace exec resumes from that snapshot.
+    /// Waits for the stops, so when the revocation answers, they are done.
+    ///
+    /// Runs after the grant change is committed, so it fails nothing: a retry of the
+    /// revocation would find no grant and never get here again. What it cannot do is logged;
+    /// access is cut regardless (every request reads the grants, and a preview whose registrant
+    /// lost `write` serves nothing).
+    async fn withdraw(&self, workspace: &WorkspaceRecord, agent_id: &str) {
+        // No receiver is not an error: no terminal is open.
+        let _ = self.withdrawn.send(agent_id.to_string());
+        let removed = self.previews.forget_registrant(&workspace.id, agent_id).await.unwrap_or_else(|err| {
+            tracing::warn!(workspace = %workspace.id, agent = %agent_id, error = %err, "cannot remove a withdrawn collaborator's previews");
+            0
+        });
+        let sandboxes = self.sandboxes.running_on_workspace_of(&workspace.id, agent_id).await.unwrap_or_else(|err| {
+            tracing::warn!(workspace = %workspace.id, agent = %agent_id, error = %err, "cannot list a withdrawn collaborator's sandboxes");
+            Vec::new()
+        });
+        for sandbox in sandboxes {
+            if !self.sandboxes.take(&sandbox) {
+                continue;
+            }
+            self.snapshots.before_idle_stop(&sandbox).await;
+            self.sandboxes.stop_taken(&sandbox, "its owner's access to the workspace was withdrawn").await;
+        }
+        if removed > 0 {
+            tracing::info!(workspace = %workspace.id, agent = %agent_id, previews = removed, "previews of a withdrawn collaborator removed");
         }
     }
 
@@ -320,6 +386,6 @@ fn audit_entry(caller: &Principal, id: &str, action: &str, subject: &str, permis
         action: action.to_string(),
         subject: subject.to_string(),
         permission: permission.map(str::to_string),
-        at: Utc::now(),
+        at: crate::clock::now(),
     }
 }

@@ -1,11 +1,14 @@
-//! Who may reach a preview: anyone when it is public; otherwise its owner's bearer token, or a
-//! signed link (in the query once, then as a cookie scoped to the preview's path).
+//! Who may reach a preview: anyone when it is public; otherwise the bearer token of a current
+//! member of the sandbox's workspace (the registrant gets no pass of its own: a revoked
+//! registrant is a stranger), or a signed link (in the query once, then as a cookie scoped to
+//! the preview's path) to a registration that is still live.
 //!
 //! The answers never reveal a private preview to someone who may not see it: no credentials
 //! is 401 whether the preview exists or not, another principal's token is 404 either way.
 
 use axum::http::header::{self, HeaderMap};
 use cloudterm_domain::access::Access;
+use cloudterm_domain::error::DomainError;
 use cloudterm_domain::Preview;
 
 use crate::error::ApiError;
@@ -18,8 +21,8 @@ use crate::state::AppState;
 pub enum Grant {
     /// The preview is public.
     Public,
-    /// The owner's bearer token.
-    Owner,
+    /// The bearer token of a member (`read` or better) of the sandbox's workspace.
+    Member,
     /// A valid signed link.
     Link {
         /// The link's token.
@@ -47,17 +50,15 @@ pub async fn authorize(
     }
     if let Some(token) = bearer(headers) {
         let verified = state.verifier.verify(token).await?;
-        return match preview {
-            Some(preview) if preview.owner == verified.principal => Ok(Grant::Owner),
-            // A member of the sandbox's workspace (read or better) sees its previews too.
-            Some(_) => {
-                let member = cloudterm_domain::principal::Principal::new(verified.principal.clone());
-                match state.sandboxes.check_access(&member, sandbox_id, Access::Read).await {
-                    Ok(()) => Ok(Grant::Owner),
-                    Err(_) => Err(not_found()),
-                }
-            }
-            None => Err(not_found()),
+        // Whoever holds the token, the registrant included, must be a member of the sandbox's
+        // workspace *now*: access is read from the store on every request, so a revocation
+        // ends it at once. (`preview` is `None` too when its registrant lost `write`.)
+        let Some(_) = preview else { return Err(not_found()) };
+        let member = cloudterm_domain::principal::Principal::new(verified.principal);
+        return match state.sandboxes.check_access(&member, sandbox_id, Access::Read).await {
+            Ok(()) => Ok(Grant::Member),
+            Err(DomainError::NotFound(_) | DomainError::Forbidden(_)) => Err(not_found()),
+            Err(err) => Err(err.into()),
         };
     }
     let candidates: Vec<(String, bool)> = match query_token {

@@ -2,9 +2,11 @@
 //! /sandboxes/{id}/preview`), listing, unregistering, signed links, and `ANY
 //! /preview/{sandbox_id}/{port}/{path}`, the reverse proxy into the sandbox.
 //!
-//! The management routes take the owner's token. The proxy routes decide access per preview
-//! (`preview::access`): public ones need nothing, private ones the owner's token or a signed
-//! link, so they are outside the bearer-only rule (listed as such in `tests/it/spec.rs`).
+//! The management routes take a bearer token and need `write` on the sandbox's workspace
+//! (listing shows the caller's previews and those on workspaces they administer). The proxy
+//! routes decide access per preview (`preview::access`): public ones need nothing, private
+//! ones a current member's token or a signed link, so they are outside the bearer-only rule
+//! (listed as such in `tests/it/spec.rs`).
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -29,8 +31,8 @@ use crate::preview::proxy::{self, Forward};
 use crate::preview::{rewrite, LinkClaims, PreviewError};
 use crate::state::AppState;
 
-/// Serves a port of one of the caller's sandboxes through the preview router (private; see
-/// `POST /preview/register` for public previews and fallbacks).
+/// Serves a port of a sandbox the caller may write (`write` on its workspace) through the
+/// preview router (private; see `POST /preview/register` for public previews and fallbacks).
 #[utoipa::path(post, path = "/sandboxes/{id}/preview", tag = "sandboxes", security(("bearer" = [])),
     params(("id" = String, Path, description = "sandbox id")),
     request_body = SandboxPreviewRequest,
@@ -56,14 +58,15 @@ pub async fn create_sandbox_preview(
     Ok(Json(preview_response(&state, &headers, &preview)))
 }
 
-/// Registers a port of one of the caller's sandboxes, optionally public and with a fallback
+/// Registers a port of a sandbox the caller may write (`write` on its workspace), optionally public and with a fallback
 /// sandbox; registering again updates `public` and the fallback.
 #[utoipa::path(post, path = "/preview/register", tag = "previews", security(("bearer" = [])),
     request_body = RegisterPreviewRequest,
     responses(
         (status = 201, description = "the preview, with its URL", body = PreviewResponse),
         (status = 401, body = ErrorEnvelope),
-        (status = 404, description = "no such sandbox (or fallback) of the caller's", body = ErrorEnvelope),
+        (status = 403, description = "a reader of the sandbox's (or fallback's) workspace", body = ErrorEnvelope),
+        (status = 404, description = "no such sandbox (or fallback) on a workspace the caller is a member of", body = ErrorEnvelope),
         (status = 422, description = "a port outside 1-65535, or the sandbox as its own fallback", body = ErrorEnvelope),
     ))]
 pub async fn register_preview(
@@ -82,8 +85,9 @@ pub async fn register_preview(
     Ok((StatusCode::CREATED, Json(preview_response(&state, &headers, &preview))))
 }
 
-/// The caller's previews with their health: `healthy` is the primary's last check,
-/// `promoted` says requests go to the fallback (`active_sandbox_id`).
+/// The caller's previews, and those collaborators registered on sandboxes of workspaces the
+/// caller owns or administers (`registered_by` says whose), with their health: `healthy` is
+/// the primary's last check, `promoted` says requests go to the fallback (`active_sandbox_id`).
 #[utoipa::path(get, path = "/preview/list", tag = "previews", security(("bearer" = [])),
     responses((status = 200, body = PreviewList), (status = 401, body = ErrorEnvelope)))]
 pub async fn list_previews(
@@ -95,11 +99,14 @@ pub async fn list_previews(
     Ok(Json(PreviewList { previews: previews.iter().map(|p| preview_response(&state, &headers, p)).collect() }))
 }
 
-/// Unregisters a preview; every signed link to it stops working (registering it again does
-/// not revive them).
+/// Unregisters a preview (needs `write` on its sandbox's workspace, whoever registered it, so
+/// owners and admins can take down what a collaborator exposed); every signed link to it stops
+/// working (registering it again does not revive them).
 #[utoipa::path(post, path = "/preview/unregister", tag = "previews", security(("bearer" = [])),
     request_body = PreviewKey,
-    responses((status = 204), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+    responses((status = 204), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "a reader of the sandbox's workspace", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
         (status = 422, body = ErrorEnvelope)))]
 pub async fn unregister_preview(
     State(state): State<AppState>,
@@ -110,11 +117,14 @@ pub async fn unregister_preview(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A signed, expiring link to one of the caller's private previews: opening it sets a cookie
-/// scoped to the preview's path, so a browser can follow the app without a token.
+/// A signed, expiring link to a private preview (needs `write` on its sandbox's workspace):
+/// opening it sets a cookie scoped to the preview's path, so a browser can follow the app
+/// without a token. It works only while the preview's registration is live: unregistering,
+/// or revoking the registrant, ends it.
 #[utoipa::path(post, path = "/preview/link", tag = "previews", security(("bearer" = [])),
     request_body = PreviewLinkRequest,
     responses((status = 200, body = PreviewLinkResponse), (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "a reader of the sandbox's workspace", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope), (status = 422, description = "a bad port or lifetime", body = ErrorEnvelope)))]
 pub async fn create_preview_link(
     State(state): State<AppState>,
@@ -174,7 +184,7 @@ pub async fn proxy_root(
 /// Proxies to `127.0.0.1:{port}` inside the sandbox, through its agent: HTTP/1.1 with streamed
 /// bodies both ways, WebSocket upgrades, `X-Forwarded-For/-Proto/-Host/-Prefix`, absolute
 /// redirects and cookie paths moved under `/preview/{sandbox_id}/{port}`. Public previews
-/// need nothing; private ones the owner's bearer token or a signed link (`?cloudterm_preview_token=`,
+/// need nothing; private ones a current member's bearer token or a signed link (`?cloudterm_preview_token=`,
 /// which sets a cookie and redirects to the address without it). The target's own answers
 /// (also its 4xx/5xx) pass through unchanged.
 #[utoipa::path(method(get, post, put, delete, patch, options), path = "/preview/{sandbox_id}/{port}/{*path}", tag = "previews",
@@ -187,7 +197,7 @@ pub async fn proxy_root(
         (status = 400, description = "not a port", body = ErrorEnvelope),
         (status = 401, description = "a private preview without credentials, or an expired link", body = ErrorEnvelope),
         (status = 403, description = "a forged, foreign or revoked link", body = ErrorEnvelope),
-        (status = 404, description = "no such preview of the caller's", body = ErrorEnvelope),
+        (status = 404, description = "no such live preview on a workspace the caller is a member of", body = ErrorEnvelope),
         (status = 502, description = "neither the target nor its fallback accepted a connection", body = ErrorEnvelope),
     ))]
 pub async fn proxy_path(
@@ -315,6 +325,7 @@ fn preview_response(state: &AppState, headers: &HeaderMap, preview: &Preview) ->
         sandbox_id: preview.sandbox_id.clone(),
         port: preview.port,
         public: preview.public,
+        registered_by: preview.owner.clone(),
         healthy: preview.health.healthy.unwrap_or(false),
         fallback_sandbox_id: preview.fallback_sandbox_id.clone(),
         fallback_healthy: preview

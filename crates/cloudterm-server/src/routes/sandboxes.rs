@@ -74,14 +74,15 @@ pub async fn create_sandbox(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListSandboxesQuery {
-    /// Also list the running sandboxes on workspaces shared with the caller, and every
-    /// entry's `permission`.
+    /// Also list the running sandboxes others started on workspaces the caller owns or that
+    /// are shared with the caller, and every entry's `permission`.
     #[serde(default)]
     pub include_shared: bool,
 }
 
-/// The caller's sandboxes; with `include_shared=true` also the running ones on workspaces
-/// shared with the caller (started by a collaborator), each with the caller's `permission`.
+/// The caller's sandboxes; with `include_shared=true` also the running ones collaborators
+/// started on the caller's own workspaces and on workspaces shared with the caller, each with
+/// the caller's `permission`.
 #[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", security(("bearer" = [])), params(ListSandboxesQuery),
     responses((status = 200, body = SandboxList), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope)))]
 pub async fn list_sandboxes(

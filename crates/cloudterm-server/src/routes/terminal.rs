@@ -122,6 +122,7 @@ pub async fn terminal(
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::BadRequest(format!("this route needs a WebSocket upgrade: {}", rejection.body_text()))
     })?;
+    let request_sandbox = id.clone();
     let request = AttachRequest { sandbox_id: id, session: query.session, cols, rows, read_only };
     let viewer = state
         .terminals
@@ -138,10 +139,18 @@ pub async fn terminal(
         .await?;
     let expires_at = caller.expires_at;
     let ping_every = Duration::from_secs(state.config.terminal.ping_seconds.max(1));
+    // Subscribed before the upgrade, so a revocation from here on is not missed.
+    let watch = AccessWatch {
+        state: state.clone(),
+        principal: caller.principal,
+        sandbox_id: request_sandbox,
+        needed,
+        withdrawals: state.workspaces.withdrawals(),
+    };
     Ok(upgrade
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, viewer, expires_at, ping_every))
+        .on_upgrade(move |socket| serve(socket, viewer, expires_at, ping_every, watch))
         .into_response())
 }
 
@@ -163,6 +172,45 @@ struct Closing {
     message: Option<TerminalServerMessage>,
     code: u16,
     reason: &'static str,
+}
+
+/// The connection's caller and the level it was let in with, to check again when the caller
+/// is withdrawn from a workspace: access is checked per request everywhere else, and a
+/// terminal connection must not outlive a revocation.
+struct AccessWatch {
+    state: AppState,
+    principal: Principal,
+    sandbox_id: String,
+    needed: Access,
+    withdrawals: tokio::sync::broadcast::Receiver<String>,
+}
+
+impl AccessWatch {
+    /// Waits for a withdrawal that may concern the caller (it names them, or some were missed)
+    /// after which the caller no longer has the level they were let in with. Never returns
+    /// while they keep it.
+    async fn lost(&mut self) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let concerns = match self.withdrawals.recv().await {
+                Ok(who) => who == self.principal.id(),
+                Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Closed) => return std::future::pending().await,
+            };
+            if !concerns {
+                continue;
+            }
+            match self.state.sandboxes.access_to(&self.principal, &self.sandbox_id).await {
+                Ok(access) if access >= self.needed => {}
+                Ok(_) | Err(DomainError::NotFound(_) | DomainError::Forbidden(_)) => return,
+                // The store could not say: keep the connection, as a failed check would not
+                // have refused it at the upgrade either; the next withdrawal checks again.
+                Err(err) => {
+                    tracing::warn!(sandbox = %self.sandbox_id, error = %err, "cannot re-check a terminal viewer's access")
+                }
+            }
+        }
+    }
 }
 
 /// When the client was last heard from, and whether its reader is waiting for the program to
@@ -190,10 +238,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Moves frames between the socket and the viewer until either side ends: output, pings and
-/// answers go out from here; the client's frames are read by [`read_client`] in a task of its
-/// own, so input the program does not take never stops the output.
-async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTime<Utc>>, ping_every: Duration) {
+/// Moves frames between the socket and the viewer until either side ends, the token expires
+/// or the caller loses the access they attached with: output, pings and answers go out from
+/// here; the client's frames are read by [`read_client`] in a task of its own, so input the
+/// program does not take never stops the output.
+async fn serve(
+    socket: WebSocket,
+    mut viewer: Viewer,
+    expires_at: Option<DateTime<Utc>>,
+    ping_every: Duration,
+    mut watch: AccessWatch,
+) {
     let (mut sink, stream) = socket.split();
     let token_left = expires_at.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
     let token_expiry = tokio::time::sleep(token_left.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
@@ -203,6 +258,10 @@ async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTim
     let last_heard: HeardCell = Arc::new(Mutex::new(Heard { at: Instant::now(), waiting_on_program: false }));
     let (replies_tx, mut replies) = mpsc::channel(REPLIES);
     let _reader = AbortOnDrop(tokio::spawn(read_client(stream, viewer.input_handle(), last_heard.clone(), replies_tx)));
+    // One future for the whole connection: a check in progress is not dropped when another
+    // branch fires.
+    let lost = watch.lost();
+    tokio::pin!(lost);
     let closing = loop {
         // Biased, output last: an answer to a control frame goes out before any output the
         // client's later input caused (the reader queues it before it passes that input on),
@@ -230,6 +289,14 @@ async fn serve(socket: WebSocket, mut viewer: Viewer, expires_at: Option<DateTim
                     return;
                 }
             }
+            () = &mut lost => break Closing {
+                message: Some(TerminalServerMessage::Error {
+                    code: "access_revoked".into(),
+                    message: "your access to this sandbox's workspace was revoked or lowered".into(),
+                }),
+                code: close_code::POLICY,
+                reason: "access revoked",
+            },
             _ = &mut token_expiry, if token_left.is_some() => break Closing {
                 message: Some(TerminalServerMessage::Error {
                     code: "token_expired".into(),

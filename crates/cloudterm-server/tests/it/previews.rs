@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::sandboxes::Api;
 
-const APP: &str = include_str!("fixtures/preview_app.py");
+pub(crate) const APP: &str = include_str!("fixtures/preview_app.py");
 
 /// A server for preview tests: no warm pool (fewer sandboxes to start), fast health checks.
 async fn server(runtime: &str) -> Option<TestServer> {
@@ -30,7 +30,7 @@ pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
 }
 
@@ -58,7 +58,7 @@ pub(crate) async fn sandbox_with_app(api: &Api, port: u16, name: &str) -> String
 }
 
 /// Starts the app in the sandbox and waits until it listens; returns the job id.
-async fn start_app(api: &Api, id: &str, port: u16, name: &str) -> String {
+pub(crate) async fn start_app(api: &Api, id: &str, port: u16, name: &str) -> String {
     let argv = json!(["python3", "preview_app.py", port.to_string(), name]);
     let (status, job) = api.call("POST", &format!("/sandboxes/{id}/background"), Some(json!({"argv": argv}))).await;
     assert_eq!(status, 201, "{job}");
@@ -78,7 +78,7 @@ pub(crate) async fn register(api: &Api, body: Value) -> Value {
     preview
 }
 
-fn path_of(url: &str) -> String {
+pub(crate) fn path_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     rest.find('/').map_or("/".to_string(), |at| rest[at..].to_string())
 }

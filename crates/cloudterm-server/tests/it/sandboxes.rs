@@ -96,6 +96,7 @@ async fn create_exec_list_delete_and_nothing_is_left(runtime: &str) {
     let (status, listed) = alice.call("GET", "/sandboxes", None).await;
     assert_eq!(status, 200);
     assert_eq!(listed["sandboxes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["sandboxes"][0]["created_at"], sandbox["created_at"], "the same time on create and read");
 
     // The sandbox is real processes on this host; find them to prove they go away.
     alice.call("POST", &format!("/sandboxes/{id}/background"), Some(json!({"command": "sleep 600"}))).await;

@@ -304,6 +304,109 @@ async fn viewers_share_a_session_and_read_only_ones_cannot_type(runtime: &str) {
     read_until(&mut reader, "probe-16").await;
 }
 
+/// A `read` grantee of the sandbox's workspace who asks for no `mode` gets a read-only view:
+/// they cannot start a shell (409), they watch a running one, and nothing they type or resize
+/// reaches it. A `write` grantee without `mode` types.
+async fn a_reader_grantee_without_a_mode_watches_and_cannot_type(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |_| {}).await else { return };
+    let alice = Api::new(&server, "alice");
+    let rita = Api::new(&server, "rita");
+    let wendy = Api::new(&server, "wendy");
+    let (status, ws) = alice.call("POST", "/workspaces", Some(json!({"name": "shown"}))).await;
+    assert_eq!(status, 201, "{ws}");
+    let ws = ws["id"].as_str().expect("id").to_string();
+    for (agent, permission) in [("rita", "read"), ("wendy", "write")] {
+        let grant = json!({"agent_id": agent, "permission": permission});
+        let (status, body) = alice.call("POST", &format!("/workspaces/{ws}/share"), Some(grant)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let id = alice.create(json!({"workspace_id": ws})).await["id"].as_str().expect("id").to_string();
+    let (status, body) = open(&server, Some(&rita.token), &id, "session=demo").await.expect_err("no shell for her");
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+    let mut owner = attach(&server, &alice, &id, "session=demo&cols=80&rows=24").await;
+    repaint(&mut owner).await;
+    let mut viewer = attach(&server, &rita, &id, "session=demo&cols=40&rows=10").await;
+    repaint(&mut viewer).await;
+    type_in(&mut owner, "echo shown-$((2*5))\r").await;
+    read_until(&mut viewer, "shown-10").await;
+    type_in(&mut viewer, "touch reader-was-here; echo typed-$((3*7))\r").await;
+    control(&mut viewer, json!({"type": "resize", "cols": 20, "rows": 5})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    type_in(&mut owner, "stty size; ls; echo probe-$((4*4))\r").await;
+    let seen = read_until(&mut owner, "probe-16").await;
+    assert!(!seen.contains("typed-21"), "the reader's input reached the shell: {seen:?}");
+    assert!(!seen.contains("reader-was-here"), "the reader's command ran: {seen:?}");
+    assert!(seen.contains("24 80"), "the reader resized the terminal: {seen:?}");
+    let listing = alice.sh(&id, "ls reader-was-here 2>&1 || true").await;
+    assert!(listing["stdout"].as_str().is_some_and(|out| out.contains("No such file")), "{listing}");
+    // A writer without a mode gets the writer's default: what she types runs.
+    let mut writer = attach(&server, &wendy, &id, "session=demo").await;
+    repaint(&mut writer).await;
+    type_in(&mut writer, "echo writer-$((5*5))\r").await;
+    read_until(&mut owner, "writer-25").await;
+    drop((owner, viewer, writer));
+    let (status, _) = alice.call("DELETE", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(status, 204);
+}
+
+/// An open terminal does not outlive a revocation: the moment a writer is revoked her
+/// connection gets `access_revoked` and closes, and what she typed after does not run; the
+/// session keeps running for the owner. A writer lowered to `read` is cut off too.
+#[tokio::test]
+async fn revoking_a_collaborator_closes_her_open_terminal() {
+    let server = TestServer::start().await;
+    let alice = Api::new(&server, "alice");
+    let wendy = Api::new(&server, "wendy");
+    let rita = Api::new(&server, "rita");
+    let (status, ws) = alice.call("POST", "/workspaces", Some(json!({"name": "cut"}))).await;
+    assert_eq!(status, 201, "{ws}");
+    let ws = ws["id"].as_str().expect("id").to_string();
+    for (agent, permission) in [("wendy", "write"), ("rita", "write")] {
+        let grant = json!({"agent_id": agent, "permission": permission});
+        let (status, body) = alice.call("POST", &format!("/workspaces/{ws}/share"), Some(grant)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let id = alice.create(json!({"workspace_id": ws})).await["id"].as_str().expect("id").to_string();
+    let mut owner = attach(&server, &alice, &id, "session=team").await;
+    repaint(&mut owner).await;
+    let mut revoked = attach(&server, &wendy, &id, "session=team").await;
+    repaint(&mut revoked).await;
+    let mut lowered = attach(&server, &rita, &id, "session=team").await;
+    repaint(&mut lowered).await;
+    type_in(&mut revoked, "echo before-$((6*7))\r").await;
+    read_until(&mut owner, "before-42").await;
+
+    let (status, _) = alice.call("DELETE", &format!("/workspaces/{ws}/share/wendy"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = alice
+        .call("POST", &format!("/workspaces/{ws}/share"), Some(json!({"agent_id": "rita", "permission": "read"})))
+        .await;
+    assert_eq!(status, 200);
+    for viewer in [&mut revoked, &mut lowered] {
+        let closing = loop {
+            match frame(viewer).await {
+                Frame::Bytes(_) => {}
+                other => break other,
+            }
+        };
+        match closing {
+            Frame::Control(message) => assert_eq!(message["code"], "access_revoked", "{message}"),
+            other => panic!("expected access_revoked, got {other:?}"),
+        }
+        // Whatever she still sends goes nowhere.
+        let _ = viewer.send(Message::Binary(b"echo after-$((7*7))\r".to_vec().into())).await;
+    }
+    type_in(&mut owner, "echo probe-$((4*4))\r").await;
+    let seen = read_until(&mut owner, "probe-16").await;
+    assert!(!seen.contains("after-49"), "input after the revocation reached the shell: {seen:?}");
+    // Lowered to read, rita may still watch.
+    let mut watching = attach(&server, &rita, &id, "session=team").await;
+    repaint(&mut watching).await;
+    drop((owner, revoked, lowered, watching));
+    let (status, _) = alice.call("DELETE", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(status, 204);
+}
+
 async fn sessions_end_when_unwatched_and_metrics_count_them(runtime: &str) {
     let Some(server) = TestServer::start_runtime(runtime, |config| config.terminal.idle_session_seconds = 1).await
     else {
@@ -345,6 +448,7 @@ on_every_runtime!(
     a_named_session_survives_a_disconnect_and_is_repainted_at_the_new_size,
     a_full_screen_program_is_repainted_at_the_new_size_on_reattach,
     viewers_share_a_session_and_read_only_ones_cannot_type,
+    a_reader_grantee_without_a_mode_watches_and_cannot_type,
     sessions_end_when_unwatched_and_metrics_count_them,
 );
 

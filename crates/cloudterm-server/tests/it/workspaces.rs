@@ -6,7 +6,19 @@
 use cloudterm_test_support::TestServer;
 use serde_json::{json, Value};
 
+use crate::previews::{client as previews_client, free_port, json_of, path_of, register, start_app, APP};
 use crate::sandboxes::Api;
+
+/// How much of a quota the principal uses, from `GET /me`.
+async fn quota_used(api: &Api, kind: &str) -> u64 {
+    let (status, me) = api.call("GET", "/me", None).await;
+    assert_eq!(status, 200, "{me}");
+    me["quota"]
+        .as_array()
+        .and_then(|quota| quota.iter().find(|entry| entry["kind"] == kind))
+        .and_then(|entry| entry["used"].as_u64())
+        .unwrap_or_else(|| panic!("no {kind} quota in {me}"))
+}
 
 fn id_of(value: &Value, field: &str) -> String {
     value[field].as_str().unwrap_or_else(|| panic!("no {field} in {value}")).to_string()
@@ -104,6 +116,12 @@ async fn every_route_enforces_the_permission_matrix() {
     assert_eq!(status, 201, "{job}");
     let job = id_of(&job, "job_id");
     let snap = crew.snapshot_of(&ws).await;
+    // A second sandbox on the workspace, as a preview's fallback; and the preview that the
+    // link and proxy rows use (nothing listens on its port).
+    let fallback = crew.sandbox_on(&ws).await;
+    let (status, preview) =
+        crew.alice.call("POST", "/preview/register", Some(json!({"sandbox_id": sbx, "port": 8765}))).await;
+    assert_eq!(status, 201, "{preview}");
     let (status, worker) = crew
         .alice
         .call(
@@ -141,6 +159,10 @@ async fn every_route_enforces_the_permission_matrix() {
         row("GET", format!("/sandboxes/{sbx}/files?path=."), Body::None, all),
         row("GET", format!("/sandboxes/{sbx}/files/a.txt"), Body::None, all),
         row("POST", format!("/sandboxes/{sbx}/keepalive"), Body::Json(json!({})), write),
+        // Past the check the process runtime cannot pause (409); resuming a running sandbox
+        // changes nothing.
+        row("POST", format!("/sandboxes/{sbx}/pause"), Body::None, [409, 409, 409, 403, 404]),
+        row("POST", format!("/sandboxes/{sbx}/resume"), Body::None, write),
         // Past the permission check the process runtime cannot mount (409).
         row(
             "POST",
@@ -167,12 +189,26 @@ async fn every_route_enforces_the_permission_matrix() {
         row("POST", "/snapshot/create".into(), Body::Json(json!({"workspace_id": ws})), created),
         row("POST", "/snapshot/create".into(), Body::Json(json!({"sandbox_id": sbx})), created),
         row("POST", "/snapshot/restore".into(), Body::Json(json!({"snapshot_id": snap})), write),
+        row("POST", "/snapshot/restore".into(), Body::Json(json!({"snapshot_id": snap, "sandbox_id": sbx})), write),
+        row("POST", "/snapshot/restore".into(), Body::Json(json!({"snapshot_id": snap, "workspace_id": ws})), write),
         // Past the check, a body that is not an archive is refused (422).
         row("POST", format!("/snapshot/import?workspace_id={ws}"), Body::Raw(b"not a tar"), [422, 422, 422, 403, 404]),
         // Previews of the workspace's sandbox: exposing a port is a write; members may reach a
         // private one with their token (nothing listens there: 502 past the check).
         row("POST", format!("/sandboxes/{sbx}/preview"), Body::Json(json!({"port": 8765})), write),
+        row("POST", "/preview/register".into(), Body::Json(json!({"sandbox_id": sbx, "port": 8766})), created),
+        row(
+            "POST",
+            "/preview/register".into(),
+            Body::Json(json!({"sandbox_id": sbx, "port": 8767, "fallback_sandbox_id": fallback})),
+            created,
+        ),
+        row("POST", "/preview/link".into(), Body::Json(json!({"sandbox_id": sbx, "port": 8765})), write),
         row("GET", format!("/preview/{sbx}/8765/"), Body::None, [502, 502, 502, 502, 404]),
+        row("POST", format!("/preview/{sbx}/8765/deep/path?x=1"), Body::Json(json!({})), [502, 502, 502, 502, 404]),
+        // The bare form answers 308 to the slash form for anyone (it reveals nothing); the
+        // client follows it into the check.
+        row("GET", format!("/preview/{sbx}/8765"), Body::None, [502, 502, 502, 502, 404]),
     ];
     let mut failures = Vec::new();
     for (role, api) in ROLES.iter().zip(&apis) {
@@ -196,8 +232,25 @@ async fn every_route_enforces_the_permission_matrix() {
     }
 
     // Destructive routes, each role on a fresh target of its own.
-    for (role, api) in ROLES.iter().zip(&apis) {
+    for (port, (role, api)) in (9001u16..).zip(ROLES.iter().zip(&apis)) {
         let expected = |statuses: [u16; 5]| statuses[index_of(role)];
+        let key = json!({"sandbox_id": sbx, "port": port});
+        let (status, body) = crew.alice.call("POST", "/preview/register", Some(key.clone())).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = api.call("POST", "/preview/unregister", Some(key.clone())).await;
+        if status != expected([204, 204, 204, 403, 404]) {
+            failures.push(format!("{role}: POST /preview/unregister → {status}: {body}"));
+        }
+        crew.alice.call("POST", "/preview/unregister", Some(key)).await;
+        // A fallback is checked on its own: the role's own sandbox as the primary, the
+        // workspace's as the fallback.
+        let own = id_of(&api.create(json!({})).await, "id");
+        let body = json!({"sandbox_id": own, "port": port, "fallback_sandbox_id": sbx});
+        let (status, answer) = api.call("POST", "/preview/register", Some(body)).await;
+        if status != expected(created) {
+            failures.push(format!("{role}: POST /preview/register with the fallback → {status}: {answer}"));
+        }
+        api.call("DELETE", &format!("/sandboxes/{own}"), None).await;
         let fresh = crew.snapshot_of(&ws).await;
         let (status, body) = api.call("DELETE", &format!("/snapshot/{fresh}"), None).await;
         if status != expected([204, 204, 403, 403, 404]) {
@@ -214,6 +267,9 @@ async fn every_route_enforces_the_permission_matrix() {
         if status != expected([204, 204, 403, 403, 404]) {
             failures.push(format!("{role}: DELETE /workspaces/{{id}} → {status}: {body}"));
         }
+    }
+    for sandbox in [&sbx, &fallback] {
+        crew.alice.call("DELETE", &format!("/sandboxes/{sandbox}"), None).await;
     }
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
@@ -233,6 +289,7 @@ async fn workspaces_are_created_listed_by_tag_and_shared_with_their_permission()
     assert_eq!(status, 201, "{ml}");
     assert_eq!((ml["owner"].as_str(), ml["permission"].as_str()), (Some("alice"), Some("owner")));
     assert!(ml["id"].as_str().is_some_and(|id| id.starts_with("ws_")));
+    let created_at = ml["created_at"].clone();
     let ml = id_of(&ml, "id");
     let (status, _) = alice.call("POST", "/workspaces", Some(json!({"name": "web", "tags": ["team"]}))).await;
     assert_eq!(status, 201);
@@ -264,6 +321,8 @@ async fn workspaces_are_created_listed_by_tag_and_shared_with_their_permission()
     assert_eq!(names(&shared_gpu), ["ml"]);
     let (status, seen) = bob.call("GET", &format!("/workspaces/{ml}"), None).await;
     assert_eq!((status, seen["permission"].as_str()), (200, Some("write")));
+    // Times are recorded at the store's precision: the create's answer and every read agree.
+    assert_eq!(seen["created_at"], created_at, "{seen}");
     let (_, collaborators) = bob.call("GET", &format!("/workspaces/{ml}/collaborators"), None).await;
     assert_eq!(collaborators["owner"], "alice");
     assert_eq!(collaborators["collaborators"][0]["agent_id"], "bob");
@@ -302,12 +361,17 @@ async fn workspaces_are_created_listed_by_tag_and_shared_with_their_permission()
     assert_eq!(status, 409, "{answer}");
 }
 
+/// Sharing changes take effect on the next request, everywhere: revoking a writer also ends
+/// the previews she registered (her token, a link she signed before, its cookie) and stops the
+/// sandbox she started on the workspace; owner and admins see and unregister collaborators'
+/// previews.
 #[tokio::test]
 async fn grants_and_revocations_are_enforced_at_once_and_audited() {
     let server = TestServer::start().await;
     let alice = Api::new(&server, "alice");
     let adam = Api::new(&server, "adam");
     let wendy = Api::new(&server, "wendy");
+    let rita = Api::new(&server, "rita");
     let crew = Crew { alice: Api::new(&server, "alice") };
     let ws = crew.shared_workspace("team").await;
     let sbx = crew.sandbox_on(&ws).await;
@@ -322,6 +386,77 @@ async fn grants_and_revocations_are_enforced_at_once_and_audited() {
     assert_eq!(status, 403);
     let (status, _) = wendy.call("DELETE", &format!("/workspaces/{ws}/share/rita"), None).await;
     assert_eq!(status, 403);
+
+    // Before the revocation, wendy exposes alice's sandbox: an app she starts there, a private
+    // preview of it, a signed link; and a sandbox of her own on the workspace.
+    let port = free_port();
+    let (status, body) = wendy
+        .call("POST", &format!("/sandboxes/{sbx}/files"), Some(json!({"path": "preview_app.py", "content": APP})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    start_app(&wendy, &sbx, port, "team").await;
+    let preview = register(&wendy, json!({"sandbox_id": sbx, "port": port})).await;
+    assert_eq!(preview["registered_by"], "wendy", "{preview}");
+    let through = format!("/preview/{sbx}/{port}/echo");
+    let (status, echo) = wendy.call("GET", &through, None).await;
+    assert_eq!(status, 200, "her token reaches her preview: {echo}");
+    let (status, link) = wendy.call("POST", "/preview/link", Some(json!({"sandbox_id": sbx, "port": port}))).await;
+    assert_eq!(status, 200, "{link}");
+    let link = path_of(link["url"].as_str().expect("url"));
+    let anonymous = previews_client();
+    let open_link = async |path: &str, cookie: Option<&str>| {
+        let mut request = anonymous.get(server.url(path));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .map(str::to_string);
+        (status, cookie, json_of(response).await)
+    };
+    let (status, cookie, _) = open_link(&link, None).await;
+    assert_eq!(status, 303, "the link works before the revocation");
+    let cookie = cookie.expect("the link sets its cookie");
+    let (status, _, _) = open_link(&through, Some(&cookie)).await;
+    assert_eq!(status, 200, "and so does its cookie");
+    // A second preview of hers (nothing listens): the owner sees both and can take one down.
+    register(&wendy, json!({"sandbox_id": sbx, "port": port + 1})).await;
+    let (_, listed) = alice.call("GET", "/preview/list", None).await;
+    let seen: Vec<(u64, String)> = listed["previews"]
+        .as_array()
+        .expect("previews")
+        .iter()
+        .map(|p| (p["port"].as_u64().unwrap_or(0), id_of(p, "registered_by")))
+        .collect();
+    assert_eq!(seen, [(u64::from(port), "wendy".into()), (u64::from(port) + 1, "wendy".into())], "{listed}");
+    let (_, listed) = adam.call("GET", "/preview/list", None).await;
+    assert_eq!(listed["previews"].as_array().map(Vec::len), Some(2), "an admin oversees them too: {listed}");
+    let (_, listed) = rita.call("GET", "/preview/list", None).await;
+    assert_eq!(listed["previews"], json!([]), "a reader does not: {listed}");
+    let key = json!({"sandbox_id": sbx, "port": port + 1});
+    let (status, body) = rita.call("POST", "/preview/unregister", Some(key.clone())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, body) = alice.call("POST", "/preview/unregister", Some(key)).await;
+    assert_eq!(status, 204, "the owner unregisters a collaborator's preview: {body}");
+    let (_, mine) = wendy.call("GET", "/preview/list", None).await;
+    assert_eq!(mine["previews"].as_array().map(Vec::len), Some(1), "{mine}");
+    let (status, own) = wendy.call("POST", "/sandboxes", Some(json!({"workspace_id": ws}))).await;
+    assert_eq!(status, 201, "{own}");
+    let own = id_of(&own, "id");
+    let (_, listed) = alice.call("GET", "/sandboxes?include_shared=true", None).await;
+    let entry = listed["sandboxes"].as_array().expect("list").iter().find(|s| s["id"] == own.as_str()).cloned();
+    assert_eq!(
+        entry.map(|s| (s["workspace_id"].clone(), s["permission"].clone())),
+        Some((json!(ws), json!("owner"))),
+        "the owner sees a collaborator's sandbox on her workspace: {listed}"
+    );
+    assert_eq!(quota_used(&wendy, "sandboxes").await, 1);
+
     let (status, _) = adam.call("DELETE", &format!("/workspaces/{ws}/share/wendy"), None).await;
     assert_eq!(status, 204);
     // Revoked: the running sandbox is gone for her at once.
@@ -330,6 +465,31 @@ async fn grants_and_revocations_are_enforced_at_once_and_audited() {
     assert_eq!((status, out["error"]["code"].as_str()), (404, Some("not_found")), "{out}");
     let (status, _) = wendy.call("GET", &format!("/workspaces/{ws}"), None).await;
     assert_eq!(status, 404);
+    // And so is everything she exposed: her token, her link and its cookie reach nothing,
+    // she cannot sign a new link, and the preview is gone from the owner's list.
+    let (status, body) = wendy.call("GET", &through, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, _, body) = open_link(&link, None).await;
+    assert_eq!(status, 404, "a link signed before the revocation: {body}");
+    let (status, _, body) = open_link(&through, Some(&cookie)).await;
+    assert_eq!(status, 404, "its cookie: {body}");
+    let (status, body) = wendy.call("POST", "/preview/link", Some(json!({"sandbox_id": sbx, "port": port}))).await;
+    assert_eq!(status, 404, "{body}");
+    let (_, listed) = alice.call("GET", "/preview/list", None).await;
+    assert_eq!(listed["previews"], json!([]), "{listed}");
+    // Her sandbox on the workspace was snapshotted and stopped: it no longer runs there or
+    // counts against her quota, and the owner finds the `idle` snapshot it left.
+    let (status, stopped) = alice.call("GET", &format!("/sandboxes/{own}"), None).await;
+    assert_eq!((status, stopped["state"].as_str()), (200, Some("stopped")), "{stopped}");
+    assert_eq!(quota_used(&wendy, "sandboxes").await, 0);
+    let (_, snapshots) = alice.call("GET", &format!("/snapshot/list?workspace_id={ws}"), None).await;
+    let kinds: Vec<&Value> = snapshots["snapshots"].as_array().expect("list").iter().map(|s| &s["kind"]).collect();
+    assert_eq!(kinds, [&json!("idle")], "{snapshots}");
+    // Alice's own sandbox keeps running and serving the workspace.
+    let (status, out) =
+        alice.call("POST", &format!("/workspaces/{ws}/exec"), Some(json!({"command": "echo ok"}))).await;
+    assert_eq!((status, out["stdout"].as_str()), (200, Some("ok\n")), "{out}");
+    alice.call("DELETE", &format!("/sandboxes/{own}"), None).await;
     // Nobody revokes the owner; a grant that does not exist is 404.
     let (status, answer) = adam.call("DELETE", &format!("/workspaces/{ws}/share/alice"), None).await;
     assert_eq!(status, 403, "{answer}");
@@ -425,7 +585,81 @@ async fn workspace_exec_starts_a_sandbox_on_demand_and_resumes_from_the_newest_s
     assert_eq!(status, 404);
 }
 
-on_every_runtime!(workspace_exec_starts_a_sandbox_on_demand_and_resumes_from_the_newest_snapshot);
+/// The idle path end to end for a workspace: the sandbox a workspace exec started idles out,
+/// is snapshotted (`kind: idle`, with its writable layer) and stopped by the reaper; the next
+/// workspace exec starts a new sandbox from that snapshot (on the linux runtime what was
+/// installed outside `/workspace` comes back, which only the snapshot's layer can bring).
+async fn an_idle_workspace_sandbox_is_snapshotted_and_the_next_exec_resumes_from_it(runtime: &str) {
+    let Some(server) = TestServer::start_runtime(runtime, |config| {
+        config.sandboxes.default_timeout_seconds = 2;
+        config.sandboxes.warm_pool = 0;
+        config.snapshots.on_idle = true;
+    })
+    .await
+    else {
+        return;
+    };
+    let alice = Api::new(&server, "alice");
+    let (status, ws) = alice.call("POST", "/workspaces", Some(json!({"name": "napping"}))).await;
+    assert_eq!(status, 201, "{ws}");
+    let ws = id_of(&ws, "id");
+    let exec = |command: &str| json!({ "command": command });
+    let setup =
+        if runtime == "linux" { "echo v1 > kept.txt; echo installed > /etc/tool.conf" } else { "echo v1 > kept.txt" };
+    let (status, out) = alice.call("POST", &format!("/workspaces/{ws}/exec"), Some(exec(setup))).await;
+    assert_eq!((status, out["exit_code"].as_i64()), (200, Some(0)), "{out}");
+    let (_, sandboxes) = alice.call("GET", "/sandboxes", None).await;
+    let first = id_of(&sandboxes["sandboxes"][0], "id");
+    let stopped = async |id: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (_, sandbox) = alice.call("GET", &format!("/sandboxes/{id}"), None).await;
+            if sandbox["state"] == "stopped" {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{id} did not idle out: {sandbox}");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    };
+    stopped(&first).await;
+    let (_, snapshots) = alice.call("GET", &format!("/snapshot/list?workspace_id={ws}"), None).await;
+    let kinds: Vec<&Value> = snapshots["snapshots"].as_array().expect("list").iter().map(|s| &s["kind"]).collect();
+    assert_eq!(kinds, [&json!("idle")], "the idle stop left one idle snapshot: {snapshots}");
+
+    let (status, out) = alice
+        .call(
+            "POST",
+            &format!("/workspaces/{ws}/exec"),
+            Some(exec("cat kept.txt; cat /etc/tool.conf 2>/dev/null || echo none")),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let expected = if runtime == "linux" { "v1\ninstalled\n" } else { "v1\nnone\n" };
+    assert_eq!(out["stdout"], expected, "{out}");
+    let (_, sandboxes) = alice.call("GET", "/sandboxes", None).await;
+    let running: Vec<String> = sandboxes["sandboxes"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|s| s["state"] == "running")
+        .map(|s| id_of(s, "id"))
+        .collect();
+    assert_eq!(running.len(), 1, "{sandboxes}");
+    assert_ne!(running[0], first, "a new sandbox serves the workspace");
+
+    // Let the second one idle out too (so no idle snapshot is being taken), then clean up.
+    stopped(&running[0]).await;
+    for id in [&first, &running[0]] {
+        alice.call("DELETE", &format!("/sandboxes/{id}"), None).await;
+    }
+    let (status, body) = alice.call("DELETE", &format!("/workspaces/{ws}"), None).await;
+    assert_eq!(status, 204, "{body}");
+}
+
+on_every_runtime!(
+    workspace_exec_starts_a_sandbox_on_demand_and_resumes_from_the_newest_snapshot,
+    an_idle_workspace_sandbox_is_snapshotted_and_the_next_exec_resumes_from_it,
+);
 
 #[tokio::test]
 async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers() {
@@ -476,6 +710,31 @@ async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers(
         )
         .await;
     assert_eq!(status, 201);
+    // Build metadata does not make another version: 1.1.0+build2 is refused (semver
+    // precedence ignores it, so it would be a second 1.1.0).
+    let (status, answer) =
+        alice.call("POST", "/marketplace/publish", Some(publish("quoter", "1.1.0+build2", "sneaky", json!([])))).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (422, Some("validation_failed")), "{answer}");
+    // A backport published after 1.1.0 does not become the latest: the highest version is.
+    let (status, answer) = alice
+        .call("POST", "/marketplace/publish", Some(publish("quoter", "1.0.1", "backported fix", json!(["shell"]))))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    // Mentions quoting once, deep in a long description: found, ranked below quoter.
+    let (status, answer) = alice
+        .call(
+            "POST",
+            "/marketplace/publish",
+            Some(publish(
+                "table-fmt",
+                "1.0.0",
+                "formats tables of numbers and text into aligned columns, with widths, padding, \
+                 borders, headers, footers, colours and, for cells holding separators, quoting",
+                json!(["data"]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
 
     // Bad input: 4xx with the envelope.
     for body in [
@@ -499,11 +758,23 @@ async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers(
     let (status, found) = bob.call("GET", "/marketplace/search?q=quote", None).await;
     assert_eq!(status, 200, "{found}");
     let hits = found["workers"].as_array().expect("workers");
-    assert_eq!(hits.len(), 1, "{found}");
+    let named: Vec<&str> = hits.iter().filter_map(|hit| hit["name"].as_str()).collect();
+    assert_eq!(named, ["quoter", "table-fmt"], "{found}");
     assert_eq!((hits[0]["name"].as_str(), hits[0]["version"].as_str()), (Some("quoter"), Some("1.1.0")));
+    // The issue's example: q=quoting finds the worker whose description mentions quoting,
+    // best match first (name and description) with a strictly higher score.
+    let (status, found) = bob.call("GET", "/marketplace/search?q=quoting", None).await;
+    assert_eq!(status, 200, "{found}");
+    let hits = found["workers"].as_array().expect("workers");
+    let named: Vec<&str> = hits.iter().filter_map(|hit| hit["name"].as_str()).collect();
+    assert_eq!(named, ["quoter", "table-fmt"], "{found}");
+    let scores: Vec<f64> = hits.iter().filter_map(|hit| hit["score"].as_f64()).collect();
+    assert!(scores.len() == 2 && scores[0] > scores[1] && scores[1] > 0.0, "ranked by relevance: {found}");
+    assert_eq!(hits[0]["version"], "1.1.0", "the latest is the highest version, not the backport: {found}");
     let (_, tagged) = bob.call("GET", "/marketplace/search?tag=data", None).await;
-    assert_eq!(tagged["workers"][0]["name"], "csv-tools", "{tagged}");
-    assert_eq!(tagged["workers"].as_array().map(Vec::len), Some(1));
+    let named: Vec<&str> =
+        tagged["workers"].as_array().expect("workers").iter().filter_map(|hit| hit["name"].as_str()).collect();
+    assert_eq!(named, ["table-fmt", "csv-tools"], "the most recent first without q: {tagged}");
     let (_, all) = bob.call("GET", "/marketplace/search?limit=1", None).await;
     assert_eq!(all["workers"].as_array().map(Vec::len), Some(1));
     let (_, nothing) = bob.call("GET", "/marketplace/search?q=%22NEAR(%20*", None).await;
@@ -516,7 +787,7 @@ async fn the_marketplace_publishes_immutable_versions_searches_and_runs_workers(
     assert_eq!(status, 200, "{shown}");
     let versions: Vec<&str> =
         shown["versions"].as_array().expect("versions").iter().filter_map(|v| v["version"].as_str()).collect();
-    assert_eq!(versions, ["1.1.0", "1.0.0"]);
+    assert_eq!(versions, ["1.1.0", "1.0.1", "1.0.0"], "highest first, whenever published");
     assert_eq!(
         (shown["latest_version"].as_str(), shown["versions"][0]["has_files"].as_bool()),
         (Some("1.1.0"), Some(true))

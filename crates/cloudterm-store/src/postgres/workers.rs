@@ -5,6 +5,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
 use super::{list_col, time_col, to_json_list, to_millis, worker_search};
+use crate::codec::{latest_version, sort_versions};
 use crate::error::{insert_child_error, unique_as_conflict};
 use crate::{StoreError, WorkerRecord, WorkerVersionRecord};
 
@@ -102,14 +103,18 @@ pub(super) async fn insert_version(pool: &PgPool, version: &WorkerVersionRecord)
     .execute(&mut *tx)
     .await
     .map_err(insert_child_error("this version of the worker already exists; versions are immutable"))?;
-    // A version published with an older time than the current latest does not replace it.
-    sqlx::query(
-        "UPDATE workers SET latest_version = (SELECT version FROM worker_versions \
-         WHERE worker_id = $1 ORDER BY created_at DESC, version DESC LIMIT 1) WHERE id = $1",
+    // The latest is the highest version, not the last published: a backport does not replace it.
+    let published: Vec<String> = sqlx::query_scalar(
+        "SELECT version FROM worker_versions WHERE worker_id = $1 ORDER BY created_at DESC, version DESC",
     )
     .bind(&version.worker_id)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    sqlx::query("UPDATE workers SET latest_version = $2 WHERE id = $1")
+        .bind(&version.worker_id)
+        .bind(latest_version(published))
+        .execute(&mut *tx)
+        .await?;
     let row = sqlx::query(&format!(
         "SELECT {WORKER_COLUMNS}, {VERSION_COLUMNS} FROM workers w \
          JOIN worker_versions v ON v.worker_id = w.id AND v.version = w.latest_version \
@@ -135,7 +140,7 @@ pub(super) async fn insert_version(pool: &PgPool, version: &WorkerVersionRecord)
     Ok(())
 }
 
-/// The worker's versions, newest first.
+/// The worker's versions, highest first (`codec::sort_versions`).
 pub(super) async fn list_versions(pool: &PgPool, worker_id: &str) -> Result<Vec<WorkerVersionRecord>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {VERSION_COLUMNS} FROM worker_versions v WHERE v.worker_id = $1 \
@@ -144,5 +149,7 @@ pub(super) async fn list_versions(pool: &PgPool, worker_id: &str) -> Result<Vec<
     .bind(worker_id)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(version_from_row).collect()
+    let mut versions = rows.iter().map(version_from_row).collect::<Result<Vec<_>, _>>()?;
+    sort_versions(&mut versions, |v| v.version.as_str());
+    Ok(versions)
 }

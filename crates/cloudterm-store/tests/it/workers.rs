@@ -1,4 +1,4 @@
-//! Marketplace workers: unique names, immutable versions, newest-first versions, and ranked,
+//! Marketplace workers: unique names, immutable versions, highest-first versions, and ranked,
 //! injection-proof full-text search.
 
 use std::sync::Arc;
@@ -44,8 +44,8 @@ async fn worker_round_trip_and_unique_name(db: TestDb) {
     assert!(matches!(db.store.get_worker_by_name("nope").await, Err(StoreError::NotFound)));
 }
 
-backends!(versions_are_immutable_and_listed_newest_first);
-async fn versions_are_immutable_and_listed_newest_first(db: TestDb) {
+backends!(versions_are_immutable_and_listed_highest_first);
+async fn versions_are_immutable_and_listed_highest_first(db: TestDb) {
     db.store.insert_worker(&worker("wkr_1", "fmt", 0)).await.expect("worker");
     let v1 = version("wkr_1", "1.0.0", "first", &["a"], 1);
     let v2 = version("wkr_1", "1.1.0", "second", &["a", "b"], 2);
@@ -134,6 +134,25 @@ async fn latest_version_drives_search_and_tags(db: TestDb) {
     assert_eq!(hit.1.version, "2.0.0");
 }
 
+backends!(the_latest_is_the_highest_version_not_the_last_published);
+async fn the_latest_is_the_highest_version_not_the_last_published(db: TestDb) {
+    publish(&db.store, "wkr_1", "tool", "handles yaml", &["one"], 1).await;
+    db.store.insert_worker_version(&version("wkr_1", "2.0.0", "handles toml", &["two"], 2)).await.expect("v2");
+    // A backport published after 2.0.0, and a version whose text sorts above "2.0.0" but
+    // whose precedence is below it.
+    db.store.insert_worker_version(&version("wkr_1", "1.5.1", "handles xml", &["backport"], 3)).await.expect("1.5.1");
+    db.store.insert_worker_version(&version("wkr_1", "10.0.0-alpha", "next", &["alpha"], 4)).await.expect("alpha");
+    db.store.insert_worker_version(&version("wkr_1", "2.0.0-rc.1", "pre", &["rc"], 5)).await.expect("rc");
+    let listed: Vec<String> =
+        db.store.list_worker_versions("wkr_1").await.expect("list").into_iter().map(|v| v.version).collect();
+    assert_eq!(listed, ["10.0.0-alpha", "2.0.0", "2.0.0-rc.1", "1.5.1", "1.0.0"]);
+    let hit = &db.store.search_workers(Some("tool"), None, 10).await.expect("name")[0];
+    assert_eq!((hit.1.version.as_str(), hit.1.description.as_str()), ("10.0.0-alpha", "next"));
+    assert!(db.store.search_workers(Some("xml"), None, 10).await.expect("xml").is_empty());
+    assert!(db.store.search_workers(None, Some("backport"), 10).await.expect("tag").is_empty());
+    assert_eq!(names(&db.store.search_workers(None, Some("alpha"), 10).await.expect("tag")), ["tool"]);
+}
+
 backends!(hostile_queries_never_error);
 async fn hostile_queries_never_error(db: TestDb) {
     publish(&db.store, "wkr_q", "shell-escape", "Safe quoting of shell arguments", &["shell"], 1).await;
@@ -196,7 +215,8 @@ async fn racing_publications_keep_the_newest_as_latest(db: TestDb) {
     for task in tasks {
         task.await.expect("join").expect("publish");
     }
-    // Whatever order the publications committed in, the newest by time is the latest one.
+    // Whatever order the publications committed in, the highest (here also the newest) is the
+    // latest one.
     let hits = db.store.search_workers(None, None, 10).await.expect("list");
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].1.version, "1.7.0");
