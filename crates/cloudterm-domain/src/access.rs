@@ -9,9 +9,10 @@
 //! Someone with no access at all gets "not found" (never reveal that a workspace exists); a
 //! collaborator whose level is too low gets "forbidden", since they already know it exists.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cloudterm_store::{SandboxRecord, SnapshotRecord, SnapshotState, Store, StoreError, WorkspaceRecord};
 
@@ -89,16 +90,59 @@ impl Grant {
     }
 }
 
+/// How long [`AccessControl::sandbox_member`] trusts a membership it read from the store.
+const MEMBER_TTL: Duration = Duration::from_secs(1);
+
+/// Most memberships remembered; the memory starts over when full.
+const MEMBER_CAPACITY: usize = 4096;
+
 /// Answers "what may this principal do here" from the store: workspace owners and shares.
 #[derive(Clone)]
 pub struct AccessControl {
     store: Arc<dyn Store>,
+    /// `(principal, sandbox)` pairs found to have at least `read`, and when (see
+    /// [`sandbox_member`](Self::sandbox_member)). Shared by every clone.
+    recent_members: Arc<Mutex<HashMap<(String, String), Instant>>>,
 }
 
 impl AccessControl {
     /// A checker over the given store.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        AccessControl { store }
+        AccessControl { store, recent_members: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// Whether the caller has at least `read` on the sandbox, for the preview proxy: every
+    /// proxied request asks, and two store reads per request (sandbox, workspace) were most of
+    /// the proxy's own CPU for small requests. A membership read from the store is trusted for
+    /// [`MEMBER_TTL`]; [`forget_recent_members`](Self::forget_recent_members) ends that at once
+    /// and runs on every withdrawal on this server before it answers, so a revocation still
+    /// cuts access at once here (another server sharing the store sees it within the TTL).
+    pub async fn sandbox_member(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {
+        let key = (caller.id().to_owned(), id.to_owned());
+        let fresh = self
+            .recent_members
+            .lock()
+            .ok()
+            .and_then(|recent| recent.get(&key).map(|at| at.elapsed() < MEMBER_TTL))
+            .unwrap_or(false);
+        if fresh {
+            return Ok(());
+        }
+        self.sandbox(caller, id, Access::Read).await?;
+        if let Ok(mut recent) = self.recent_members.lock() {
+            if recent.len() >= MEMBER_CAPACITY {
+                recent.clear();
+            }
+            recent.insert(key, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Forgets every membership [`sandbox_member`](Self::sandbox_member) remembered.
+    pub fn forget_recent_members(&self) {
+        if let Ok(mut recent) = self.recent_members.lock() {
+            recent.clear();
+        }
     }
 
     /// The caller's access to a workspace they know the record of.

@@ -348,6 +348,12 @@ impl SandboxService {
         self.access.sandbox(caller, id, needed).await.map(|_| ())
     }
 
+    /// Whether the caller has at least `read` on the sandbox, answered from memory for up to a
+    /// second (see [`AccessControl::sandbox_member`]): for the preview proxy's every request.
+    pub async fn check_member(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {
+        self.access.sandbox_member(caller, id).await
+    }
+
     /// Stops the sandbox, removes everything it held on the host and forgets it. The
     /// workspace stays.
     pub async fn delete(&self, caller: &Principal, id: &str) -> Result<(), DomainError> {

@@ -232,6 +232,8 @@ impl WorkspaceService {
     /// access is cut regardless (every request reads the grants, and a preview whose registrant
     /// lost `write` serves nothing).
     async fn withdraw(&self, workspace: &WorkspaceRecord, agent_id: &str) {
+        // First, before anything can answer: the proxy's remembered memberships.
+        self.access().forget_recent_members();
         // No receiver is not an error: no terminal is open.
         let _ = self.withdrawn.send(agent_id.to_string());
         let removed = self.previews.forget_registrant(&workspace.id, agent_id).await.unwrap_or_else(|err| {

@@ -7,7 +7,6 @@
 //! is 401 whether the preview exists or not, another principal's token is 404 either way.
 
 use axum::http::header::{self, HeaderMap};
-use cloudterm_domain::access::Access;
 use cloudterm_domain::error::DomainError;
 use cloudterm_domain::Preview;
 
@@ -51,11 +50,12 @@ pub async fn authorize(
     if let Some(token) = bearer(headers) {
         let verified = state.verifier.verify(token).await?;
         // Whoever holds the token, the registrant included, must be a member of the sandbox's
-        // workspace *now*: access is read from the store on every request, so a revocation
-        // ends it at once. (`preview` is `None` too when its registrant lost `write`.)
+        // workspace *now*: read from the store at most a second ago, and forgotten on every
+        // revocation on this server, so a revocation ends it at once. (`preview` is `None` too
+        // when its registrant lost `write`.)
         let Some(_) = preview else { return Err(not_found()) };
         let member = cloudterm_domain::principal::Principal::new(verified.principal);
-        return match state.sandboxes.check_access(&member, sandbox_id, Access::Read).await {
+        return match state.sandboxes.check_member(&member, sandbox_id).await {
             Ok(()) => Ok(Grant::Member),
             Err(DomainError::NotFound(_) | DomainError::Forbidden(_)) => Err(not_found()),
             Err(err) => Err(err.into()),

@@ -520,6 +520,18 @@ async fn grants_and_revocations_are_enforced_at_once_and_audited() {
     ];
     assert_eq!(trail, expected, "{audit}");
     assert!(audit["entries"][0]["at"].as_str().is_some_and(|at| at.ends_with('Z')), "{audit}");
+
+    // A reader reaches the owner's private preview with her own token, request after request
+    // (the proxy remembers memberships for a second), and not once more after her revocation.
+    register(&alice, json!({"sandbox_id": sbx, "port": port})).await;
+    for _ in 0..3 {
+        let (status, echo) = rita.call("GET", &through, None).await;
+        assert_eq!(status, 200, "a member's token reaches a private preview: {echo}");
+    }
+    let (status, _) = alice.call("DELETE", &format!("/workspaces/{ws}/share/rita"), None).await;
+    assert_eq!(status, 204);
+    let (status, body) = rita.call("GET", &through, None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "at once: {body}");
 }
 
 /// `POST /workspaces/{id}/exec` starts the workspace's sandbox on demand, reuses it, and after
