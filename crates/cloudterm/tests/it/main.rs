@@ -324,9 +324,7 @@ fn sandbox_and_exec_commands_drive_a_server() {
 
 #[test]
 fn sandboxes_survive_sigkill_of_serve_and_nothing_leaks() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
+    let root = running_as_root();
     let runtime = if root { "linux" } else { "process" };
     if !root && std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true: this test must run as root to cover the linux runtime");
@@ -335,9 +333,7 @@ fn sandboxes_survive_sigkill_of_serve_and_nothing_leaks() {
     let env = [("CLOUDTERM_RUNTIME", runtime)];
     let mut served = serve(home.path(), &[], &env);
     let token = mint(home.path(), "alice");
-    let output = client(home.path(), &served, &token).args(["sandbox", "create"]).output().expect("create");
-    let id = String::from_utf8(output.stdout).expect("utf8").trim().to_string();
-    assert!(id.starts_with("sbx_"), "{}", String::from_utf8_lossy(&output.stderr));
+    let id = create_sandbox(home.path(), &served, &token);
     let output = client(home.path(), &served, &token)
         .args(["exec", &id, "--", "sh", "-c", "echo kept > /workspace/f"])
         .output()
@@ -365,6 +361,14 @@ fn sandboxes_survive_sigkill_of_serve_and_nothing_leaks() {
         .map(|(cgroup, _)| cgroup)
         .collect();
     assert!(procs.is_empty(), "processes of {id} were left: {procs:?}");
+}
+
+/// `cloudterm sandbox create` with default settings: the new sandbox's id.
+fn create_sandbox(home: &Path, served: &Served, token: &str) -> String {
+    let output = client(home, served, token).args(["sandbox", "create"]).output().expect("create");
+    let id = String::from_utf8(output.stdout).expect("utf8").trim().to_string();
+    assert!(id.starts_with("sbx_"), "{}", String::from_utf8_lossy(&output.stderr));
+    id
 }
 
 /// Whether this test process runs as root (the linux runtime needs it).
@@ -406,9 +410,7 @@ fn a_sigkill_in_the_middle_of_a_snapshot_loses_no_sandbox_and_leaves_nothing_par
     let env = [("CLOUDTERM_RUNTIME", "linux"), ("CLOUDTERM_WARM_POOL", "0")];
     let mut served = serve(home.path(), &[], &env);
     let token = mint(home.path(), "alice");
-    let output = client(home.path(), &served, &token).args(["sandbox", "create"]).output().expect("create");
-    let id = String::from_utf8(output.stdout).expect("utf8").trim().to_string();
-    assert!(id.starts_with("sbx_"), "{}", String::from_utf8_lossy(&output.stderr));
+    let id = create_sandbox(home.path(), &served, &token);
     // Enough incompressible data that the snapshot takes a while.
     let output = client(home.path(), &served, &token)
         .args(["exec", &id, "--", "sh", "-c", "head -c 150M /dev/urandom > /workspace/big && echo kept > /workspace/f"])
