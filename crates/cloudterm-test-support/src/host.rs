@@ -52,3 +52,21 @@ pub fn linux_runtime_available() -> bool {
         .unwrap_or(false);
     root && cloudterm_runtime::probe(cloudterm_runtime::RuntimeKind::Linux).is_ok()
 }
+
+/// The freezer state of a linux-runtime sandbox (`FROZEN`, `THAWED`), read on the host.
+pub fn freezer_state(id: &str) -> Option<String> {
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup/freezer")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().contains(id) {
+                return std::fs::read_to_string(path.join("freezer.state")).ok().map(|s| s.trim().to_string());
+            }
+            stack.push(path);
+        }
+    }
+    None
+}

@@ -13,7 +13,7 @@ mod remote_host;
 mod server;
 
 pub use garage::GarageServer;
-pub use host::{linux_runtime_available, sandbox_leftovers, sandbox_processes};
+pub use host::{freezer_state, linux_runtime_available, sandbox_leftovers, sandbox_processes};
 pub use idp::{IdpKey, JwksServer};
 pub use postgres::PostgresServer;
 pub use prometheus::PrometheusServer;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cloudterm_test_support::{sandbox_leftovers, sandbox_processes, TestServer};
+use cloudterm_test_support::{freezer_state, sandbox_leftovers, sandbox_processes, TestServer};
 use serde_json::{json, Value};
 
 /// A client for one principal.
@@ -441,24 +441,6 @@ async fn long_execs_are_not_cut_by_the_request_timeout(runtime: &str) {
     assert_eq!((result["stdout"].as_str(), result["timed_out"].as_bool()), (Some("done\n"), Some(false)));
     // Other routes keep the request timeout (answered quickly here).
     assert_eq!(api.call("GET", &format!("/sandboxes/{id}"), None).await.0, 200);
-}
-
-/// The freezer state of a linux-runtime sandbox (`FROZEN`, `THAWED`), read on the host.
-fn freezer_state(id: &str) -> Option<String> {
-    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup/freezer")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if !path.is_dir() {
-                continue;
-            }
-            if entry.file_name().to_string_lossy().contains(id) {
-                return std::fs::read_to_string(path.join("freezer.state")).ok().map(|s| s.trim().to_string());
-            }
-            stack.push(path);
-        }
-    }
-    None
 }
 
 /// The first file called `name` below `dir`.

@@ -351,15 +351,7 @@ fn sandboxes_survive_sigkill_of_serve_and_nothing_leaks() {
     assert!(removed.status.success());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     assert!(!mountinfo.contains(&id), "a mount of {id} was left");
-    let procs: Vec<String> = std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter_map(|e| {
-            std::fs::read_to_string(e.path().join("cgroup")).ok().zip(std::fs::read(e.path().join("cmdline")).ok())
-        })
-        .filter(|(cgroup, cmdline)| cgroup.contains(&id) || String::from_utf8_lossy(cmdline).contains(&id))
-        .map(|(cgroup, _)| cgroup)
-        .collect();
+    let procs = cloudterm_test_support::sandbox_processes(&id);
     assert!(procs.is_empty(), "processes of {id} were left: {procs:?}");
 }
 
@@ -376,24 +368,6 @@ fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
-}
-
-/// The freezer state of a linux-runtime sandbox (`FROZEN`, `THAWED`), read on the host.
-fn freezer_state(id: &str) -> Option<String> {
-    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup/freezer")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if !path.is_dir() {
-                continue;
-            }
-            if entry.file_name().to_string_lossy().contains(id) {
-                return std::fs::read_to_string(path.join("freezer.state")).ok().map(|s| s.trim().to_string());
-            }
-            stack.push(path);
-        }
-    }
-    None
 }
 
 /// A live snapshot freezes the workspace's sandboxes for its walk. Killed in the middle, the
@@ -426,19 +400,23 @@ fn a_sigkill_in_the_middle_of_a_snapshot_loses_no_sandbox_and_leaves_nothing_par
         let _ = client.and_then(|c| c.post(url).bearer_auth(bearer).json(&body).send());
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    while freezer_state(&id).as_deref() != Some("FROZEN") {
+    while cloudterm_test_support::freezer_state(&id).as_deref() != Some("FROZEN") {
         assert!(Instant::now() < deadline, "the sandbox was never frozen for the snapshot");
         std::thread::sleep(Duration::from_millis(5));
     }
     served.child.kill().expect("kill -9");
     served.child.wait().expect("reap");
-    assert_eq!(freezer_state(&id).as_deref(), Some("FROZEN"), "the crash left it frozen (the case under test)");
+    assert_eq!(
+        cloudterm_test_support::freezer_state(&id).as_deref(),
+        Some("FROZEN"),
+        "the crash left it frozen (the case under test)"
+    );
 
     let served = serve(home.path(), &[], &env);
     let output =
         client(home.path(), &served, &token).args(["exec", &id, "--", "cat", "/workspace/f"]).output().expect("exec");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "kept\n", "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(freezer_state(&id).as_deref(), Some("THAWED"));
+    assert_eq!(cloudterm_test_support::freezer_state(&id).as_deref(), Some("THAWED"));
     let output = client(home.path(), &served, &token).args(["snapshot", "list", "--json"]).output().expect("list");
     let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(listed["snapshots"], serde_json::json!([]), "nothing partial is listed");
