@@ -4,24 +4,12 @@
 use std::time::{Duration, Instant};
 
 use cloudterm_runtime::{AgentClient, AgentEndpoint};
-use cloudterm_runtime_firecracker::machine::{boot, MachineSpec};
+use cloudterm_runtime_firecracker::machine::boot;
 use cloudterm_runtime_firecracker::vmm::is_ours;
 use cloudterm_runtime_firecracker::{FirecrackerError, VmDir};
 
 use crate::guest::{self, BANNER};
-use crate::support::{console, eventually, processes_mentioning, Harness};
-
-fn machine(kernel: std::path::PathBuf) -> MachineSpec {
-    MachineSpec {
-        kernel,
-        boot_args: "console=ttyS0".into(),
-        vcpus: 1,
-        memory_mb: 128,
-        rootfs: None,
-        root_writable: false,
-        workspace: None,
-    }
-}
+use crate::support::{console, eventually, machine, processes_mentioning, Harness};
 
 fn vm_dir(h: &Harness, name: &str) -> VmDir {
     let dir = VmDir::new(h.dir.path().join(name));

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use cloudterm_runtime_firecracker::machine::{boot, MachineSpec};
+use cloudterm_runtime_firecracker::machine::boot;
 use cloudterm_runtime_firecracker::snapshot::{self, SnapshotKeys};
 use cloudterm_runtime_firecracker::vmm::is_ours;
 use cloudterm_runtime_firecracker::VmDir;
 
 use crate::guest::{self, BANNER};
-use crate::support::{console, eventually, Harness};
+use crate::support::{console, eventually, machine, Harness};
 
 #[tokio::test]
 async fn a_paused_vm_stored_in_the_blobstore_resumes_in_a_new_process_with_its_state() {
@@ -17,15 +17,7 @@ async fn a_paused_vm_stored_in_the_blobstore_resumes_in_a_new_process_with_its_s
     let store = h.store().await;
     let dir = VmDir::new(h.dir.path().join("vm"));
     std::fs::create_dir_all(dir.path()).expect("vm dir");
-    let spec = MachineSpec {
-        kernel: h.ticker.clone(),
-        boot_args: "console=ttyS0".into(),
-        vcpus: 1,
-        memory_mb: 128,
-        rootfs: None,
-        root_writable: false,
-        workspace: None,
-    };
+    let spec = machine(h.ticker.clone());
     let vmm = boot(&h.binary, &dir, "snap-test", &spec).await.expect("boot");
     assert!(eventually(Duration::from_secs(5), || guest::ticks(&console(&dir.console_log())).len() >= 3).await);
 

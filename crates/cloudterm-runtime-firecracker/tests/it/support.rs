@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cloudterm_blobstore::{BlobStore, BlobStoreConfig};
 use cloudterm_runtime::{Limits, SandboxSpec};
+use cloudterm_runtime_firecracker::machine::MachineSpec;
 use cloudterm_runtime_firecracker::{locate_binary, FirecrackerConfig, FirecrackerRuntime, Readiness};
 use tempfile::TempDir;
 
@@ -142,4 +143,17 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         }
     }
     found
+}
+
+/// A bare guest's machine: `kernel` on the serial console, one vCPU, 128 MiB, no drives.
+pub fn machine(kernel: std::path::PathBuf) -> MachineSpec {
+    MachineSpec {
+        kernel,
+        boot_args: "console=ttyS0".into(),
+        vcpus: 1,
+        memory_mb: 128,
+        rootfs: None,
+        root_writable: false,
+        workspace: None,
+    }
 }
